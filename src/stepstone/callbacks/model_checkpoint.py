@@ -1,0 +1,538 @@
+"""ModelCheckpoint: decides *when* to checkpoint and *which* files to keep; the engine writes and deletes.
+
+Lightning 2.x semantics (names, defaults, file names, top-k rules, ``state_key``), with stricter guarantees:
+a save is committed before any bookkeeping points at it and before anything older is deleted; a failed save
+leaves ``best_model_path``/``best_k_models``/``last_model_path`` as they were; ``last`` holds the newest state
+at every trigger and is never serialized twice (the committed top-k file is copied or linked); the file a run
+resumed from is never deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+import warnings
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import yaml
+
+from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.checkpoint_naming import format_name
+from stepstone.callbacks.checkpoint_settings import (
+    default_dirpath,
+    exists,
+    has_checkpoints,
+    is_local,
+    resolve_dirpath,
+    validate_arguments,
+)
+from stepstone.errors import MisconfigurationException
+
+if TYPE_CHECKING:
+    from stepstone.core.module import LightningModule
+    from stepstone.trainer.trainer import Trainer
+
+__all__ = ["ModelCheckpoint"]
+
+_STATE_FIELDS = (
+    "best_model_score",
+    "best_model_path",
+    "current_score",
+    "best_k_models",
+    "kth_best_model_path",
+    "kth_value",
+    "last_model_path",
+)
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints periodically and keep the best ``save_top_k`` by a monitored metric.
+
+    Args:
+        dirpath: folder of the checkpoints; default ``<logger save_dir>/<name>/version_N/checkpoints``, or
+            ``default_root_dir/checkpoints`` without a logger.
+        filename: name template, e.g. ``"sample-mnist-{epoch:02d}-{val_loss:.2f}"``; default ``"{epoch}-{step}"``.
+        monitor: metric to rank checkpoints by (anything logged with ``self.log``, or ``epoch``/``step``);
+            None keeps the newest ``save_top_k`` (which must then be -1, 0 or 1).
+        verbose: print each decision.
+        save_last: True also keeps ``last.ckpt`` with the newest state; ``"link"`` makes it a symlink to the newest
+            file when there is one.
+        save_top_k: how many best checkpoints to keep; -1 all, 0 none.
+        save_weights_only: leave optimizer, scheduler and callback state out of the files.
+        mode: ``"min"`` or ``"max"``: whether a lower or a higher monitored value is better.
+        auto_insert_metric_name: write ``name=value`` for each template field.
+        every_n_train_steps: checkpoint every N optimizer steps.
+        train_time_interval: checkpoint every ``timedelta`` of training time.
+        every_n_epochs: checkpoint every N epochs (default 1 when no other trigger is set).
+        save_on_train_epoch_end: check at the end of the training epoch (True) or after validation (False);
+            default: after validation when it runs once per epoch, else at the training epoch end.
+        enable_version_counter: add ``-v1``, ``-v2``, ... instead of replacing a file of the same name.
+
+    Raises:
+        MisconfigurationException: for invalid arguments or combinations, naming them.
+    """
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
+    _monitors_metrics = True
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str] | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = None,
+        save_top_k: int = 1,
+        save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+    ) -> None:
+        validate_arguments(
+            save_top_k, monitor, mode, save_last, every_n_train_steps, every_n_epochs, train_time_interval
+        )
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_last = save_last
+        self.save_top_k = save_top_k
+        self.save_weights_only = save_weights_only
+        self.mode = mode
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self._save_on_train_epoch_end = save_on_train_epoch_end
+        self._enable_version_counter = enable_version_counter
+        self._every_n_train_steps = every_n_train_steps or 0
+        self._train_time_interval = train_time_interval
+        if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
+            every_n_epochs = 1
+        self._every_n_epochs = every_n_epochs or 0
+        self.dirpath: str | None = resolve_dirpath(dirpath)
+        self.filename = filename
+        self.best_k_models: dict[str, torch.Tensor] = {}
+        self.kth_best_model_path = ""
+        self.kth_value = torch.tensor(math.inf if mode == "min" else -math.inf)
+        self.best_model_score: torch.Tensor | None = None
+        self.best_model_path = ""
+        self.last_model_path = ""
+        self.current_score: torch.Tensor | None = None
+        self._last_global_step_saved = 0
+        self._last_time_checked: float | None = None
+        self._last_checkpoint_saved = ""
+        self._defer_save_until_validation = False
+        self._pending_last = ""
+        self._warned: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key: several ModelCheckpoints with different settings keep separate state."""
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+        )
+
+    @property
+    def every_n_epochs(self) -> int:
+        """The epoch interval (0 when another trigger is used)."""
+        return self._every_n_epochs
+
+    # --- hooks --------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        if self.dirpath is None:
+            self.dirpath = default_dirpath(trainer)
+        if self.save_last == "link" and not is_local(self.dirpath):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(save_last='link') needs a local dirpath (symlinks), got {self.dirpath!r}; use "
+                "save_last=True for remote storage."
+            )
+        if stage != "fit" or not is_local(self.dirpath):
+            return
+        from stepstone.checkpoint import sweep_stale_temps
+
+        if os.path.isdir(self.dirpath):
+            sweep_stale_temps(self.dirpath)
+            resuming = trainer._resume_requested
+            if (
+                self.save_top_k != 0
+                and trainer.is_global_zero
+                and not resuming
+                and has_checkpoints(self.dirpath)
+            ):
+                warnings.warn(
+                    f"Checkpoint directory {self.dirpath} exists and is not empty; files of an earlier run are kept "
+                    "and new names get -vN suffixes when they would clash.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the clock of ``train_time_interval``."""
+        self._last_time_checked = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Step and time triggers."""
+        if self._should_skip(trainer):
+            return
+        step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        time_due = False
+        now = time.monotonic()
+        if self._train_time_interval is not None and self._last_time_checked is not None:
+            time_due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
+        if not (step_due or time_due):
+            return
+        if time_due:
+            self._last_time_checked = now
+        candidates = self._monitor_candidates(trainer)
+        waiting = self.monitor not in candidates or self._validation_pending(trainer)
+        if self.monitor is not None and trainer._val_enabled() and waiting:
+            # The metric comes from validation that has not run yet (or runs right after this batch): save
+            # when it is available instead of saving with a stale or missing value.
+            self._defer_save_until_validation = True
+            return
+        self._save_on_trigger(trainer, candidates)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Epoch trigger when checks run at the end of the training epoch."""
+        if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
+            return
+        if self._epoch_due(trainer):
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Epoch trigger after validation, and step/time triggers that waited for validation."""
+        if self._should_skip(trainer):
+            return
+        if self._defer_save_until_validation:
+            self._defer_save_until_validation = False
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+            return
+        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Make ``last`` hold the final state when training ended between triggers."""
+        if self.save_last and not self._should_skip(trainer):
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
+
+    # --- decisions ----------------------------------------------------------------------------------
+    def _should_skip(self, trainer: Trainer) -> bool:
+        from stepstone.trainer.state import TrainerFn
+
+        return (
+            bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_global_step_saved == trainer.global_step
+        )
+
+    def _epoch_due(self, trainer: Trainer) -> bool:
+        return self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+
+    def _should_save_on_train_epoch_end(self, trainer: Trainer) -> bool:
+        if self._save_on_train_epoch_end is not None:
+            return self._save_on_train_epoch_end
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        if not trainer._val_enabled():
+            return True
+        return trainer.val_check_interval == 1.0
+
+    def _validation_pending(self, trainer: Trainer) -> bool:
+        """Whether validation runs right after this training batch (so a val metric is about to change)."""
+        loop = trainer.fit_loop
+        return trainer._val_enabled() and loop._should_validate(
+            loop.batch_idx, loop.batch_progress.is_last_batch
+        )
+
+    def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
+        candidates = dict(trainer.callback_metrics)
+        epoch, step = candidates.get("epoch"), candidates.get("step")
+        candidates["epoch"] = (
+            epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
+        )
+        candidates["step"] = (
+            step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
+        )
+        return candidates
+
+    def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | None = None) -> bool:
+        """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter)."""
+        if current is None:
+            return False
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        better = torch.lt if self.mode == "min" else torch.gt
+        return bool(better(current, self.best_k_models[self.kth_best_model_path]))
+
+    # --- saving -------------------------------------------------------------------------------------
+    def _save_on_trigger(
+        self, trainer: Trainer, candidates: dict[str, torch.Tensor], top_k: bool = True
+    ) -> None:
+        """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state."""
+        snapshot = {name: copy.copy(getattr(self, name)) for name in _STATE_FIELDS}
+        to_delete: list[str] = []
+        written = ""
+        try:
+            if top_k:
+                written = self._save_topk(trainer, candidates, to_delete)
+            self._save_last(trainer, candidates, written, to_delete)
+        except BaseException:
+            for name, value in snapshot.items():
+                setattr(self, name, value)
+            raise
+        for path in dict.fromkeys(to_delete):
+            if self._should_remove(trainer, path):
+                self._remove_checkpoint(trainer, path)
+
+    def _save_topk(self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]) -> str:
+        if self.save_top_k == 0:
+            return ""
+        if self.monitor is None:
+            return self._save_newest(trainer, candidates, to_delete)
+        if self.monitor not in candidates:
+            self._missing_monitor(trainer, candidates)
+            return ""
+        current = candidates[self.monitor]
+        if not self.check_monitor_top_k(trainer, current):
+            if self.verbose:
+                self._info(
+                    f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} was not "
+                    f"in top {self.save_top_k}"
+                )
+            return ""
+        return self._update_best_and_save(trainer, current, candidates, to_delete)
+
+    def _missing_monitor(self, trainer: Trainer, candidates: dict[str, torch.Tensor]) -> None:
+        message = (
+            f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned metrics: "
+            f"{list(candidates)}. HINT: Did you call log({self.monitor!r}, value) in the LightningModule?"
+        )
+        if trainer._validation_has_run or not trainer._val_enabled():
+            # Validation already ran (or never will), so the key cannot appear later: this is a typo, not a delay.
+            raise MisconfigurationException(message)
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message + " No checkpoint was saved.", UserWarning, stacklevel=2)
+
+    def _update_best_and_save(
+        self,
+        trainer: Trainer,
+        current: torch.Tensor,
+        candidates: dict[str, torch.Tensor],
+        to_delete: list[str],
+    ) -> str:
+        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        replaced = self.kth_best_model_path if len(self.best_k_models) == k and k > 0 else None
+        if torch.isnan(current):
+            current = torch.tensor(math.inf if self.mode == "min" else -math.inf, device=current.device)
+        filepath = self._versioned_path(candidates, replaced)
+        # Update the state first: it is written into the checkpoint itself (so a resume continues the top k).
+        # _save_on_trigger restores it if the save fails.
+        self.current_score = current
+        if replaced is not None:
+            self.best_k_models.pop(replaced)
+        self.best_k_models[filepath] = current
+        if len(self.best_k_models) == k:
+            worst = max if self.mode == "min" else min
+            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        best = min if self.mode == "min" else max
+        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+        if self.verbose:
+            self._info(
+                f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} reached "
+                f"{current.item():0.5f} (best {self.best_model_score.item():0.5f}), saving model to {filepath!r} as "
+                f"top {k}"
+            )
+        self._prepare_last_path(candidates)
+        self._save_checkpoint(trainer, filepath)
+        if replaced is not None and replaced != filepath:
+            to_delete.append(replaced)
+        return filepath
+
+    def _save_newest(
+        self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
+    ) -> str:
+        filepath = self._versioned_path(candidates, self.best_model_path)
+        previous, self.best_model_path = self.best_model_path, filepath
+        self._prepare_last_path(candidates)
+        self._save_checkpoint(trainer, filepath)
+        if self.save_top_k == 1 and previous and previous != filepath:
+            to_delete.append(previous)
+        return filepath
+
+    def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
+        # Decide last's name before the top-k file is written, so that file's copy of our state is exact.
+        if self.save_last:
+            self._pending_last = self._versioned_path(
+                candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST
+            )
+            self.last_model_path = self._pending_last
+
+    def _save_last(
+        self, trainer: Trainer, candidates: dict[str, torch.Tensor], written: str, to_delete: list[str]
+    ) -> None:
+        if not self.save_last:
+            return
+        from stepstone.checkpoint import copy_file, link_file
+
+        previous = self.last_model_path
+        if written:
+            filepath = self._pending_last
+        else:
+            filepath = self._versioned_path(candidates, previous, self.CHECKPOINT_NAME_LAST)
+            self.last_model_path = filepath
+        if written and self.save_last == "link":
+            link_file(written, filepath)
+        elif written:
+            copy_file(written, filepath)  # the state was serialized once, into ``written``
+        else:
+            self._save_checkpoint(trainer, filepath)
+        self._last_checkpoint_saved = written or filepath
+        if previous and previous != filepath:
+            to_delete.append(previous)
+
+    def _versioned_path(
+        self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None
+    ) -> str:
+        filepath = self.format_checkpoint_name(candidates, template)
+        if self._enable_version_counter:
+            version = self.STARTING_VERSION
+            while filepath != replaced and exists(filepath):
+                filepath = self.format_checkpoint_name(candidates, template, ver=version)
+                version += 1
+        return filepath
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        from stepstone.checkpoint import RunIndex
+
+        record = trainer._runner.write_checkpoint(filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero and self.dirpath is not None and os.path.dirname(filepath) == self.dirpath:
+            RunIndex(self.dirpath).record(record)
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
+
+    def _should_remove(self, trainer: Trainer, path: str) -> bool:
+        if path in (self.best_model_path, self.last_model_path) or path in self.best_k_models:
+            return False
+        resumed_from = trainer.ckpt_path
+        if resumed_from and os.path.abspath(resumed_from) == os.path.abspath(path):
+            return False
+        if is_local(path) and self.dirpath is not None:
+            return os.path.dirname(os.path.abspath(path)).startswith(os.path.abspath(self.dirpath))
+        return True
+
+    def _remove_checkpoint(self, trainer: Trainer, path: str) -> None:
+        from stepstone.checkpoint import RunIndex, remove_file
+
+        if not trainer.is_global_zero:
+            return
+        remove_file(path)
+        if self.dirpath is not None and os.path.dirname(path) == self.dirpath:
+            RunIndex(self.dirpath).forget(os.path.basename(path))
+
+    def _newest_checkpoint(self) -> tuple[str, int, float] | None:
+        """The newest committed checkpoint in ``dirpath`` that verifies: ``(path, step, created)``, or None."""
+        from stepstone.checkpoint import RunIndex
+
+        if self.dirpath is None or not is_local(self.dirpath) or not os.path.isdir(self.dirpath):
+            return None
+        record = RunIndex(self.dirpath).newest(valid_only=True)
+        if record is None:
+            return None
+        return record.path, record.step or 0, record.created
+
+    # --- names, state, export -----------------------------------------------------------------------
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None, prefix: str = ""
+    ) -> str:
+        """The path of a checkpoint for these metrics (Lightning's rules, see :mod:`checkpoint_naming`).
+
+        Args:
+            metrics: metric values used by the template.
+            filename: a template overriding :attr:`filename`.
+            ver: a version number, appended as ``-v{ver}``.
+            prefix: a prefix joined with ``-``.
+
+        Returns:
+            ``dirpath/<name>[-vN].ckpt``.
+        """
+        name = format_name(
+            filename or self.filename,
+            metrics,
+            auto_insert_metric_name=self.auto_insert_metric_name,
+            equals=self.CHECKPOINT_EQUALS_CHAR,
+            join=self.CHECKPOINT_JOIN_CHAR,
+            prefix=prefix,
+        )
+        if ver is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
+        name = f"{name}{self.FILE_EXTENSION}"
+        return os.path.join(self.dirpath, name) if self.dirpath else name
+
+    def state_dict(self) -> dict[str, Any]:
+        """The top-k bookkeeping, stored in every checkpoint."""
+        return {
+            "monitor": self.monitor,
+            "best_model_score": self.best_model_score,
+            "best_model_path": self.best_model_path,
+            "current_score": self.current_score,
+            "dirpath": self.dirpath,
+            "best_k_models": dict(self.best_k_models),
+            "kth_best_model_path": self.kth_best_model_path,
+            "kth_value": self.kth_value,
+            "last_model_path": self.last_model_path,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the bookkeeping; if ``dirpath`` changed, only ``best_model_path`` (Lightning's rule)."""
+        saved_dir = state_dict.get("dirpath", self.dirpath)
+        if saved_dir == self.dirpath:
+            self.best_model_score = state_dict["best_model_score"]
+            self.kth_best_model_path = state_dict["kth_best_model_path"]
+            self.kth_value = state_dict["kth_value"]
+            self.best_k_models = dict(state_dict["best_k_models"])
+            self.last_model_path = state_dict["last_model_path"]
+            self.current_score = state_dict.get("current_score")
+        else:
+            warnings.warn(
+                f"The dirpath has changed from {saved_dir!r} to {self.dirpath!r}, therefore best_model_score, "
+                "kth_best_model_path, kth_value, last_model_path and best_k_models won't be reloaded. Only "
+                "best_model_path will be reloaded.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.best_model_path = state_dict["best_model_path"]
+
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (path -> score) as YAML, by default to ``dirpath/best_k_models.yaml``."""
+        target = (
+            os.fspath(filepath)
+            if filepath is not None
+            else os.path.join(self.dirpath or ".", "best_k_models.yaml")
+        )
+        with open(target, "w") as f:
+            yaml.safe_dump({k: float(v.item()) for k, v in self.best_k_models.items()}, f)
+
+    def _info(self, message: str) -> None:
+        print(message, file=sys.stderr)

@@ -1,0 +1,214 @@
+"""``save_hyperparameters()``: collect a module's ``__init__`` arguments into ``self.hparams``.
+
+Hyperparameters travel inside checkpoints, which must stay loadable with ``torch.load(weights_only=True)``.
+So a value that such a loader would refuse is rejected here, when it is saved, with the name of the
+argument and the fix — not months later when somebody tries to load the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import types
+import warnings
+from argparse import Namespace
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import torch
+
+from stepstone.errors import MisconfigurationException
+
+__all__ = ["AttributeDict", "check_hparams_safe", "collect_init_args", "save_hyperparameters"]
+
+
+class AttributeDict(dict[str, Any]):
+    """A dict whose keys can also be read and written as attributes (``hparams.lr``)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as err:
+            raise AttributeError(f"hyperparameter {key!r} does not exist; known: {sorted(self)}") from err
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        try:
+            del self[key]
+        except KeyError as err:
+            raise AttributeError(key) from err
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AttributeDict:
+        return AttributeDict(copy.deepcopy(dict(self), memo))
+
+
+# Exact types only: subclasses (IntEnum, numpy.float64, namedtuples) pickle as their own class, which
+# torch.load(weights_only=True) refuses.
+_SAFE_SCALARS = (str, int, float, bool, complex, bytes, type(None), torch.dtype, torch.device, torch.Size)
+_SAFE_KEYS = (str, int, float, bool)
+
+
+def check_hparams_safe(value: Any, where: str) -> None:
+    """Raise if ``value`` could not be read back by ``torch.load(weights_only=True)``.
+
+    Args:
+        value: a hyperparameter value (nested dicts, lists and tuples are walked).
+        where: how to name the value in the error, e.g. ``"hparams['cfg']"``.
+
+    Raises:
+        MisconfigurationException: naming the first offending entry and what to do about it.
+    """
+    kind = type(value)
+    if kind in _SAFE_SCALARS or kind in (torch.Tensor, torch.nn.Parameter):
+        return
+    if kind in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in _SAFE_KEYS:
+                raise MisconfigurationException(
+                    f"{where} has a key {key!r} of type {type(key).__name__}; checkpoint hyperparameters "
+                    "need str, int, float or bool keys. Convert the key, or exclude it with "
+                    "save_hyperparameters(ignore=[...])."
+                )
+            check_hparams_safe(item, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple):
+        for i, item in enumerate(value):
+            check_hparams_safe(item, f"{where}[{i}]")
+        return
+    raise MisconfigurationException(
+        f"{where} is a {kind.__module__}.{kind.__qualname__} ({value!r:.60}), which cannot be stored in a "
+        "checkpoint that loads with torch.load(weights_only=True) (such a load would have to run code from "
+        "the file). Pass plain values (numbers, strings, lists, dicts, tensors), convert it (e.g. a dataclass "
+        "to dataclasses.asdict(cfg), a Path to str, an Enum to its .value), or exclude it with "
+        "save_hyperparameters(ignore=[...])."
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Convert values that have an exact plain equivalent (Namespace, dataclass, Mapping, numpy scalar)."""
+    if isinstance(value, Namespace):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_plain(v) for v in value)
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()  # a numpy scalar: the same number as a Python scalar
+    return value
+
+
+def _init_frames(obj: Any, frame: types.FrameType | None) -> list[types.FrameType]:
+    """The ``__init__`` frames constructing ``obj``, innermost (the base class's) first."""
+    found = []
+    current = frame
+    while current is not None:
+        if current.f_code.co_name == "__init__" and current.f_locals.get("self") is obj:
+            found.append(current)
+        current = current.f_back
+    return found
+
+
+def collect_init_args(obj: Any, frame: types.FrameType | None) -> dict[str, Any]:
+    """Return the named arguments (and ``**kwargs``) of every ``__init__`` in the construction of ``obj``.
+
+    As in Lightning, the arguments of the base classes' ``__init__`` are included; a subclass's argument of the
+    same name wins.
+
+    Args:
+        obj: the module or datamodule being constructed.
+        frame: a frame inside that construction (usually the caller of ``save_hyperparameters``).
+
+    Returns:
+        Argument name to value, ``self`` and ``*args`` excluded.
+
+    Raises:
+        MisconfigurationException: ``frame`` is not inside the construction of ``obj``.
+    """
+    frames = _init_frames(obj, frame)
+    if not frames:
+        raise MisconfigurationException(
+            "save_hyperparameters() must be called from inside __init__ of the module (or datamodule); "
+            "it reads the arguments of that call. Outside __init__, pass a dict: save_hyperparameters({...})."
+        )
+    values: dict[str, Any] = {}
+    for init_frame in frames:
+        info = inspect.getargvalues(init_frame)
+        values.update({name: info.locals[name] for name in info.args if name != "self"})
+        if info.keywords:
+            values.update(info.locals.get(info.keywords, {}))
+    return values
+
+
+def save_hyperparameters(
+    obj: Any,
+    args: Sequence[Any],
+    ignore: Sequence[str] | str | None,
+    frame: types.FrameType | None,
+) -> None:
+    """Update ``obj._hparams`` and set ``obj._hparams_initial`` and ``obj._hparams_name`` (Lightning's semantics).
+
+    Args:
+        obj: the module or datamodule.
+        args: what the user passed to ``save_hyperparameters``: nothing (all init args), names of init
+            args, or a single dict / Namespace / dataclass used as the hyperparameters.
+        ignore: init argument names to leave out.
+        frame: the caller's frame.
+
+    Raises:
+        MisconfigurationException: an argument name is unknown, or a value is not weights_only-safe.
+    """
+    ignore_set = {ignore} if isinstance(ignore, str) else set(ignore or ())
+    name = "kwargs"
+    if len(args) == 1 and not isinstance(args[0], str):
+        hparams = _plain(args[0])
+        if not isinstance(hparams, Mapping):
+            raise MisconfigurationException(
+                f"save_hyperparameters({args[0]!r}): a single positional argument must be a dict, Namespace "
+                "or dataclass, or pass the names of __init__ arguments as strings."
+            )
+        if _init_frames(obj, frame):
+            init_args = collect_init_args(obj, frame)
+            name = next((k for k, v in init_args.items() if v is args[0]), "kwargs")
+        hparams = dict(hparams)
+    else:
+        init_args = collect_init_args(obj, frame)
+        wanted: Iterable[str] = [a for a in args if isinstance(a, str)] or list(init_args)
+        unknown = [a for a in wanted if a not in init_args]
+        if unknown:
+            raise MisconfigurationException(
+                f"save_hyperparameters({', '.join(map(repr, unknown))}): not an argument of "
+                f"{type(obj).__name__}.__init__; its arguments are {sorted(init_args)}."
+            )
+        hparams = {k: _plain(init_args[k]) for k in wanted if k not in ignore_set}
+    hparams = _drop_modules(hparams)
+    check_hparams_safe(hparams, "hparams")
+    merged = obj._hparams if obj._hparams is not None else AttributeDict()
+    merged.update(hparams)  # Lightning merges repeated calls
+    obj._hparams_name = name
+    obj._hparams = merged
+    obj._hparams_initial = copy.deepcopy(merged)
+
+
+def _drop_modules(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Leave out nn.Module arguments: their weights are already in the state_dict (Lightning warns too)."""
+    kept = {}
+    for key, value in hparams.items():
+        if isinstance(value, torch.nn.Module):
+            warnings.warn(
+                f"Attribute {key!r} is an nn.Module; its weights are saved in the state_dict, so it is left out "
+                f"of the hyperparameters. Pass it again to load_from_checkpoint({key}=...), and silence this "
+                f"with save_hyperparameters(ignore=[{key!r}]).",
+                UserWarning,
+                stacklevel=4,
+            )
+            continue
+        kept[key] = value
+    return kept

@@ -1,0 +1,113 @@
+"""``load_from_checkpoint``: rebuild a module or datamodule from a checkpoint's hparams and weights."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from stepstone.errors import MisconfigurationException
+
+__all__ = ["instantiate_from_hparams", "load_module_from_checkpoint", "read_checkpoint"]
+
+
+def read_checkpoint(
+    path: str | Path, map_location: Any = None, weights_only: bool | None = None
+) -> dict[str, Any]:
+    """Load a checkpoint dict through the engine (integrity-checked, weights_only unless told otherwise).
+
+    Args:
+        path: the checkpoint file.
+        map_location: as in ``torch.load``.
+        weights_only: ``False`` means the file is trusted and may contain pickled objects.
+
+    Returns:
+        The checkpoint dict.
+    """
+    from stepstone.checkpoint import load_file
+
+    return load_file(str(path), map_location=map_location, trusted=weights_only is False)
+
+
+def _read_hparams_file(hparams_file: str | Path) -> dict[str, Any]:
+    path = Path(hparams_file)
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise MisconfigurationException(
+            f"load_from_checkpoint(hparams_file={str(hparams_file)!r}): only .yaml/.yml files are supported."
+        )
+    with path.open() as f:
+        loaded = yaml.safe_load(f) or {}
+    if not isinstance(loaded, dict):
+        raise MisconfigurationException(
+            f"load_from_checkpoint(hparams_file={str(hparams_file)!r}): the file must hold a mapping, "
+            f"got {type(loaded).__name__}."
+        )
+    return loaded
+
+
+def instantiate_from_hparams(
+    cls: type, checkpoint: dict[str, Any], prefix: str, kwargs: dict[str, Any]
+) -> Any:
+    """Call ``cls(...)`` with the saved hyperparameters, ``kwargs`` overriding them.
+
+    Args:
+        cls: the LightningModule or LightningDataModule subclass.
+        checkpoint: the checkpoint dict.
+        prefix: ``""`` for modules, ``"datamodule_"`` for datamodules (Lightning's key names).
+        kwargs: explicit constructor arguments.
+
+    Returns:
+        The new instance.
+    """
+    hparams = checkpoint.get(f"{prefix}hyper_parameters") or {}
+    name = checkpoint.get(f"{prefix}hparams_name") or "kwargs"
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    init_kwargs: dict[str, Any] = {}
+    if name == "kwargs":
+        init_kwargs.update(hparams)
+    elif name in params:
+        init_kwargs[name] = hparams
+    if not takes_kwargs:
+        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params}
+    init_kwargs.update(kwargs)
+    return cls(**init_kwargs)
+
+
+def _first_tensor_device(state_dict: dict[str, Any]) -> torch.device | None:
+    for value in state_dict.values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+def load_module_from_checkpoint(
+    cls: type,
+    checkpoint_path: str | Path,
+    map_location: Any,
+    hparams_file: str | Path | None,
+    strict: bool | None,
+    weights_only: bool | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """Implementation of ``LightningModule.load_from_checkpoint`` (see its docstring)."""
+    checkpoint = read_checkpoint(checkpoint_path, map_location, weights_only)
+    if hparams_file is not None:
+        checkpoint["hyper_parameters"] = _read_hparams_file(hparams_file)
+        checkpoint.setdefault("hparams_name", "kwargs")
+    model = instantiate_from_hparams(cls, checkpoint, "", kwargs)
+    if "state_dict" not in checkpoint:
+        raise MisconfigurationException(
+            f"load_from_checkpoint({str(checkpoint_path)!r}): the file has no 'state_dict' entry (keys: "
+            f"{sorted(checkpoint)}); it is not a model checkpoint."
+        )
+    model.configure_model()
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading if strict is None else strict)
+    device = _first_tensor_device(checkpoint["state_dict"])
+    if device is not None:
+        model.to(device)
+    return model

@@ -1,0 +1,385 @@
+"""CSVLogger: metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` under ``save_dir/name/version_N``.
+
+The folder-layout and hyperparameter helpers at the top of this module are shared with the TensorBoard logger,
+which writes the same ``version_N`` folders and the same ``hparams.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import enum
+import os
+import tempfile
+import warnings
+from argparse import Namespace
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+import torch
+import yaml
+
+from stepstone.errors import MisconfigurationException
+from stepstone.loggers.logger import Logger
+
+__all__ = ["CSVLogger", "ExperimentWriter"]
+
+HPARAMS_FILE = "hparams.yaml"
+
+
+# --- helpers shared by the file-based loggers ----------------------------------------------------------
+def _check_layout(save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> str:
+    """Validate the ``save_dir``/``name``/``version`` trio of a file-based logger; return ``save_dir`` as str."""
+    path = os.fspath(save_dir)
+    if not isinstance(path, str) or not path:
+        raise MisconfigurationException(
+            f"save_dir={save_dir!r} is not a folder path; pass e.g. save_dir='logs'."
+        )
+    if "://" in path:
+        # The files are written with os.replace, which only exists on a local filesystem.
+        raise MisconfigurationException(
+            f"save_dir={path!r} is a URL; these loggers write to the local filesystem only, pass a local folder."
+        )
+    if name is not None and not isinstance(name, str):
+        raise MisconfigurationException(f"name={name!r} must be a str, '' or None (no name folder).")
+    if isinstance(version, bool) or not isinstance(version, (int, str, type(None))):
+        raise MisconfigurationException(
+            f"version={version!r} must be None (next free version_N), an int N or a folder name str."
+        )
+    if isinstance(version, int) and version < 0:
+        raise MisconfigurationException(
+            f"version={version} is negative; pass N >= 0 or None for the next free one."
+        )
+    if isinstance(version, str) and (not version or os.sep in version):
+        raise MisconfigurationException(
+            f"version={version!r} must be a non-empty folder name without {os.sep!r}; pass e.g. version='run_a'."
+        )
+    return path
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str):
+        raise MisconfigurationException(f"prefix={prefix!r} must be a str; pass '' for no prefix.")
+    return prefix
+
+
+def _next_version(root_dir: str) -> int:
+    """Return one more than the highest ``version_N`` folder in ``root_dir``, or 0 when there is none."""
+    try:
+        entries = list(os.scandir(root_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    found = [
+        int(entry.name[len("version_") :])
+        for entry in entries
+        if entry.name.startswith("version_") and entry.name[len("version_") :].isdigit() and entry.is_dir()
+    ]
+    return max(found) + 1 if found else 0
+
+
+def _version_dir(root_dir: str, version: int | str) -> str:
+    return os.path.join(root_dir, version if isinstance(version, str) else f"version_{version}")
+
+
+def _add_prefix(metrics: Mapping[str, Any], prefix: str, join_char: str) -> dict[str, Any]:
+    if not prefix:
+        return dict(metrics)
+    return {f"{prefix}{join_char}{key}": value for key, value in metrics.items()}
+
+
+def _convert_params(params: Mapping[str, Any] | Namespace | None) -> dict[str, Any]:
+    """Turn ``hparams`` given as a dict, an AttributeDict or a Namespace into a plain dict.
+
+    Raises:
+        TypeError: for any other container.
+    """
+    if params is None:
+        return {}
+    if isinstance(params, Namespace):
+        return dict(vars(params))
+    if isinstance(params, Mapping):
+        return dict(params)
+    raise TypeError(f"params={params!r} must be a dict, an AttributeDict or an argparse.Namespace.")
+
+
+def _to_plain(value: Any) -> Any:
+    """Convert ``value`` into types ``yaml.safe_dump`` writes (tensors and arrays become floats or lists).
+
+    Raises:
+        TypeError: when ``value`` has no faithful plain form (a class, a function, an arbitrary object).
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return _to_plain(value.value)
+    if isinstance(value, (complex, torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {
+            k if isinstance(k, (str, int, float, bool)) else str(k): _to_plain(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_to_plain(v) for v in value), key=repr)
+    if callable(getattr(value, "tolist", None)) and not isinstance(value, type):
+        # torch tensors and numpy arrays/scalars: 0-d gives a Python number, n-d nested lists.
+        return _to_plain(value.tolist())
+    raise TypeError(f"{type(value).__qualname__} has no plain YAML form")
+
+
+def _atomic_write(path: str, write: Callable[[IO[str]], object]) -> None:
+    """Write a file through a temporary sibling and ``os.replace`` so readers never see half a file."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def save_hparams_to_yaml(path: str, hparams: Mapping[str, Any] | Namespace) -> None:
+    """Write ``hparams`` to ``path`` with ``yaml.safe_dump``, atomically.
+
+    Values without a plain form are skipped with a warning (as Lightning does) instead of failing the run.
+
+    Args:
+        path: the ``.yaml`` file to (re)write; its folder is created when missing.
+        hparams: the hyperparameters.
+
+    Raises:
+        TypeError: when ``hparams`` is not a dict, an AttributeDict or a Namespace.
+    """
+    plain: dict[str, Any] = {}
+    for key, value in _convert_params(hparams).items():
+        try:
+            plain[str(key)] = _to_plain(value)
+        except TypeError as err:
+            warnings.warn(f"Skipping hyperparameter {key!r} in {path}: {err}.", UserWarning, stacklevel=2)
+    text = yaml.safe_dump(plain, sort_keys=False)
+    _atomic_write(path, lambda handle: handle.write(text))
+
+
+# --- the CSV logger ------------------------------------------------------------------------------------
+class ExperimentWriter:
+    """Buffers metric rows and writes them to ``metrics.csv``; writes ``hparams.yaml`` (``CSVLogger.experiment``).
+
+    Columns are the sorted union of all metric names seen plus ``step``. When a row brings a new name, the
+    whole file is rewritten with the wider header (atomically); otherwise rows are appended.
+
+    Args:
+        log_dir: the version folder; created on the first write, not here.
+    """
+
+    NAME_METRICS_FILE = "metrics.csv"
+    NAME_HPARAMS_FILE = HPARAMS_FILE
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self.metrics: list[dict[str, Any]] = []
+        self.metrics_keys: list[str] = []
+        self.hparams: dict[str, Any] = {}
+        self._file_written = False
+        if os.path.isfile(self.metrics_file_path):
+            warnings.warn(
+                f"Experiment logs directory {log_dir} already has a {self.NAME_METRICS_FILE}; it will be replaced"
+                " when new metrics are saved. Pass a new `version` to keep it.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int) -> None:
+        """Buffer one row; tensors are converted with ``.item()``.
+
+        Args:
+            metrics_dict: metric name to value.
+            step: stored in the ``step`` column.
+        """
+        row = {
+            key: value.item() if callable(getattr(value, "item", None)) else value
+            for key, value in metrics_dict.items()
+        }
+        row["step"] = step
+        self.metrics.append(row)
+
+    def log_hparams(self, params: Mapping[str, Any]) -> None:
+        """Merge ``params`` into the recorded hyperparameters and rewrite ``hparams.yaml`` now.
+
+        Args:
+            params: hyperparameter name to value.
+        """
+        self.hparams.update(params)
+        save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+
+    def save(self) -> None:
+        """Write the buffered rows to ``metrics.csv`` and empty the buffer."""
+        if not self.metrics:
+            return
+        if self._file_written and not os.path.isfile(self.metrics_file_path):
+            # Deleted under us: start a fresh file rather than append rows without a header.
+            self._file_written = False
+        new_keys = set().union(*self.metrics) - set(self.metrics_keys)
+        if new_keys or not self._file_written:
+            self._rewrite(sorted(set(self.metrics_keys) | new_keys))
+        else:
+            with open(self.metrics_file_path, "a", newline="", encoding="utf-8") as handle:
+                csv.DictWriter(handle, fieldnames=self.metrics_keys).writerows(self.metrics)
+        self.metrics = []
+
+    def _rewrite(self, fieldnames: list[str]) -> None:
+        old_rows: list[dict[str, str]] = []
+        if self._file_written:
+            with open(self.metrics_file_path, newline="", encoding="utf-8") as handle:
+                old_rows = list(csv.DictReader(handle))
+
+        def write(handle: IO[str]) -> None:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(old_rows)
+            writer.writerows(self.metrics)
+
+        _atomic_write(self.metrics_file_path, write)
+        self.metrics_keys = fieldnames
+        self._file_written = True
+
+
+class CSVLogger(Logger):
+    """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` on the local filesystem.
+
+    Files go to ``save_dir/name/version_N``; nothing is created until the first write.
+
+    Args:
+        save_dir: the base folder.
+        name: the experiment folder under ``save_dir``; ``""`` or None puts versions directly in ``save_dir``.
+        version: None picks the next free ``version_N``; an int N uses ``version_N``; a str is the folder name.
+        prefix: prepended to every metric name, joined with ``"-"``.
+        flush_logs_every_n_steps: buffered rows are written once the logged step has advanced this much.
+
+    Raises:
+        MisconfigurationException: for an invalid argument (the message names it and the fix).
+    """
+
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        self._save_dir = _check_layout(save_dir, name, version)
+        self._name = name or ""
+        self._version = version
+        self._prefix = _check_prefix(prefix)
+        if isinstance(flush_logs_every_n_steps, bool) or not isinstance(flush_logs_every_n_steps, int):
+            raise MisconfigurationException(
+                f"flush_logs_every_n_steps={flush_logs_every_n_steps!r} must be an int >= 1, e.g. 100."
+            )
+        if flush_logs_every_n_steps < 1:
+            raise MisconfigurationException(
+                f"flush_logs_every_n_steps={flush_logs_every_n_steps} must be >= 1; pass 1 to write every step."
+            )
+        self._flush_every = flush_logs_every_n_steps
+        self._last_flush_step = -1
+        self._last_step = -1
+        self._rows_logged = 0
+        self._experiment: ExperimentWriter | None = None
+
+    @property
+    def name(self) -> str:
+        """The experiment folder name (``""`` when versions live directly in ``save_dir``)."""
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        """The version, fixed on first access: the next free ``version_N`` number when none was given."""
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        """The base folder given as ``save_dir``."""
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the folder holding all versions."""
+        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        """``root_dir/version_N`` (or ``root_dir/<version>`` for a str version): where the files go."""
+        return _version_dir(self.root_dir, self.version)
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        """The :class:`ExperimentWriter` that owns the files (created on first use)."""
+        if self._experiment is None:
+            self._experiment = ExperimentWriter(self.log_dir)
+        return self._experiment
+
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Namespace | None, *args: Any, **kwargs: Any
+    ) -> None:
+        """Record hyperparameters and write ``hparams.yaml`` right away.
+
+        Args:
+            params: a dict, an AttributeDict or a Namespace; tensors become floats or lists in the file.
+
+        Raises:
+            TypeError: when ``params`` is another kind of object.
+        """
+        self.experiment.log_hparams(_convert_params(params))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Buffer one row of metrics; written on flush, :meth:`save` or :meth:`finalize`.
+
+        Args:
+            metrics: metric name to value (floats or one-element tensors).
+            step: the ``step`` column; None uses the number of rows logged so far.
+        """
+        if step is None:
+            step = self._rows_logged
+        self._rows_logged += 1
+        self._last_step = step
+        self.experiment.log_metrics(_add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR), step)
+        # abs(): a new fit/test may restart the step count below the last flushed one.
+        if abs(step - self._last_flush_step) >= self._flush_every:
+            self.save()
+
+    def save(self) -> None:
+        """Write buffered metric rows to ``metrics.csv``."""
+        if self._experiment is not None:
+            self._experiment.save()
+        self._last_flush_step = self._last_step
+
+    def finalize(self, status: str) -> None:
+        """Write everything still buffered.
+
+        Args:
+            status: ``"success"``, ``"failed"`` or ``"finished"``; the files are written whatever it is.
+        """
+        self.save()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The writer holds buffered rows tied to this process; a pickled copy (spawned worker) starts its own.
+        state = self.__dict__.copy()
+        state["_experiment"] = None
+        return state

@@ -1,0 +1,329 @@
+"""The fit loop: epochs, the batches inside them, validation checks, schedulers, and its resumable counters."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from stepstone.errors import MisconfigurationException
+from stepstone.loops.batches import iterate_batches
+from stepstone.loops.optimization import run_automatic, run_manual
+from stepstone.loops.progress import (
+    BatchProgress,
+    EpochProgress,
+    OptimizerProgress,
+    Progress,
+    fit_loop_state,
+    restore_fit_loop,
+)
+
+if TYPE_CHECKING:
+    from stepstone.trainer.trainer import Trainer
+
+__all__ = ["FitLoop"]
+
+
+class FitLoop:
+    """Runs ``trainer.fit``'s training: the counters here are what a checkpoint's ``loops`` entry stores."""
+
+    def __init__(
+        self, trainer: Trainer, max_epochs: int, min_epochs: int, max_steps: int, min_steps: int
+    ) -> None:
+        self.trainer = trainer
+        self.max_epochs = max_epochs
+        self.min_epochs = min_epochs
+        self.max_steps = max_steps
+        self.min_steps = min_steps
+        self.epoch_progress = EpochProgress()
+        self.batch_progress = BatchProgress()
+        self.scheduler_progress = Progress()
+        self.optim_progress = OptimizerProgress()
+        self.manual_progress = Progress()
+        self.val_batch_progress = BatchProgress()
+        self.batches_that_stepped = 0
+        self._resume_batch: int | None = None
+        self._warned_none = False
+        self._started_at = 0.0
+
+    # --- counters -----------------------------------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        """Epochs completed (Lightning's ``trainer.current_epoch``)."""
+        return self.epoch_progress.current.completed
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (automatic) or ``optimizer.step()`` calls (manual optimization)."""
+        if self.trainer.lightning_module.automatic_optimization:
+            return self.optim_progress.step.total.completed
+        return self.manual_progress.total.completed
+
+    @property
+    def batch_idx(self) -> int:
+        """Index of the current (or last) training batch within the epoch."""
+        return self.batch_progress.current.ready - 1
+
+    @property
+    def total_batch_idx(self) -> int:
+        """Index of the current (or last) training batch across epochs."""
+        return self.batch_progress.total.ready - 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fit loop's counters in Lightning's layout (``checkpoint["loops"]["fit_loop"]``)."""
+        return fit_loop_state(
+            self.epoch_progress,
+            self.batch_progress,
+            self.scheduler_progress,
+            self.optim_progress,
+            self.manual_progress,
+            self.batches_that_stepped,
+            self.val_batch_progress,
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters and work out where training continues (next epoch or the next batch).
+
+        The rules match Lightning 2.5+: a checkpoint written in ``on_train_epoch_end`` continues with the next
+        epoch; one written after a batch was processed (``on_train_batch_end``, mid-epoch validation) continues with
+        the following batch, counting that batch in ``_batches_that_stepped`` (which Lightning increments only after
+        those hooks); one written before a batch was processed repeats that batch.
+        """
+        self.batches_that_stepped = restore_fit_loop(
+            state,
+            self.epoch_progress,
+            self.batch_progress,
+            self.scheduler_progress,
+            self.optim_progress,
+            self.manual_progress,
+            self.val_batch_progress,
+        )
+        epoch, batch = self.epoch_progress, self.batch_progress.current
+        self._resume_batch = None
+        if epoch.current.processed > epoch.current.completed:
+            # Saved after the epoch's training finished (e.g. in on_train_epoch_end): that epoch is done.
+            epoch.current.completed = epoch.current.processed
+            epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
+        elif batch.processed > 0:
+            done = batch.processed
+            if batch.ready == done:
+                # Saved between the batch's processing and the end of its bookkeeping.
+                is_last = self.batch_progress.is_last_batch or done == self.trainer.num_training_batches
+                if done % self.trainer.accumulate_grad_batches == 0 or is_last:
+                    self.batches_that_stepped += 1
+            self._resume_batch = done
+            for tracker in (batch, self.batch_progress.total):
+                tracker.ready = tracker.started = tracker.completed = tracker.processed
+            # The epoch is running: it was started, not processed.
+            for tracker in (epoch.current, epoch.total):
+                tracker.processed = tracker.completed
+                tracker.ready = tracker.started = tracker.completed + 1
+            return
+        for tracker in (epoch.current, epoch.total):
+            tracker.ready = tracker.started = tracker.processed = tracker.completed
+        batch.ready = batch.started = batch.processed = batch.completed
+        total = self.batch_progress.total
+        total.ready = total.started = total.processed = total.completed
+
+    # --- stopping -----------------------------------------------------------------------------------
+    def _can_stop_early(self) -> bool:
+        met_epochs = self.epoch_progress.current.processed >= self.min_epochs if self.min_epochs else True
+        met_steps = self.global_step >= self.min_steps if self.min_steps else True
+        return met_epochs and met_steps
+
+    def _max_steps_reached(self) -> bool:
+        return self.max_steps != -1 and self.global_step >= self.max_steps
+
+    def _check_time(self) -> None:
+        # Lightning's Timer: running out of time sets should_stop (so min_epochs/min_steps still hold).
+        max_time = self.trainer._max_time
+        if max_time is not None and time.monotonic() - self._started_at >= max_time.total_seconds():
+            self.trainer.should_stop = True
+
+    def done(self) -> bool:
+        """Whether training ends before the next epoch."""
+        if self.trainer.num_training_batches == 0 or self._max_steps_reached():
+            return True
+        if self.max_epochs != -1 and self.epoch_progress.current.processed >= self.max_epochs:
+            self.epoch_progress.current.completed = self.epoch_progress.current.processed
+            return True
+        self._check_time()
+        return self.trainer.should_stop and self._can_stop_early()
+
+    def _epoch_should_end(self) -> bool:
+        if self._max_steps_reached():
+            return True
+        self._check_time()
+        return self.trainer.should_stop and self._can_stop_early()
+
+    def _num_ready_batches_reached(self) -> bool:
+        progress = self.batch_progress
+        return progress.current.ready == self.trainer.num_training_batches or progress.is_last_batch
+
+    def warn_none_step(self) -> None:
+        """Warn once that a ``training_step`` returned None (the batch is skipped)."""
+        if not self._warned_none:
+            self._warned_none = True
+            warnings.warn(
+                "training_step returned None, so this batch ran no backward. If this was on purpose, ignore this "
+                "warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    # --- running ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Train until ``max_epochs``/``max_steps``/``max_time`` or ``should_stop``.
+
+        As in Lightning, nothing runs (not even ``on_train_start``) when there is nothing to train:
+        ``limit_train_batches=0``, ``max_epochs=0``, or a resumed run that is already done.
+        """
+        hooks = self.trainer._hooks
+        self._started_at = time.monotonic()
+        if self.done():
+            return
+        hooks.both("on_train_start")
+        while not self.done():
+            self.run_epoch()
+        hooks.both("on_train_end")
+
+    def run_epoch(self) -> None:
+        """One training epoch, its validations, and its end-of-epoch hooks."""
+        trainer = self.trainer
+        hooks = trainer._hooks
+        start, self._resume_batch = self._resume_batch, None
+        trainer._set_sampler_epoch(self.epoch_progress.current.processed)
+        if start is None:
+            start = 0
+            self.batch_progress.current.reset()
+            self.batch_progress.is_last_batch = False
+            self.val_batch_progress.total.reset()
+            self.epoch_progress.increment("ready")
+            hooks.both("on_train_epoch_start")
+            self.epoch_progress.increment("started")
+        # A run resumed mid-epoch continues it: Lightning does not call on_train_epoch_start again.
+        self._run_batches(start)
+        self._finish_epoch()
+
+    def _run_batches(self, start: int) -> None:
+        trainer = self.trainer
+        total = trainer.num_training_batches
+        if total == 0 or trainer._train_loader is None:
+            return
+        for batch_idx, batch, is_last in iterate_batches(trainer._train_loader, start, total):
+            self.batch_progress.is_last_batch = is_last
+            accumulating = self._should_accumulate(batch_idx, is_last)
+            if not self._run_batch(batch, batch_idx, accumulating):
+                break
+            if self._should_validate(batch_idx, is_last):
+                if not accumulating:
+                    trainer._hooks.module("on_validation_model_zero_grad")
+                trainer._run_fit_validation()
+            if not accumulating:
+                self._update_schedulers("step", plateau=True)
+                # Counted once per optimizer step, after validation, for the loggers' step axis (Lightning's).
+                self.batches_that_stepped += 1
+            if self._epoch_should_end():
+                break
+
+    def _run_batch(self, batch: Any, batch_idx: int, accumulating: bool) -> bool:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        batch = trainer._transfer_batch(batch, 0)
+        trainer._metrics.current_batch = batch
+        self.batch_progress.increment("ready")
+        hooks.callbacks("on_train_batch_start", batch, batch_idx)
+        if hooks.module("on_train_batch_start", batch, batch_idx) == -1:
+            self.batch_progress.increment("processed")
+            return False
+        self.batch_progress.increment("started")
+        if trainer.lightning_module.automatic_optimization:
+            outputs = run_automatic(self, batch, batch_idx, accumulating)
+        else:
+            outputs = run_manual(self, batch, batch_idx)
+        self.batch_progress.increment("processed")
+        if not accumulating:
+            self._update_schedulers("step", plateau=False)
+        if self._num_ready_batches_reached():
+            # Epoch-interval schedulers step with the epoch's last batch, before its validation (Lightning's order).
+            self._update_schedulers("epoch", plateau=False)
+        hooks.callbacks("on_train_batch_end", outputs, batch, batch_idx)
+        hooks.module("on_train_batch_end", outputs, batch, batch_idx)
+        trainer._metrics.current_batch = None
+        self.batch_progress.increment("completed")
+        if not accumulating:
+            force = bool(trainer.fast_dev_run) or trainer.should_stop
+            trainer._metrics.flush_step(self.batches_that_stepped, force=force)
+        return True
+
+    def _should_accumulate(self, batch_idx: int, is_last: bool) -> bool:
+        accumulate = self.trainer.accumulate_grad_batches
+        return accumulate > 1 and not ((batch_idx + 1) % accumulate == 0 or is_last)
+
+    def _should_validate(self, batch_idx: int, is_last: bool) -> bool:
+        """Whether validation runs after training batch ``batch_idx`` (Lightning's ``_should_check_val_fx``)."""
+        trainer = self.trainer
+        if not trainer._val_enabled():
+            return False
+        every = trainer.check_val_every_n_epoch
+        if every is not None and (self.current_epoch + 1) % every != 0:
+            return False
+        interval = trainer.val_check_batch
+        if math.isinf(interval):
+            return is_last or (trainer.should_stop and self._can_stop_early())
+        if trainer.should_stop and self._can_stop_early():
+            return True
+        current = self.total_batch_idx if every is None else batch_idx
+        return (current + 1) % int(interval) == 0
+
+    def _finish_epoch(self) -> None:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        hub = trainer._metrics
+        hub.publish_epoch(hub.train_results)
+        self.epoch_progress.increment("processed")
+        # Callbacks that monitor metrics (ModelCheckpoint, EarlyStopping) run after the module's hook so that
+        # they see what the module logs in on_train_epoch_end (Lightning's order).
+        hooks.callbacks("on_train_epoch_end", monitoring=False)
+        hooks.module("on_train_epoch_end")
+        hooks.callbacks("on_train_epoch_end", monitoring=True)
+        to_log = hub.publish_epoch(hub.train_results)
+        if self._num_ready_batches_reached():
+            self._update_schedulers("epoch", plateau=True)
+        hub.send(to_log, step=max(self.batches_that_stepped - 1, 0))
+        for logger in trainer.loggers:
+            logger.save()
+        hub.train_results.reset()
+        self.epoch_progress.increment("completed")
+
+    def _update_schedulers(self, interval: str, plateau: bool) -> None:
+        trainer = self.trainer
+        if not trainer.lr_scheduler_configs or not trainer.lightning_module.automatic_optimization:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != interval or config.reduce_on_plateau != plateau:
+                continue
+            index = self.global_step if interval == "step" else self.current_epoch + 1
+            if index % config.frequency != 0:
+                continue
+            metric = None
+            if config.reduce_on_plateau:
+                metric = trainer.callback_metrics.get(config.monitor or "")
+                if metric is None:
+                    if config.strict:
+                        raise MisconfigurationException(
+                            f"ReduceLROnPlateau conditioned on metric {config.monitor!r} which is not available. "
+                            f"Available metrics are: {sorted(trainer.callback_metrics)}. Set the metric with the "
+                            "'monitor' key of the lr_scheduler dict (or 'strict': False to skip)."
+                        )
+                    warnings.warn(
+                        f"ReduceLROnPlateau metric {config.monitor!r} is not available; the scheduler was not "
+                        "stepped.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    continue
+            self.scheduler_progress.increment("ready")
+            trainer._hooks.module("lr_scheduler_step", config.scheduler, metric)
+            self.scheduler_progress.increment("completed")

@@ -1,0 +1,183 @@
+"""The Lightning-compatible checkpoint dict: what ``trainer.save_checkpoint`` writes and ``fit(ckpt_path)`` restores.
+
+Top-level keys are Lightning 2.x's (``epoch``, ``global_step``, ``pytorch-lightning_version``, ``state_dict``,
+``loops``, ``callbacks``, ``optimizer_states``, ``lr_schedulers``, ``hparams_name``, ``hyper_parameters``,
+datamodule entries), so Lightning can read stepstone checkpoints and the other way round. stepstone's own
+entries live under the ``stepstone`` key.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
+from stepstone.loops.progress import loops_state
+
+if TYPE_CHECKING:
+    from stepstone.trainer.state import TrainerFn
+    from stepstone.trainer.trainer import Trainer
+
+__all__ = ["LIGHTNING_COMPAT_VERSION", "dump_checkpoint", "restore_model_state", "restore_training_state"]
+
+# The Lightning release whose checkpoint layout this matches; Lightning's loader requires the key to exist.
+LIGHTNING_COMPAT_VERSION = "2.6.0"
+FORMAT_VERSION = 1
+
+
+def _plain_dict(value: Any) -> dict[str, Any]:
+    # AttributeDict is a dict subclass, which torch.load(weights_only=True) refuses: store a plain dict.
+    return {k: v for k, v in value.items()}
+
+
+def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    """Build the checkpoint dict of the Trainer's current state.
+
+    Args:
+        trainer: a Trainer with a model attached.
+        weights_only: leave out optimizer, scheduler and callback state (Lightning's ``save_weights_only``).
+
+    Returns:
+        The checkpoint dict, with Lightning's keys plus ``stepstone``.
+    """
+    from stepstone import __version__
+
+    module = trainer.lightning_module
+    checkpoint: dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "pytorch-lightning_version": LIGHTNING_COMPAT_VERSION,
+        "state_dict": module.state_dict(),
+        "loops": loops_state(trainer.fit_loop.state_dict()),
+        "stepstone": {"format_version": FORMAT_VERSION, "version": __version__},
+    }
+    if not weights_only:
+        states = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
+        checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
+        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [
+            config.scheduler.state_dict() for config in trainer.lr_scheduler_configs
+        ]
+        if trainer._placement.scaler is not None:
+            checkpoint["MixedPrecision"] = trainer._placement.scaler.state_dict()
+    if module._hparams:
+        checkpoint["hparams_name"] = module._hparams_name
+        checkpoint["hyper_parameters"] = _plain_dict(module._hparams)
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        if datamodule._hparams:
+            checkpoint["datamodule_hparams_name"] = datamodule._hparams_name
+            checkpoint["datamodule_hyper_parameters"] = _plain_dict(datamodule._hparams)
+        state = datamodule.state_dict()
+        if state:
+            checkpoint[type(datamodule).__qualname__] = state
+    if not weights_only:
+        trainer._hooks.callbacks("on_save_checkpoint", checkpoint)
+    trainer._hooks.module("on_save_checkpoint", checkpoint)
+    if datamodule is not None:
+        datamodule.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def restore_model_state(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> None:
+    """Restore datamodule state, the module's weights (after its ``on_load_checkpoint``) and callback state."""
+    module = trainer.lightning_module
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        state = checkpoint.get(type(datamodule).__qualname__)
+        if state:
+            datamodule.load_state_dict(state)
+        datamodule.on_load_checkpoint(checkpoint)
+    if "state_dict" not in checkpoint:
+        raise MisconfigurationException(
+            f"ckpt_path={path!r} has no 'state_dict' entry (keys: {sorted(checkpoint)}); it is not a model checkpoint."
+        )
+    trainer._hooks.module("on_load_checkpoint", checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+
+
+def restore_callbacks(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Give each callback its saved state (matched by ``state_key``) after its ``on_load_checkpoint``."""
+    trainer._hooks.callbacks("on_load_checkpoint", checkpoint)
+    saved = checkpoint.get("callbacks") or {}
+    for callback in trainer.callbacks:
+        state = saved.get(callback.state_key)
+        if state:
+            callback.load_state_dict(state)
+
+
+def _check_count(kind: str, saved: list[Any], current: int, path: str) -> None:
+    if len(saved) != current:
+        raise MisconfigurationException(
+            f"ckpt_path={path!r} holds {len(saved)} {kind} state(s) but configure_optimizers returned {current}; "
+            "resume with the same optimizer/scheduler setup that wrote the checkpoint."
+        )
+
+
+def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> None:
+    """Restore loops, optimizers, schedulers and precision state (fit only; after configure_optimizers)."""
+    if "optimizer_states" not in checkpoint:
+        raise MisconfigurationException(
+            f"ckpt_path={path!r} holds only model weights (saved with save_weights_only=True), so training cannot "
+            "resume from it. Load the weights with YourModel.load_from_checkpoint(path) and call fit() without "
+            "ckpt_path."
+        )
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    if fit_loop:
+        trainer.fit_loop.load_state_dict(fit_loop)
+    saved_opts = checkpoint["optimizer_states"]
+    _check_count("optimizer", saved_opts, len(trainer.optimizers), path)
+    for optimizer, state in zip(trainer.optimizers, saved_opts, strict=True):
+        optimizer.load_state_dict(state)
+    saved_scheds = checkpoint.get("lr_schedulers", [])
+    _check_count("lr_scheduler", saved_scheds, len(trainer.lr_scheduler_configs), path)
+    for config, state in zip(trainer.lr_scheduler_configs, saved_scheds, strict=True):
+        config.scheduler.load_state_dict(state)
+    if trainer._placement.scaler is not None and "MixedPrecision" in checkpoint:
+        trainer._placement.scaler.load_state_dict(checkpoint["MixedPrecision"])
+    max_epochs = trainer.fit_loop.max_epochs
+    if max_epochs != -1 and trainer.current_epoch > max_epochs:
+        raise MisconfigurationException(
+            f"ckpt_path={path!r} was saved at epoch {trainer.current_epoch}, past Trainer(max_epochs={max_epochs}); "
+            f"raise max_epochs to continue training (e.g. max_epochs={trainer.current_epoch + 1})."
+        )
+
+
+def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[str] | None) -> str | None:
+    """Turn ``ckpt_path`` (None, a path, ``"best"`` or ``"last"``) into a file to load, or None.
+
+    Raises:
+        MisconfigurationException: ``"best"`` without a best model, or an unsupported selector.
+        CheckpointNotFoundError: a local path that does not exist.
+    """
+    if ckpt_path is None:
+        return None
+    path = os.fspath(ckpt_path)
+    if path == "best":
+        cb = t.checkpoint_callback
+        if cb is None or not cb.best_model_path:
+            raise MisconfigurationException(
+                f'trainer.{fn.value}(ckpt_path="best") needs a ModelCheckpoint that has saved a best model in '
+                "this Trainer; pass a checkpoint path instead."
+            )
+        return cb.best_model_path
+    if path == "last":
+        candidates = [p for p in (cb._newest_checkpoint() for cb in t.checkpoint_callbacks) if p]
+        if not candidates:
+            warnings.warn(
+                f'trainer.{fn.value}(ckpt_path="last") found no checkpoint that verifies; starting from scratch.',
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        return max(candidates, key=lambda p: (p[1], p[2]))[0]
+    if path in ("hpc", "registry") or path.startswith("registry:"):
+        raise MisconfigurationException(
+            f"trainer.{fn.value}(ckpt_path={path!r}) is not supported; pass a file path, 'last' or 'best'."
+        )
+    from stepstone.checkpoint import is_local
+
+    if is_local(path) and not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"Checkpoint file not found: {path}")
+    return path

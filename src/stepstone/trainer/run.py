@@ -1,0 +1,382 @@
+"""Running fit / validate / test / predict: setup, checkpoint restore, the loops, teardown and failure handling."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from stepstone.core.datamodule import LightningDataModule
+from stepstone.core.module import LightningModule
+from stepstone.core.optimizers import parse_optimizers
+from stepstone.core.saving import read_checkpoint
+from stepstone.errors import MisconfigurationException
+from stepstone.loops.evaluation import run_evaluation
+from stepstone.loops.prediction import run_prediction
+from stepstone.trainer.checkpoint_io import (
+    dump_checkpoint,
+    resolve_ckpt_path,
+    restore_callbacks,
+    restore_model_state,
+    restore_training_state,
+)
+from stepstone.trainer.checks import (
+    check_data_arguments,
+    check_fit_methods,
+    check_optimization,
+    print_results,
+    print_summary,
+    val_check_batch,
+    warn_eval_modules,
+)
+from stepstone.trainer.data import find_loaders, limited_batches, loader_length
+from stepstone.trainer.hooks import is_overridden
+from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
+
+if TYPE_CHECKING:
+    from stepstone.checkpoint import CheckpointRecord
+    from stepstone.trainer.trainer import Trainer
+
+__all__ = ["Runner"]
+
+_EVAL_NAMES = {
+    TrainerFn.VALIDATING: ("validation", "val", "limit_val_batches"),
+    TrainerFn.TESTING: ("test", "test", "limit_test_batches"),
+}
+
+
+def _scalar_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.item()) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+
+
+class Runner:
+    """Carries out the Trainer's entry points (one per Trainer)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        self._datamodule: LightningDataModule | None = None  # the data source of the current call
+
+    # --- shared plumbing ----------------------------------------------------------------------------
+    def _attach(
+        self, model: LightningModule | None, datamodule: LightningDataModule | None, fn: TrainerFn
+    ) -> None:
+        t = self.t
+        if model is None:
+            if t._model is None:
+                raise MisconfigurationException(
+                    f"trainer.{fn.value}() needs a model: pass trainer.{fn.value}(model, ...) (no earlier call "
+                    "attached one)."
+                )
+            model = t._model
+        if not isinstance(model, LightningModule):
+            raise MisconfigurationException(
+                f"trainer.{fn.value}(model=...) expects a stepstone LightningModule, got {type(model).__name__}."
+            )
+        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+            raise MisconfigurationException(
+                f"trainer.{fn.value}(datamodule=...) expects a LightningDataModule, got {type(datamodule).__name__}."
+            )
+        t._model = model
+        model.trainer = t
+        # As in Lightning, the datamodule passed to this call is its only data source; trainer.datamodule keeps
+        # the last one given (its setup/teardown hooks keep running).
+        self._datamodule = datamodule
+        if datamodule is not None:
+            t.datamodule = datamodule
+            datamodule.trainer = t
+        t._hooks.reset()
+
+    def _guarded(self, fn: TrainerFn, body: Callable[[], Any]) -> Any:
+        t = self.t
+        t.state.fn = fn
+        t.state.status = TrainerStatus.RUNNING
+        try:
+            self._setup(fn)
+            result = body()
+        except BaseException as exc:
+            t.state.status = TrainerStatus.INTERRUPTED
+            if isinstance(exc, KeyboardInterrupt):
+                print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr)
+            self._on_exception(exc)
+            self._teardown(fn, "failed")
+            raise
+        t.state.status = TrainerStatus.FINISHED
+        self._teardown(fn, "success")
+        return result
+
+    def _on_exception(self, exc: BaseException) -> None:
+        t = self.t
+        try:
+            t._hooks.callbacks("on_exception", exc)
+        finally:
+            t.state.stage = None
+
+    def _setup(self, fn: TrainerFn) -> None:
+        t = self.t
+        hooks = t._hooks
+        hooks.datamodule("prepare_data")
+        hooks.module("prepare_data")
+        hooks.datamodule("setup", fn.value)
+        hooks.callbacks("setup", fn.value)
+        hooks.module("setup", fn.value)
+        hooks.module("configure_model")
+
+    def _teardown(self, fn: TrainerFn, status: str) -> None:
+        t = self.t
+        t.state.stage = None
+        hooks = t._hooks
+        hooks.datamodule("teardown", fn.value)
+        hooks.callbacks("teardown", fn.value)
+        hooks.module("teardown", fn.value)
+        if t._model is not None and t._placement.device.type == "cuda":
+            t._model.cpu()
+        for logger in t.loggers:
+            logger.finalize(status)
+
+    def _log_hyperparams(self) -> None:
+        t = self.t
+        module = t.lightning_module
+        params: dict[str, Any] = {}
+        if module._hparams_initial and module._log_hyperparams:
+            params.update(module._hparams_initial)
+        datamodule = t.datamodule
+        if datamodule is not None and datamodule._hparams_initial and datamodule._log_hyperparams:
+            params.update(datamodule._hparams_initial)
+        if not t.is_global_zero:
+            return
+        for logger in t.loggers:
+            logger.log_hyperparams(params)
+            logger.save()
+
+    def _loaders(
+        self, kind: str, explicit: Any, limit: int | float, name: str
+    ) -> tuple[list[Iterable[Any]] | None, list[int | float]]:
+        t = self.t
+        loaders = find_loaders(kind, explicit, self._datamodule, t.lightning_module)
+        if loaders is None:
+            return None, []
+        return loaders, [limited_batches(name, loader_length(loader), limit) for loader in loaders]
+
+    # --- fit ----------------------------------------------------------------------------------------
+    def run(
+        self,
+        fn: TrainerFn,
+        model: LightningModule,
+        datamodule: LightningDataModule | None,
+        ckpt_path: str | os.PathLike[str] | None,
+        train_loaders: Any,
+        val_loaders: Any,
+    ) -> None:
+        """``trainer.fit``."""
+        if not isinstance(model, LightningModule):
+            raise MisconfigurationException(
+                f"trainer.fit(model=...) expects a stepstone LightningModule, got {type(model).__name__}."
+            )
+        self._attach(model, datamodule, fn)
+        self.t._resume_requested = ckpt_path is not None
+        self._guarded(fn, lambda: self._fit(ckpt_path, train_loaders, val_loaders))
+
+    def _fit(self, ckpt_path: Any, train_loaders: Any, val_loaders: Any) -> None:
+        t = self.t
+        module = t.lightning_module
+        check_fit_methods(module)
+        path = resolve_ckpt_path(self.t, TrainerFn.FITTING, ckpt_path)
+        checkpoint = read_checkpoint(path, map_location="cpu") if path else None
+        t.ckpt_path = path
+        self._prepare_fit_data(train_loaders, val_loaders)
+        if checkpoint is not None:
+            restore_model_state(t, checkpoint, path or "")
+            restore_callbacks(t, checkpoint)
+        module.to(t._placement.device)
+        t.optimizers, t.lr_scheduler_configs = parse_optimizers(t._hooks.module("configure_optimizers"))
+        if not t.optimizers:
+            warnings.warn(
+                "configure_optimizers returned None: this fit runs training_step and backward but no optimizer "
+                "step. Return an optimizer to train the weights.",
+                UserWarning,
+                stacklevel=6,
+            )
+        check_optimization(t, module)
+        if checkpoint is not None:
+            restore_training_state(t, checkpoint, path or "")
+            del checkpoint
+        self._log_hyperparams()
+        if t.enable_model_summary and t.is_global_zero:
+            print_summary(module)
+        t._metrics.eval_steps_seen.clear()
+        t._hooks.both("on_fit_start")
+        if path is None:
+            self._sanity_check()
+        t.state.stage = RunningStage.TRAINING
+        warn_eval_modules(module)  # Lightning 2.2+ keeps the user's train/eval modes and warns instead
+        t.fit_loop.run()
+        t._hooks.both("on_fit_end")
+
+    def _prepare_fit_data(self, train_loaders: Any, val_loaders: Any) -> None:
+        t = self.t
+        train, train_counts = self._loaders(
+            "train", train_loaders, t.limit_train_batches, "limit_train_batches"
+        )
+        if train is None:
+            raise MisconfigurationException(
+                "fit() found no training data: pass train_dataloaders=..., a datamodule, or define "
+                "train_dataloader() in the LightningModule."
+            )
+        t._train_loader, t.num_training_batches = train[0], train_counts[0]
+        val, val_counts = self._loaders("val", val_loaders, t.limit_val_batches, "limit_val_batches")
+        if val is not None and not is_overridden("validation_step", t.lightning_module, LightningModule):
+            warnings.warn(
+                "Validation data was given but the module has no validation_step; validation is skipped.",
+                UserWarning,
+                stacklevel=7,
+            )
+            val, val_counts = None, []
+        t._val_loaders, t.num_val_batches = val, val_counts
+        t.val_check_batch = val_check_batch(t)
+
+    def _sanity_check(self) -> None:
+        t = self.t
+        if not t._val_enabled() or t.num_sanity_val_steps == 0 or t._val_loaders is None:
+            return
+        t.num_sanity_val_batches = [min(t.num_sanity_val_steps, n) for n in t.num_val_batches]
+        t.state.stage = RunningStage.SANITY_CHECKING
+        t._hooks.callbacks("on_sanity_check_start")
+        run_evaluation(
+            t, "validation", t._val_loaders, t.num_sanity_val_batches, log_step=None, inference_mode=False
+        )
+        t._hooks.callbacks("on_sanity_check_end")
+        t._metrics.reset_all()
+        t.state.stage = RunningStage.TRAINING
+
+    def fit_validation(self) -> None:
+        """A validation run inside fit (called by the fit loop)."""
+        t = self.t
+        assert t._val_loaders is not None
+        t.state.stage = RunningStage.VALIDATING
+        loop = t.fit_loop
+        run_evaluation(
+            t,
+            "validation",
+            t._val_loaders,
+            t.num_val_batches,
+            log_step=loop.batches_that_stepped,
+            inference_mode=False,
+            progress=loop.val_batch_progress,
+        )
+        t._validation_has_run = True
+        t.state.stage = RunningStage.TRAINING
+
+    # --- validate / test / predict ------------------------------------------------------------------
+    def _restore_weights(self, fn: TrainerFn, model_given: bool, ckpt_path: Any) -> None:
+        t = self.t
+        if (
+            ckpt_path is None
+            and not model_given
+            and t.checkpoint_callback
+            and t.checkpoint_callback.best_model_path
+        ):
+            ckpt_path = "best"
+        path = resolve_ckpt_path(self.t, fn, ckpt_path)
+        t.ckpt_path = path
+        if path is not None:
+            restore_model_state(t, read_checkpoint(path, map_location="cpu"), path)
+
+    def evaluate(
+        self, fn: TrainerFn, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any
+    ) -> list[dict[str, float]]:
+        """``trainer.validate`` and ``trainer.test``."""
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        check_data_arguments(fn, dataloaders, datamodule)
+        self._attach(model, datamodule, fn)
+        name, kind, limit_name = _EVAL_NAMES[fn]
+        if not is_overridden(f"{name}_step", self.t.lightning_module, LightningModule):
+            raise MisconfigurationException(
+                f"No `{name}_step()` method defined to run trainer.{fn.value}(); define {name}_step(self, batch, "
+                "batch_idx) in the LightningModule."
+            )
+
+        def body() -> list[dict[str, float]]:
+            t = self.t
+            self._restore_weights(fn, model is not None, ckpt_path)
+            loaders, counts = self._loaders(kind, dataloaders, getattr(t, limit_name), limit_name)
+            if loaders is None:
+                raise MisconfigurationException(
+                    f"trainer.{fn.value}() found no data: pass dataloaders=..., a datamodule, or define "
+                    f"{kind}_dataloader() in the LightningModule."
+                )
+            setattr(t, f"num_{'val' if kind == 'val' else 'test'}_batches", counts)
+            t.lightning_module.to(t._placement.device)
+            self._log_hyperparams()
+            t.state.stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+            t._metrics.eval_steps_seen.clear()
+            results = run_evaluation(
+                t,
+                name,
+                loaders,
+                counts,
+                log_step=t.fit_loop.batches_that_stepped,
+                inference_mode=t.inference_mode,
+            )
+            if verbose and t.is_global_zero:
+                print_results(fn.value, results)
+            return results
+
+        results: list[dict[str, float]] = self._guarded(fn, body)
+        return results
+
+    def predict(
+        self, model: Any, dataloaders: Any, datamodule: Any, return_predictions: Any, ckpt_path: Any
+    ) -> Any:
+        """``trainer.predict``."""
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        check_data_arguments(TrainerFn.PREDICTING, dataloaders, datamodule)
+        self._attach(model, datamodule, TrainerFn.PREDICTING)
+
+        def body() -> Any:
+            t = self.t
+            self._restore_weights(TrainerFn.PREDICTING, model is not None, ckpt_path)
+            loaders, counts = self._loaders(
+                "predict", dataloaders, t.limit_predict_batches, "limit_predict_batches"
+            )
+            if loaders is None:
+                raise MisconfigurationException(
+                    "trainer.predict() found no data: pass dataloaders=..., a datamodule, or define "
+                    "predict_dataloader() in the LightningModule."
+                )
+            t.num_predict_batches = counts
+            t.lightning_module.to(t._placement.device)
+            t.state.stage = RunningStage.PREDICTING
+            return run_prediction(t, loaders, counts, return_predictions is not False)
+
+        return self._guarded(TrainerFn.PREDICTING, body)
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def write_checkpoint(
+        self, path: str, weights_only: bool, storage_options: Any = None
+    ) -> CheckpointRecord:
+        """Build the checkpoint dict and commit it to ``path``; returns the engine's record of the file."""
+        from stepstone.checkpoint import save_file
+
+        t = self.t
+        checkpoint = dump_checkpoint(t, weights_only)
+        metadata = {
+            "step": t.global_step,
+            "epoch": t.current_epoch,
+            "metrics": _scalar_metrics(t.callback_metrics),
+        }
+        return save_file(path, checkpoint, metadata=metadata, storage_options=storage_options)
+
+    def save_checkpoint(self, path: str, weights_only: bool, storage_options: Any) -> None:
+        """``trainer.save_checkpoint``."""
+        if self.t._model is None:
+            raise MisconfigurationException(
+                "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
+            )
+        if self.t.is_global_zero:
+            self.write_checkpoint(path, weights_only, storage_options)

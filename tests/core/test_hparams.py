@@ -1,0 +1,296 @@
+"""``save_hyperparameters``: which arguments, in which form, and only weights_only-safe values."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import io
+import pickle
+from argparse import Namespace
+from collections import OrderedDict, namedtuple
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import stepstone as L
+from stepstone.core.hparams import AttributeDict, check_hparams_safe
+from stepstone.errors import MisconfigurationException
+
+
+class AllArgs(L.LightningModule):
+    def __init__(self, lr: float = 0.1, layers: int = 2, name: str = "m", **kwargs: Any) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+
+def _roundtrip(value: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_all_arguments_including_kwargs() -> None:
+    model = AllArgs(0.5, extra=[1, 2])
+    assert model.hparams == {"lr": 0.5, "layers": 2, "name": "m", "extra": [1, 2]}
+    assert model.hparams.lr == 0.5  # attribute access
+    assert model._hparams_name == "kwargs"
+
+
+def test_star_args_are_left_out_and_keyword_only_kept() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, a: int, *args: Any, b: int = 2, **kwargs: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    assert Model(1, 5, 6, b=3, c=4).hparams == {"a": 1, "b": 3, "c": 4}
+
+
+def test_named_arguments() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, lr: float = 0.1, layers: int = 2, debug: bool = False) -> None:
+            super().__init__()
+            self.save_hyperparameters("lr", "debug")
+
+    assert Model(debug=True).hparams == {"lr": 0.1, "debug": True}
+
+
+def test_unknown_argument_name_raises() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters("lr", "momentum")
+
+    with pytest.raises(MisconfigurationException, match=r"'momentum'.*not an argument.*\['lr'\]"):
+        Model()
+
+
+@pytest.mark.parametrize("ignore", ["net", ["net"], ("net", "unused")])
+def test_ignore(ignore: Any) -> None:
+    class Model(L.LightningModule):
+        def __init__(self, net: nn.Module, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore=ignore)
+            self.net = net
+
+    assert Model(nn.Linear(1, 1)).hparams == {"lr": 0.1}
+
+
+def test_modules_are_left_out_with_a_warning() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, net: nn.Module, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    with pytest.warns(UserWarning, match=r"'net' is an nn.Module.*ignore=\['net'\]"):
+        model = Model(nn.Linear(1, 1))
+    assert model.hparams == {"lr": 0.1}
+
+
+def test_single_dict_namespace_or_dataclass() -> None:
+    @dataclasses.dataclass
+    class Config:
+        lr: float = 0.1
+        sizes: tuple[int, ...] = (1, 2)
+
+    class Model(L.LightningModule):
+        def __init__(self, config: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters(config)
+
+    assert Model({"lr": 0.2}).hparams == {"lr": 0.2}
+    assert Model({"lr": 0.2})._hparams_name == "config"
+    assert Model(Namespace(lr=0.3, nested=Namespace(a=1))).hparams == {"lr": 0.3, "nested": {"a": 1}}
+    model = Model(Config())
+    assert model.hparams == {"lr": 0.1, "sizes": (1, 2)}
+    assert type(model.hparams["sizes"]) is tuple
+    with pytest.raises(MisconfigurationException, match="single positional argument"):
+        Model(5)
+
+
+def test_dict_outside_init() -> None:
+    model = AllArgs()
+    model.save_hyperparameters({"extra": 1})
+    assert model.hparams == {"lr": 0.1, "layers": 2, "name": "m", "extra": 1}  # merged, as in Lightning
+    with pytest.raises(MisconfigurationException, match="inside __init__"):
+        model.save_hyperparameters("lr")
+
+
+def test_repeated_calls_merge() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, a: int = 1, b: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters("a")
+            self.save_hyperparameters("b")
+
+    assert Model().hparams == {"a": 1, "b": 2}
+
+
+def test_arguments_of_base_classes_are_collected() -> None:
+    class Base(L.LightningModule):
+        def __init__(self, lr: float, width: int = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Child(Base):
+        def __init__(self, depth: int = 3) -> None:
+            super().__init__(lr=0.5, width=8)
+
+    assert Child(depth=5).hparams == {"lr": 0.5, "width": 8, "depth": 5}
+
+
+def test_subclass_argument_wins() -> None:
+    class Base(L.LightningModule):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Child(Base):
+        def __init__(self, lr: float = 0.9) -> None:
+            super().__init__(lr=lr * 2)
+
+    assert Child().hparams == {"lr": 0.9}
+
+
+def test_hparams_initial_is_unaffected_by_later_edits() -> None:
+    model = AllArgs(extra={"inner": [1]})
+    model.hparams.lr = 99.0
+    model.hparams["extra"]["inner"].append(2)
+    assert model.hparams_initial["lr"] == 0.1
+    assert model.hparams_initial["extra"] == {"inner": [1]}
+    model.hparams_initial["lr"] = 5  # a copy: cannot corrupt the stored one
+    assert model.hparams_initial["lr"] == 0.1
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+Point = namedtuple("Point", "x y")
+
+
+class Custom:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (Path("/data"), "hparams['value']"),
+        (Custom(), "hparams['value']"),
+        (Color.RED, "hparams['value']"),
+        (Point(1, 2), "hparams['value']"),
+        ({"deep": [1, {"p": Path("x")}]}, "hparams['value']['deep'][1]['p']"),
+        ({(1, 2): "tuple key"}, "hparams['value']"),
+        (np.zeros(3), "hparams['value']"),
+        ({1, 2}, "hparams['value']"),
+    ],
+)
+def test_unsafe_values_raise_at_save_time(value: Any, where: str) -> None:
+    class Model(L.LightningModule):
+        def __init__(self, value: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    with pytest.raises(MisconfigurationException) as info:
+        Model(value)
+    assert where in str(info.value)
+    assert "weights_only" in str(info.value) or "key" in str(info.value)
+
+
+def test_safe_values_survive_a_weights_only_load() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    values = {
+        "s": "x",
+        "i": 1,
+        "f": 0.5,
+        "b": True,
+        "n": None,
+        "c": 1 + 2j,
+        "by": b"raw",
+        "dtype": torch.float16,
+        "device": torch.device("cpu"),
+        "size": torch.Size([2, 3]),
+        "t": torch.ones(2),
+        "l": [1, [2, 3]],
+        "tu": (1, "a"),
+        "d": {"k": {"z": 1}, 3: "int key"},
+        "od": OrderedDict(a=1),
+        "np_float": np.float64(0.25),
+        "np_int": np.int32(3),
+        "np_bool": np.bool_(True),
+    }
+    model = Model(**values)
+    loaded = _roundtrip(dict(model.hparams))
+    assert loaded["np_float"] == 0.25 and type(loaded["np_float"]) is float
+    assert loaded["np_int"] == 3 and type(loaded["np_int"]) is int
+    assert loaded["np_bool"] is True
+    assert loaded["od"] == {"a": 1}
+    assert torch.equal(loaded["t"], torch.ones(2))
+    assert {k: v for k, v in loaded.items() if k != "t"} == {
+        k: v for k, v in model.hparams.items() if k != "t"
+    }
+
+
+def test_check_hparams_safe_directly() -> None:
+    check_hparams_safe({"a": [1, (2.0, None)]}, "hparams")
+    with pytest.raises(MisconfigurationException, match=r"hparams\['a'\]\[1\] is a .*Custom"):
+        check_hparams_safe({"a": [1, Custom()]}, "hparams")
+
+
+def test_save_hyperparameters_outside_a_module_init_raises() -> None:
+    class Model(L.LightningModule):
+        def setup_hparams(self) -> None:
+            self.save_hyperparameters()
+
+    with pytest.raises(MisconfigurationException, match="inside __init__"):
+        Model().setup_hparams()
+
+
+def test_datamodule_hyperparameters() -> None:
+    class DM(L.LightningDataModule):
+        def __init__(self, batch_size: int = 8, root: str = "/data") -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore="root")
+
+    dm = DM(batch_size=4)
+    assert dm.hparams == {"batch_size": 4}
+    dm.hparams.batch_size = 2
+    assert dm.hparams_initial == {"batch_size": 4}
+    with pytest.raises(MisconfigurationException, match="Path"):
+
+        class Bad(L.LightningDataModule):
+            def __init__(self, root: Path) -> None:
+                super().__init__()
+                self.save_hyperparameters()
+
+        Bad(Path("x"))
+
+
+class TestAttributeDict:
+    def test_attribute_access(self) -> None:
+        d = AttributeDict(a=1)
+        d.b = 2
+        assert d == {"a": 1, "b": 2} and d.a == 1
+        del d.a
+        assert d == {"b": 2}
+        with pytest.raises(AttributeError, match="'zz' does not exist"):
+            _ = d.zz
+        with pytest.raises(AttributeError):
+            del d.zz
+
+    def test_copy_and_pickle(self) -> None:
+        d = AttributeDict(a=[1])
+        deep = copy.deepcopy(d)
+        deep.a.append(2)
+        assert d.a == [1] and isinstance(deep, AttributeDict)
+        assert pickle.loads(pickle.dumps(d)) == d
