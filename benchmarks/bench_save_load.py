@@ -6,7 +6,9 @@ For a ~1 GiB state (16 float32 tensors of 64 MiB), measured in the same run, alt
 - ``torch.save+fsync``: ``torch.save(state, path)`` then fsync of the file;
 - ``stepstone save_file``: the full commit protocol (temp file, CRCs, trailer, fsync, rename, dir fsync);
 - ``torch.load`` vs ``stepstone load_file`` (verify=True), with the file in the page cache (warm) and
-  after evicting it (cold, via posix_fadvise DONTNEED).
+  after evicting it (cold, via posix_fadvise DONTNEED);
+- the same through the Trainer: ``trainer.save_checkpoint`` of a LightningModule whose parameters are that
+  state (SGD without momentum, so no optimizer state) and ``LightningModule.load_from_checkpoint``.
 
 Prints a table with GB/s and the ratios stepstone/torch and stepstone/disk, then one JSON line per
 figure. Usage: ``python benchmarks/run.py save_load [--repeats 5] [--tensors 16] [--dir DIR]`` (or run
@@ -28,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+import stepstone as L
 from stepstone.checkpoint import load_file, save_file
 
 GIB = 1024**3
@@ -68,6 +71,40 @@ def _torch_save(state: dict[str, torch.Tensor], path: str) -> None:
     _fsync_path(path)
 
 
+class _Big(L.LightningModule):
+    """A module whose parameters are the benchmark tensors (shared, not copied)."""
+
+    def __init__(self, tensors: int = 16) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.params = torch.nn.ParameterDict(
+            {f"t{i}": torch.nn.Parameter(torch.empty(16 * 1024 * 1024)) for i in range(tensors)}
+        )
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        raise AssertionError("not trained")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _attached_trainer(state: dict[str, torch.Tensor], directory: str) -> tuple[L.Trainer, _Big]:
+    model = _Big(len(state))
+    with torch.no_grad():
+        for name, tensor in state.items():
+            model.params[name].set_(tensor)
+    trainer = L.Trainer(
+        max_epochs=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=directory,
+    )
+    trainer.fit(model, [torch.zeros(1)])
+    return trainer, model
+
+
 def _timed(action: Callable[[], object], remove: str | None = None) -> float:
     # Every measurement starts from the same state: no dirty pages being written back, and (for saves) no
     # previous file to truncate or unlink, as for a checkpoint with a new name.
@@ -83,22 +120,31 @@ def _timed(action: Callable[[], object], remove: str | None = None) -> float:
 
 
 def _measure(state: dict[str, torch.Tensor], directory: str, repeats: int) -> dict[str, float]:
-    paths = {name: os.path.join(directory, f"{name}.ckpt") for name in ("disk", "torch", "stepstone")}
+    names = ("disk", "torch", "stepstone", "trainer")
+    paths = {name: os.path.join(directory, f"{name}.ckpt") for name in names}
+    trainer, _model = _attached_trainer(state, directory)
     savers: dict[str, Callable[[], object]] = {
         "disk": lambda: _raw_write(state, paths["disk"]),
         "torch.save+fsync": lambda: _torch_save(state, paths["torch"]),
         "stepstone save_file": lambda: save_file(paths["stepstone"], state),
+        "trainer.save_checkpoint": lambda: trainer.save_checkpoint(paths["trainer"]),
     }
     targets = {
         "disk": paths["disk"],
         "torch.save+fsync": paths["torch"],
         "stepstone save_file": paths["stepstone"],
+        "trainer.save_checkpoint": paths["trainer"],
     }
     loaders: dict[str, Callable[[], object]] = {
         "torch.load": lambda: torch.load(paths["torch"], weights_only=True),
         "stepstone load_file": lambda: load_file(paths["stepstone"]),
+        "load_from_checkpoint": lambda: _Big.load_from_checkpoint(paths["trainer"]),
     }
-    sources = {"torch.load": paths["torch"], "stepstone load_file": paths["stepstone"]}
+    sources = {
+        "torch.load": paths["torch"],
+        "stepstone load_file": paths["stepstone"],
+        "load_from_checkpoint": paths["trainer"],
+    }
     best: dict[str, float] = {}
     for _ in range(repeats):  # alternate so that drifting disk/VM speed affects all alike
         for name, action in savers.items():
@@ -121,10 +167,13 @@ def _report(best: dict[str, float], nbytes: int) -> None:
         ("disk", None, None),
         ("torch.save+fsync", None, "disk"),
         ("stepstone save_file", "torch.save+fsync", "disk"),
+        ("trainer.save_checkpoint", "torch.save+fsync", "disk"),
         ("torch.load (warm)", None, None),
         ("stepstone load_file (warm)", "torch.load (warm)", None),
+        ("load_from_checkpoint (warm)", "torch.load (warm)", None),
         ("torch.load (cold)", None, None),
         ("stepstone load_file (cold)", "torch.load (cold)", None),
+        ("load_from_checkpoint (cold)", "torch.load (cold)", None),
     ]
     print(f"\nstate: {nbytes / GIB:.2f} GiB, best of the repeats")
     print(f"{'operation':30} {'seconds':>8} {'GB/s':>7} {'vs torch':>9} {'vs disk':>8}")

@@ -84,6 +84,31 @@ def _first_tensor_device(state_dict: dict[str, Any]) -> torch.device | None:
     return None
 
 
+def _can_assign(model: torch.nn.Module, state_dict: dict[str, Any]) -> bool:
+    """Whether the loaded tensors can replace the module's own without changing any of their properties."""
+    own = model.state_dict(keep_vars=True)
+    if own.keys() != state_dict.keys():
+        return False
+    params = [p for _, p in model.named_parameters(remove_duplicate=False)]
+    if len({id(p) for p in params}) != len(params):
+        return False  # tied weights: assigning would untie them into two Parameters
+    for name, tensor in own.items():
+        loaded = state_dict[name]
+        if not isinstance(loaded, torch.Tensor) or type(loaded) is not torch.Tensor:
+            return False
+        if (loaded.dtype, loaded.shape, loaded.device) != (tensor.dtype, tensor.shape, tensor.device):
+            return False
+    return True
+
+
+def _load_weights(model: torch.nn.Module, state_dict: dict[str, Any], strict: bool) -> None:
+    # A freshly built module's tensors hold nothing worth keeping: taking the loaded tensors (assign=True)
+    # instead of copying into them halves the memory traffic of load_from_checkpoint. Only when every
+    # property matches exactly, so the result is the same as Lightning's copy.
+    assign = _can_assign(model, state_dict)
+    model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
 def load_module_from_checkpoint(
     cls: type,
     checkpoint_path: str | Path,
@@ -106,7 +131,7 @@ def load_module_from_checkpoint(
         )
     model.configure_model()
     model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"], strict=model.strict_loading if strict is None else strict)
+    _load_weights(model, checkpoint["state_dict"], model.strict_loading if strict is None else strict)
     device = _first_tensor_device(checkpoint["state_dict"])
     if device is not None:
         model.to(device)
