@@ -12,6 +12,8 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
 from stepstone.loops.progress import loops_state
 
@@ -50,7 +52,15 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "pytorch-lightning_version": LIGHTNING_COMPAT_VERSION,
         "state_dict": module.state_dict(),
         "loops": loops_state(trainer.fit_loop.state_dict()),
-        "stepstone": {"format_version": FORMAT_VERSION, "version": __version__},
+        "stepstone": {
+            "format_version": FORMAT_VERSION,
+            "version": __version__,
+            "metrics": {
+                k: float(v.item())
+                for k, v in trainer.callback_metrics.items()
+                if isinstance(v, torch.Tensor) and v.numel() == 1
+            },
+        },
     }
     if not weights_only:
         states = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
