@@ -76,9 +76,10 @@ def run_automatic(loop: FitLoop, batch: Any, batch_idx: int, accumulating: bool)
     step_args = step_arguments(module.training_step, batch, batch_idx, None)
     result: dict[str, Any] = {}
 
-    @torch.enable_grad()
     def closure() -> torch.Tensor | None:
-        with trainer._placement.forward_context():
+        # Optimizers may call the closure with grad disabled (their step runs under no_grad); a ``with``
+        # costs far less per step than decorating a fresh closure with torch.enable_grad() every batch.
+        with torch.enable_grad(), trainer._placement.forward_context():
             output = hooks.module("training_step", *step_args)
         loss, extra = _loss_of(output)
         if loss is not None and accumulate > 1:
@@ -96,7 +97,8 @@ def run_automatic(loop: FitLoop, batch: Any, batch_idx: int, accumulating: bool)
             zero_grad.increment("completed")
         if loss is None:
             return None
-        trainer._backward(loss)
+        with torch.enable_grad():
+            trainer._backward(loss)
         return loss
 
     if accumulating or optimizer is None:

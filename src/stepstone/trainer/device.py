@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +11,8 @@ import torch
 from stepstone.errors import MisconfigurationException
 
 __all__ = ["Placement", "resolve_placement"]
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 _STRATEGIES = ("auto", "single_device")
@@ -45,11 +46,9 @@ class Placement:
         dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @contextlib.contextmanager
-    def forward_context(self) -> Iterator[None]:
-        """Context for training/evaluation steps."""
-        with self.autocast():
-            yield
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for training/evaluation steps (one shared no-op object in 32-bit: it runs every batch)."""
+        return _NO_CONTEXT if self.precision == "32-true" else self.autocast()
 
 
 def _resolve_accelerator(accelerator: Any) -> str:
