@@ -1,4 +1,4 @@
-"""The ``stepstone`` command line: ``stepstone demo``."""
+"""The ``stepstone`` command line: ``stepstone demo`` and ``stepstone ckpt ...`` (see ``cli_ckpt``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--total-epochs", type=int, default=5, help="max_epochs of the resumed run (default: %(default)s)"
     )
+    from stepstone.cli_ckpt import add_ckpt_parser
+
+    add_ckpt_parser(commands)
     return parser
 
 
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         The process exit code.
     """
     args = _parser().parse_args(argv)
+    if args.command == "ckpt":
+        from stepstone.cli_ckpt import run_ckpt
+
+        return run_ckpt(args)
     if args.command == "demo":
         from stepstone.demo import run_demo
 

@@ -1,11 +1,14 @@
-"""The synchronous writer and the save handle."""
+"""The synchronous and asynchronous writers and the save handle."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
 from stepstone.checkpoint.record import CheckpointRecord
-from stepstone.checkpoint.writer import SyncWriter
+from stepstone.checkpoint.writer import AsyncWriter, SaveJob, SyncWriter
 from stepstone.errors import CheckpointError
 
 RECORD = CheckpointRecord(path="/d/a.ckpt", name="a.ckpt", size=1, step=1, epoch=None)
@@ -35,5 +38,98 @@ def test_closed_writer_refuses_jobs() -> None:
     writer = SyncWriter()
     writer.wait()
     writer.close()
+    with pytest.raises(CheckpointError, match="closed"):
+        writer.submit(lambda: RECORD)
+
+
+# --- AsyncWriter ------------------------------------------------------------------------------------
+
+
+def _blocked_job(release: threading.Event, started: threading.Event | None = None) -> SaveJob:
+    def job() -> CheckpointRecord:
+        if started is not None:
+            started.set()
+        assert release.wait(5)
+        return RECORD
+
+    return job
+
+
+def test_async_submit_returns_at_once_and_the_handle_gives_the_record() -> None:
+    writer = AsyncWriter()
+    release = threading.Event()
+    handle = writer.submit(_blocked_job(release))
+    assert not handle.done() and writer.busy
+    release.set()
+    assert handle.result(timeout=5) is RECORD
+    writer.close()
+    assert not writer.busy
+
+
+def test_a_second_save_waits_for_the_first_and_the_wait_is_reported() -> None:
+    lines: list[str] = []
+    writer = AsyncWriter(report=lines.append, report_min_wait_s=0.05)
+    release, started = threading.Event(), threading.Event()
+    order: list[str] = []
+    writer.submit(_blocked_job(release, started))
+    assert started.wait(5)
+    threading.Timer(0.2, release.set).start()
+    begun = time.monotonic()
+    writer.submit(lambda: order.append("second") or RECORD)
+    assert time.monotonic() - begun >= 0.15  # backpressure: submit blocked until the first job ended
+    writer.close()
+    assert order == ["second"]
+    assert writer.waits == 1 and writer.waited_s >= 0.15
+    assert len(lines) == 1 and "waited 0." in lines[0] and "previous one" in lines[0]
+
+
+def test_reports_are_rate_limited() -> None:
+    lines: list[str] = []
+    writer = AsyncWriter(report=lines.append, report_min_wait_s=0.0, report_every_s=60.0)
+    for _ in range(3):
+        writer.submit(lambda: time.sleep(0.02) or RECORD)
+    writer.close()
+    assert writer.waits == 2 and len(lines) == 1
+
+
+def _failing() -> CheckpointRecord:
+    raise OSError("injected disk failure")
+
+
+def test_a_background_failure_is_raised_at_the_next_submit_and_the_job_is_not_started() -> None:
+    writer = AsyncWriter()
+    writer.submit(_failing)
+    ran: list[int] = []
+    with pytest.raises(OSError, match="injected"):
+        writer.submit(lambda: ran.append(1) or RECORD)
+    assert ran == []
+    writer.submit(lambda: RECORD).result(timeout=5)  # told once: the writer goes on
+    writer.close()
+
+
+@pytest.mark.parametrize("where", ["wait", "close"])
+def test_a_background_failure_is_raised_by_wait_and_close(where: str) -> None:
+    writer = AsyncWriter()
+    writer.submit(_failing)
+    with pytest.raises(OSError, match="injected"):
+        getattr(writer, where)()
+    writer.close()
+
+
+def test_a_failure_raised_by_the_handle_is_not_raised_again_by_the_writer() -> None:
+    writer = AsyncWriter()
+    handle = writer.submit(_failing)
+    with pytest.raises(OSError):
+        handle.result(timeout=5)
+    with pytest.raises(OSError):  # the handle keeps answering
+        handle.result()
+    writer.close()  # nothing left untold
+
+
+def test_closed_async_writer_refuses_jobs_and_leaves_no_thread() -> None:
+    writer = AsyncWriter(name="stepstone-test-writer")
+    writer.submit(lambda: RECORD)
+    writer.close()
+    assert not any(t.name == "stepstone-test-writer" for t in threading.enumerate())
     with pytest.raises(CheckpointError, match="closed"):
         writer.submit(lambda: RECORD)

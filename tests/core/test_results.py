@@ -172,3 +172,36 @@ class TestResolveMeta:
             _meta(on_step=False, on_epoch=False)
         with pytest.raises(MisconfigurationException, match="reduce_fx"):
             _meta(reduce_fx=torch.std)
+
+
+def test_partial_epoch_accumulators_round_trip_through_state_dict() -> None:
+
+    def meta(name: str, reduce_fx: str) -> Any:
+        return resolve_meta(
+            name,
+            default_on_step=True,
+            default_on_epoch=True,
+            on_step=None,
+            on_epoch=None,
+            prog_bar=False,
+            logger=None,
+            reduce_fx=reduce_fx,
+            sync_dist=False,
+            fx="training_step",
+        )
+
+    straight, first_half = Results(), Results()
+    values = [(1.0, 2), (4.0, 1), (2.5, 3), (0.5, 2)]
+    for i, (value, size) in enumerate(values):
+        for results in (straight, first_half) if i < 2 else (straight,):
+            results.log(meta("loss", "mean"), torch.tensor(value), size)
+            results.log(meta("peak", "max"), torch.tensor(value), size)
+    resumed = Results()
+    resumed.load_state_dict(first_half.state_dict())
+    for value, size in values[2:]:
+        resumed.log(meta("loss", "mean"), torch.tensor(value), size)
+        resumed.log(meta("peak", "max"), torch.tensor(value), size)
+    got = [(m.key, v) for m, v in resumed.epoch_values()]
+    want = [(m.key, v) for m, v in straight.epoch_values()]
+    assert [k for k, _ in got] == [k for k, _ in want] == ["loss", "peak"]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want, strict=True))

@@ -23,6 +23,7 @@ import yaml
 
 from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.checkpoint_naming import format_name
+from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
@@ -34,6 +35,7 @@ from stepstone.callbacks.checkpoint_settings import (
 from stepstone.errors import MisconfigurationException
 
 if TYPE_CHECKING:
+    from stepstone.checkpoint import CheckpointRecord, SaveHandle
     from stepstone.core.module import LightningModule
     from stepstone.trainer.trainer import Trainer
 
@@ -72,6 +74,14 @@ class ModelCheckpoint(Callback):
         save_on_train_epoch_end: check at the end of the training epoch (True) or after validation (False);
             default: after validation when it runs once per epoch, else at the training epoch end.
         enable_version_counter: add ``-v1``, ``-v2``, ... instead of replacing a file of the same name.
+        async_save: (stepstone extension) save in the background: training pauses only while the state is
+            copied into reusable host buffers. ``best_model_path``, ``best_k_models``, ``last`` and deletions
+            change only once the file is committed; a failed save is raised at the next save or when ``fit``
+            ends. None (default): follow the Trainer (``plugins=[AsyncCheckpointIO()]``).
+        on_save_error: (stepstone extension) what a failed save (disk full, I/O error) does: ``"raise"``
+            (default) stops training with the error; ``"warn"`` warns loudly and trains on. Either way the
+            temporary file is removed, earlier checkpoints and the index are untouched, and the callback's
+            state (best, top-k, last) still names only committed files.
 
     Raises:
         MisconfigurationException: for invalid arguments or combinations, naming them.
@@ -100,7 +110,20 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        async_save: bool | None = None,
+        on_save_error: Literal["raise", "warn"] = "raise",
     ) -> None:
+        if on_save_error not in ("raise", "warn"):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(on_save_error={on_save_error!r}) is invalid; pass 'raise' (stop training on a "
+                "failed save) or 'warn' (warn and train on)."
+            )
+        self.on_save_error = on_save_error
+        if async_save is not None and not isinstance(async_save, bool):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(async_save={async_save!r}) is invalid; pass True, False or None (follow the Trainer)."
+            )
+        self.async_save = async_save
         validate_arguments(
             save_top_k, monitor, mode, save_last, every_n_train_steps, every_n_epochs, train_time_interval
         )
@@ -133,6 +156,11 @@ class ModelCheckpoint(Callback):
         self._defer_save_until_validation = False
         self._pending_last = ""
         self._warned: set[str] = set()
+        self._trigger_deletions: list[str] = []  # what the trigger being saved will delete once committed
+        self._deferred_deletions: list[str] = []  # owed deletions not done yet (see ``_delete``)
+        self._scheduled: tuple[SaveHandle, str] | None = None  # the async save (and path) of this trigger
+        self._deferred_last: tuple[str, str] | None = None  # (top-k file, last path): copy/link after commit
+        self._pending: PendingSave | None = None  # the async save in flight and what to do once it commits
 
     @property
     def state_key(self) -> str:
@@ -181,13 +209,16 @@ class ModelCheckpoint(Callback):
                 )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the clock of ``train_time_interval``."""
+        """Start the clock of ``train_time_interval``; finish deletions the resumed checkpoint owed."""
         self._last_time_checked = time.monotonic()
+        if self._deferred_deletions:
+            self._delete(trainer, [])
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Step and time triggers."""
+        self._poll_pending(trainer)
         if self._should_skip(trainer):
             return
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
@@ -210,6 +241,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
+        self._poll_pending(trainer)
         if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
             return
         if self._epoch_due(trainer):
@@ -217,6 +249,7 @@ class ModelCheckpoint(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
+        self._poll_pending(trainer)
         if self._should_skip(trainer):
             return
         if self._defer_save_until_validation:
@@ -285,21 +318,58 @@ class ModelCheckpoint(Callback):
     def _save_on_trigger(
         self, trainer: Trainer, candidates: dict[str, torch.Tensor], top_k: bool = True
     ) -> None:
-        """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state."""
+        """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
+
+        An asynchronous save only schedules the write here: the new state goes into the file, but the callback
+        keeps naming committed files until ``_complete_pending`` runs after the commit.
+        """
+        if self._pending is not None:
+            trainer._runner.async_saves.wait_turn()  # backpressure, reported when it stalls training
+        self._complete_pending(trainer)  # decide on the state of the committed files
         snapshot = {name: copy.copy(getattr(self, name)) for name in _STATE_FIELDS}
         to_delete: list[str] = []
+        self._trigger_deletions = to_delete  # stored in the checkpoint written by this trigger
         written = ""
+        self._scheduled, self._deferred_last = None, None
         try:
             if top_k:
                 written = self._save_topk(trainer, candidates, to_delete)
             self._save_last(trainer, candidates, written, to_delete)
-        except BaseException:
+        except BaseException as error:
+            self._trigger_deletions = []
             for name, value in snapshot.items():
                 setattr(self, name, value)
-            raise
-        for path in dict.fromkeys(to_delete):
-            if self._should_remove(trainer, path):
-                self._remove_checkpoint(trainer, path)
+            if self._scheduled is not None:  # rare: failed after scheduling; the file stays untracked
+                self._scheduled[0].exception()
+            if not self._tolerate(trainer, error):
+                raise
+            return
+        if self._scheduled is not None:
+            updated = {name: getattr(self, name) for name in _STATE_FIELDS}
+            for name, value in snapshot.items():
+                setattr(self, name, value)
+            handle, path = self._scheduled
+            self._pending = PendingSave(handle, path, updated, to_delete, self._deferred_last)
+            return
+        self._delete(trainer, to_delete)
+
+    def _tolerate(self, trainer: Trainer, error: BaseException) -> bool:
+        """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning."""
+        from stepstone.errors import CheckpointError
+
+        if self.on_save_error != "warn" or not isinstance(error, (OSError, CheckpointError)):
+            return (
+                False  # programming errors (e.g. an unsafe object in the state) and interrupts always raise
+            )
+        kept = self.last_model_path or self.best_model_path or "none yet"
+        warnings.warn(
+            f"CHECKPOINT NOT SAVED at epoch {trainer.current_epoch}, step {trainer.global_step}: {error}. "
+            f"Training continues (ModelCheckpoint(on_save_error='warn')); the checkpoints already committed are "
+            f"intact (newest: {kept}). Free disk space or fix the error, or pass on_save_error='raise' to stop.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return True
 
     def _save_topk(self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]) -> str:
         if self.save_top_k == 0:
@@ -363,9 +433,9 @@ class ModelCheckpoint(Callback):
                 f"top {k}"
             )
         self._prepare_last_path(candidates)
-        self._save_checkpoint(trainer, filepath)
         if replaced is not None and replaced != filepath:
-            to_delete.append(replaced)
+            to_delete.append(replaced)  # before the save: the file records it (see ``_delete``)
+        self._save_checkpoint(trainer, filepath)
         return filepath
 
     def _save_newest(
@@ -374,9 +444,9 @@ class ModelCheckpoint(Callback):
         filepath = self._versioned_path(candidates, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
         self._prepare_last_path(candidates)
-        self._save_checkpoint(trainer, filepath)
         if self.save_top_k == 1 and previous and previous != filepath:
-            to_delete.append(previous)
+            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
+        self._save_checkpoint(trainer, filepath)
         return filepath
 
     def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
@@ -400,15 +470,17 @@ class ModelCheckpoint(Callback):
         else:
             filepath = self._versioned_path(candidates, previous, self.CHECKPOINT_NAME_LAST)
             self.last_model_path = filepath
-        if written and self.save_last == "link":
+        if previous and previous != filepath:
+            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
+        if written and self._scheduled is not None:
+            self._deferred_last = (written, filepath)  # ``written`` is not committed yet
+        elif written and self.save_last == "link":
             link_file(written, filepath)
         elif written:
             copy_file(written, filepath)  # the state was serialized once, into ``written``
         else:
             self._save_checkpoint(trainer, filepath)
         self._last_checkpoint_saved = written or filepath
-        if previous and previous != filepath:
-            to_delete.append(previous)
 
     def _versioned_path(
         self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None
@@ -421,22 +493,85 @@ class ModelCheckpoint(Callback):
                 version += 1
         return filepath
 
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        from stepstone.checkpoint import RunIndex
+    def _uses_async(self, trainer: Trainer) -> bool:
+        return self.async_save if self.async_save is not None else trainer._async_checkpointing
 
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if self._uses_async(trainer):
+            handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
+            self._scheduled = (handle, filepath)
+            self._last_global_step_saved = trainer.global_step
+            return
         record = trainer._runner.write_checkpoint(filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        self._after_commit(trainer, filepath, record)
+
+    def _after_commit(self, trainer: Trainer, filepath: str, record: CheckpointRecord) -> None:
+        from stepstone.checkpoint import RunIndex
+
         if trainer.is_global_zero and self.dirpath is not None and os.path.dirname(filepath) == self.dirpath:
             RunIndex(self.dirpath).record(record)
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
-    def _should_remove(self, trainer: Trainer, path: str) -> bool:
-        if path in (self.best_model_path, self.last_model_path) or path in self.best_k_models:
-            return False
+    def _poll_pending(self, trainer: Trainer) -> None:
+        # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting.
+        if self._pending is not None and self._pending.handle.done():
+            self._complete_pending(trainer)
+
+    def _complete_pending(self, trainer: Trainer) -> None:
+        """Wait for the async save in flight; once committed: index, ``last``, new state, loggers, deletions.
+
+        Raises:
+            Exception: the save's failure; the state then still names the earlier, committed files.
+        """
+        from stepstone.checkpoint import copy_file, link_file
+
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            record = pending.handle.result()
+        except BaseException:
+            self._trigger_deletions = []  # that trigger never happened: it owes no deletions
+            raise
+        if pending.last is not None:
+            written, last_path = pending.last
+            (link_file if self.save_last == "link" else copy_file)(written, last_path)
+        for name, value in pending.state.items():
+            setattr(self, name, value)
+        self._last_checkpoint_saved = pending.last[0] if pending.last is not None else pending.filepath
+        self._after_commit(trainer, pending.filepath, record)
+        self._delete(trainer, pending.to_delete)
+
+    def _delete(self, trainer: Trainer, paths: list[str]) -> None:
+        """Delete the files a committed trigger dropped, keeping the one the run resumed from for later.
+
+        A kill between a commit and these deletions would leave files no state tracks, forever. So every
+        checkpoint records the deletions its trigger still owes (``pending_deletions`` in its callback state),
+        and a run resumed from it finishes them in ``on_train_start``. The resume source is never deleted by
+        its own run; it stays owed, and the next run deletes it.
+        """
+        owed = []
+        for path in dict.fromkeys([*self._deferred_deletions, *paths]):
+            if self._should_remove(trainer, path):
+                self._remove_checkpoint(trainer, path)
+            elif self._is_resume_source(trainer, path) and not self._tracks(path):
+                owed.append(path)
+        self._deferred_deletions = owed
+        self._trigger_deletions = []
+
+    def _tracks(self, path: str) -> bool:
+        return path in (self.best_model_path, self.last_model_path) or path in self.best_k_models
+
+    @staticmethod
+    def _is_resume_source(trainer: Trainer, path: str) -> bool:
         resumed_from = trainer.ckpt_path
-        if resumed_from and os.path.abspath(resumed_from) == os.path.abspath(path):
+        return resumed_from is not None and os.path.abspath(resumed_from) == os.path.abspath(path)
+
+    def _should_remove(self, trainer: Trainer, path: str) -> bool:
+        if self._tracks(path) or self._is_resume_source(trainer, path):
             return False
         if is_local(path) and self.dirpath is not None:
             return os.path.dirname(os.path.abspath(path)).startswith(os.path.abspath(self.dirpath))
@@ -447,20 +582,45 @@ class ModelCheckpoint(Callback):
 
         if not trainer.is_global_zero:
             return
-        remove_file(path)
+        # Forget first: a kill in between leaves an unlisted file (found again by the index scan), never
+        # an index entry naming a deleted file.
         if self.dirpath is not None and os.path.dirname(path) == self.dirpath:
             RunIndex(self.dirpath).forget(os.path.basename(path))
+        remove_file(path)
 
     def _newest_checkpoint(self) -> tuple[str, int, float] | None:
-        """The newest committed checkpoint in ``dirpath`` that verifies: ``(path, step, created)``, or None."""
-        from stepstone.checkpoint import RunIndex
+        """The newest committed checkpoint in ``dirpath`` that verifies: ``(path, step, created)``, or None.
+
+        Newest means the highest step; at equal steps a ``last*.ckpt`` (it holds the newest state of that step,
+        e.g. a preemption save written after the step's top-k file), then the save time recorded inside the file
+        (never the file's mtime). A candidate that fails verification is skipped with a warning naming it.
+        """
+        from stepstone.checkpoint import RunIndex, verify_file
+        from stepstone.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 
         if self.dirpath is None or not is_local(self.dirpath) or not os.path.isdir(self.dirpath):
             return None
-        record = RunIndex(self.dirpath).newest(valid_only=True)
-        if record is None:
-            return None
-        return record.path, record.step or 0, record.created
+        last = self.CHECKPOINT_NAME_LAST
+        records = sorted(
+            RunIndex(self.dirpath).entries(),
+            key=lambda r: (r.step is not None, r.step or 0, r.name.startswith(last), r.created, r.name),
+            reverse=True,
+        )
+        for candidate in records:
+            try:
+                record = verify_file(candidate.path)
+            except CheckpointNotFoundError:
+                continue
+            except CheckpointCorruptError as error:
+                warnings.warn(
+                    f"{error} Falling back to the next newest checkpoint.", UserWarning, stacklevel=2
+                )
+                continue
+            except CheckpointError as error:
+                warnings.warn(f"Skipping {candidate.path!r}: {error}", UserWarning, stacklevel=2)
+                continue
+            return record.path, record.step or 0, record.created
+        return None
 
     # --- names, state, export -----------------------------------------------------------------------
     def format_checkpoint_name(
@@ -502,6 +662,8 @@ class ModelCheckpoint(Callback):
             "kth_best_model_path": self.kth_best_model_path,
             "kth_value": self.kth_value,
             "last_model_path": self.last_model_path,
+            # stepstone extension: deletions this checkpoint's trigger owes (finished by a resumed run).
+            "pending_deletions": list(dict.fromkeys([*self._deferred_deletions, *self._trigger_deletions])),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -514,6 +676,7 @@ class ModelCheckpoint(Callback):
             self.best_k_models = dict(state_dict["best_k_models"])
             self.last_model_path = state_dict["last_model_path"]
             self.current_score = state_dict.get("current_score")
+            self._deferred_deletions = list(state_dict.get("pending_deletions", []))
         else:
             warnings.warn(
                 f"The dirpath has changed from {saved_dir!r} to {self.dirpath!r}, therefore best_model_score, "

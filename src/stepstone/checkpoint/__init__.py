@@ -24,24 +24,30 @@ from stepstone.checkpoint.files import (
     read_info,
     remove_file,
     save_file,
+    save_file_async,
     sweep_stale_temps,
     verify_file,
 )
 from stepstone.checkpoint.index import INDEX_FILENAME, RunIndex
 from stepstone.checkpoint.manager import CheckpointManager
+from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, KeepEveryNSteps, KeepLatest
-from stepstone.checkpoint.writer import SaveHandle
+from stepstone.checkpoint.staging import HostStaging
+from stepstone.checkpoint.writer import AsyncWriter, SaveHandle
 
 __all__ = [
     "INDEX_FILENAME",
     "AnyOf",
+    "AsyncWriter",
     "CheckpointManager",
     "CheckpointRecord",
+    "HostStaging",
     "KeepAll",
     "KeepBest",
     "KeepEveryNSteps",
     "KeepLatest",
+    "Progress",
     "RunIndex",
     "SaveHandle",
     "copy_file",
@@ -51,6 +57,7 @@ __all__ = [
     "read_info",
     "remove_file",
     "save_file",
+    "save_file_async",
     "sweep_stale_temps",
     "verify_file",
 ]

@@ -117,13 +117,17 @@ def ensure_dir(directory: str) -> None:
         fsync_dir(os.path.dirname(path))
 
 
+def _size_text(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
 def _check_free_space(directory: str, expected_size: int, path: str) -> None:
     free = shutil.disk_usage(directory).free
     if free < expected_size:
         raise OSError(
             errno.ENOSPC,
-            f"Not enough free space to write {path!r}: it needs about {expected_size / 1e9:.2f} GB and "
-            f"{directory!r} has {free / 1e9:.2f} GB free. Free some space or choose another directory; "
+            f"Not enough free space to write {path!r}: it needs about {_size_text(expected_size)} and "
+            f"{directory!r} has {_size_text(free)} free. Free some space or choose another directory; "
             "nothing was written",
         )
 

@@ -14,12 +14,16 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 from stepstone.checkpoint import commit
-from stepstone.checkpoint.format import check_metadata_size, write_checkpoint
+from stepstone.checkpoint.format import TrailerInfo, check_metadata_size, write_checkpoint
 from stepstone.checkpoint.inspection import describe, read_trailer, record_from_trailer, verify
 from stepstone.checkpoint.loading import MapLocation, load
+from stepstone.checkpoint.outputs import RawOutput
+from stepstone.checkpoint.progress import Progress, ProgressOutput
 from stepstone.checkpoint.record import CheckpointRecord, encode_metrics, normalize_metadata
 from stepstone.checkpoint.safety import check_weights_only_safe
+from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.storage import LocalStorage, split_url
+from stepstone.checkpoint.writer import AsyncWriter, SaveHandle
 from stepstone.errors import MisconfigurationException
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "read_info",
     "remove_file",
     "save_file",
+    "save_file_async",
     "sweep_stale_temps",
     "verify_file",
 ]
@@ -71,6 +76,7 @@ def save_file(
     metadata: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     expected_size: int | None = None,
+    progress: Progress | bool = True,
 ) -> CheckpointRecord:
     """Save ``state`` as one checkpoint file through the commit protocol (all or nothing).
 
@@ -82,6 +88,8 @@ def save_file(
         storage_options: fsspec options for remote paths.
         expected_size: expected file size in bytes; when given, a local save fails before writing if the
             disk has less free space.
+        progress: report bytes and rate when the save takes more than 2 s (True: to standard error; a
+            ``Progress``: to it; False: never).
 
     Returns:
         The record of the committed file (``verified=False``: its bytes were not read back).
@@ -112,8 +120,60 @@ def save_file(
     storage, fs_path = split_url(text, options)
     if storage.is_local and os.path.isdir(fs_path):
         raise MisconfigurationException(f"path={text!r} is an existing directory; pass a file path")
-    info = storage.write(fs_path, lambda output: write_checkpoint(state, output, stored), expected_size)
+    counter = Progress(f"saving {text!r}") if progress is True else progress or None
+
+    def write(output: RawOutput) -> TrailerInfo:
+        return write_checkpoint(state, output if counter is None else ProgressOutput(output, counter), stored)
+
+    info = storage.write(fs_path, write, expected_size)
+    if counter is not None:
+        counter.finish()
     return record_from_trailer(storage.url(fs_path), info.file_size, info, verified=False)
+
+
+def save_file_async(
+    path: PathLike,
+    state: dict[str, Any],
+    *,
+    writer: AsyncWriter,
+    staging: HostStaging,
+    metadata: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: Progress | bool = True,
+) -> SaveHandle:
+    """Snapshot ``state`` into ``staging``'s host buffers, then save it on ``writer``'s thread.
+
+    The caller is paused only while the previous save (if any) finishes (backpressure) and while the state is
+    copied; afterwards it may change the state freely: the file holds the state as it was at this call.
+
+    Args:
+        path: the final file path or URL.
+        state: the checkpoint dict; everything in it must be weights_only-safe.
+        writer: the background writer (one save in flight).
+        staging: the reusable host buffers (one snapshot in use at a time; ``writer`` guarantees it).
+        metadata: as for ``save_file``.
+        storage_options: fsspec options for remote paths.
+        progress: as for ``save_file``.
+
+    Returns:
+        The save's handle: ``result()`` waits for the commit and returns the record, or raises the failure.
+
+    Raises:
+        TypeError: if ``state`` is not a dict or is not weights_only-safe; nothing is scheduled.
+        MisconfigurationException: for an invalid argument.
+        Exception: the previous save's failure, if nobody was told about it yet.
+    """
+    text = _check_path("path", path)
+    options = _check_options(storage_options)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict (the checkpoint), got {type(state).__name__}")
+    meta = normalize_metadata(metadata)
+    check_weights_only_safe(state)  # here, so that the error reaches the caller, not the writer thread
+    writer.reserve()
+    staged = staging.snapshot(state)
+    return writer.submit(
+        lambda: save_file(text, staged, metadata=meta, storage_options=options, progress=progress)
+    )
 
 
 def load_file(

@@ -48,6 +48,7 @@ __all__ = [
     "TAIL_SIZE",
     "TrailerInfo",
     "encode_trailer",
+    "estimate_size",
     "parse_tail",
     "write_checkpoint",
 ]
@@ -68,6 +69,8 @@ _ZIP64_LOCATOR = struct.Struct("<4sIQI")
 _ZIP64_EOCD_SIG = b"PK\x06\x06"
 _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
 _ZIP_HEAD_SIG = b"PK\x03\x04"
+#: The start of every trailer's JSON (``encode_trailer`` writes these keys first, without spaces).
+_TRAILER_MARK = b'{"format":"stepstone","format_version":'
 #: Bytes to read from the end of a file to find the trailer and the EOCD record.
 TAIL_SIZE = _MAX_COMMENT + HOLD
 
@@ -147,6 +150,37 @@ def check_metadata_size(metadata: dict[str, Any]) -> None:
             f"metadata takes {size} bytes as JSON, more than the {MAX_METADATA_BYTES} bytes the trailer "
             "allows; pass fewer metrics (store the rest in the checkpoint state)"
         )
+
+
+def estimate_size(state: object) -> int:
+    """About how many bytes ``write_checkpoint`` will write for ``state`` (for a free-space check).
+
+    torch.save writes every storage a tensor uses once, whole (a view saves its full base storage), so
+    the estimate is the sum of the distinct storages' sizes plus a margin for the pickle, the zip records
+    and the trailer. Containers are walked iteratively (no recursion limit); shared containers once.
+
+    Args:
+        state: the checkpoint dict.
+
+    Returns:
+        The estimate in bytes.
+    """
+    storages: dict[tuple[int, int], int] = {}
+    seen: set[int] = set()
+    stack: list[object] = [state]
+    items = 0
+    while stack:
+        item = stack.pop()
+        items += 1
+        if isinstance(item, torch.Tensor):
+            if item.layout == torch.strided and item.device.type != "meta":
+                storage = item.untyped_storage()
+                storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        elif isinstance(item, (dict, list, tuple, set)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    # ~64 bytes per pickled object and 128 per zip record (local header, central directory entry).
+    return sum(storages.values()) + 64 * items + 128 * len(storages) + _MAX_COMMENT + 4096
 
 
 def write_checkpoint(state: object, output: RawOutput, metadata: dict[str, Any]) -> TrailerInfo:
@@ -236,6 +270,12 @@ def parse_tail(tail: bytes, head: bytes, file_size: int, path: str) -> TrailerIn
     if _plain_zip_end_is_intact(tail, file_size):
         return None
     if head[:4] != _ZIP_HEAD_SIG:
+        if _TRAILER_MARK in tail:
+            # A stepstone file whose start and end are both damaged must not pass for a legacy torch file
+            # (loaded unverified): its trailer's JSON gives it away.
+            raise CheckpointCorruptError(
+                path, "it holds a stepstone trailer, but its start and end are damaged"
+            )
         return None  # torch's legacy (pre-1.6, non-zip) format: nothing to check it against
     raise CheckpointCorruptError(
         path,

@@ -37,12 +37,19 @@ MapLocation = Any  # None | str | torch.device | dict[str, str] | Callable, as t
 _BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
 
 
+#: What torch's weights-only unpickler says when a file asks for code (a global, a class, a reduce call);
+#: its other refusals ("Unsupported operand", "String is too long", ...) mean bytes that are not a pickle.
+_CODE_MARKS = ("GLOBAL", "Can only create new object", "Can only build", "reduce for unrecognized function")
+
+
 def _first_line(error: BaseException) -> str:
     """The informative line of torch's message (its weights-only errors wrap the reason in advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip() or line
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip()
+        if reason:
+            return reason.splitlines()[0].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
     return (useful or lines or [type(error).__name__])[0]
 
@@ -55,7 +62,7 @@ def _torch_load(
     except CheckpointError:
         raise
     except pickle.UnpicklingError as error:
-        if trusted:
+        if trusted or not any(mark in str(error) for mark in _CODE_MARKS):
             raise CheckpointCorruptError(url, f"it could not be unpickled ({_first_line(error)})") from error
         raise UnsafeCheckpointError(
             f"Checkpoint {url!r} contains objects that torch.load(weights_only=True) refuses "

@@ -24,8 +24,10 @@ from stepstone.checkpoint.index import CHECKPOINT_SUFFIX, RunIndex
 from stepstone.checkpoint.loading import MapLocation, load
 from stepstone.checkpoint.record import CheckpointRecord, age_key, normalize_metadata
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, RetentionPolicy
+from stepstone.checkpoint.safety import check_weights_only_safe
+from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.storage import split_url
-from stepstone.checkpoint.writer import SaveHandle, SyncWriter
+from stepstone.checkpoint.writer import AsyncWriter, SaveHandle, SyncWriter
 from stepstone.errors import (
     CheckpointCorruptError,
     CheckpointError,
@@ -90,6 +92,9 @@ class CheckpointManager:
         storage_options: fsspec options for a remote directory.
         best_metric: metric ranking ``restore("best")`` (default: the ``KeepBest`` metric of ``retention``).
         best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
+        async_save: save in the background: ``save`` returns once the state is copied into reusable host
+            buffers (one copy of the state, kept between saves); the write, commit, index update and
+            retention run on a writer thread, one save at a time. ``wait``/``close`` wait for it.
 
     Raises:
         MisconfigurationException: for an invalid argument.
@@ -104,6 +109,7 @@ class CheckpointManager:
         storage_options: dict[str, Any] | None = None,
         best_metric: str | None = None,
         best_mode: str = "min",
+        async_save: bool = False,
     ) -> None:
         if retention is not None and not callable(retention):
             raise MisconfigurationException(
@@ -119,7 +125,10 @@ class CheckpointManager:
         self._options = storage_options
         self._index = RunIndex(directory, storage_options=storage_options)
         self._storage, self._directory = split_url(os.fspath(directory), storage_options)
-        self._writer = SyncWriter()
+        if not isinstance(async_save, bool):
+            raise MisconfigurationException(f"async_save must be True or False, got {async_save!r}")
+        self._writer: SyncWriter | AsyncWriter = AsyncWriter() if async_save else SyncWriter()
+        self._staging = HostStaging() if async_save else None
         self._closed = False
         self.last_restored: CheckpointRecord | None = None
         sweep_stale_temps(self._index.directory)
@@ -161,16 +170,20 @@ class CheckpointManager:
             epoch: the epoch, stored with the checkpoint.
 
         Returns:
-            The save's handle (already finished: saves are synchronous for now).
+            The save's handle: finished for a synchronous manager; for ``async_save=True``, returned once
+            the state is snapshotted (``handle.result()`` waits for the commit).
 
         Raises:
             CheckpointError: if the manager is closed or ``step`` already has a checkpoint.
             MisconfigurationException: for an invalid argument.
             TypeError: if ``state`` holds an object that is not weights_only-safe.
-            OSError: if writing fails (nothing is committed and nothing is deleted).
+            OSError: if writing fails (nothing is committed and nothing is deleted); with ``async_save``,
+                raised by the next ``save``/``wait``/``close`` unless ``handle.result()`` raised it first.
         """
         if self._closed:
             raise CheckpointError("CheckpointManager is closed; create a new one to save")
+        if isinstance(self._writer, AsyncWriter):
+            self._writer.reserve()  # the previous save is indexed before this one's name is checked
         meta = normalize_metadata({"step": step, "epoch": epoch, "metrics": metrics})
         if meta["step"] is None:
             raise MisconfigurationException("step must be an int >= 0, got None")
@@ -182,6 +195,9 @@ class CheckpointManager:
                     "step is saved once. Remove it first, or save into a new directory."
                 )
         path = self._storage.url(self._storage.join(self._directory, name))
+        if self._staging is not None:
+            check_weights_only_safe(state)  # in the caller's thread, before anything is scheduled
+            state = self._staging.snapshot(state)
 
         def job() -> CheckpointRecord:
             record = save_file(path, state, metadata=meta, storage_options=self._options)
@@ -285,7 +301,7 @@ class CheckpointManager:
         return max(steps) if steps else None
 
     def wait(self) -> None:
-        """Wait for the save in flight (none for now) and re-raise its failure."""
+        """Wait for the save in flight and re-raise its failure (if ``handle.result()`` did not already)."""
         self._writer.wait()
 
     def close(self) -> None:

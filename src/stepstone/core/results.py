@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -215,6 +215,40 @@ class Results:
     def reset(self) -> None:
         """Forget everything (start of an epoch or of an evaluation run)."""
         self._metrics.clear()
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        """The partial accumulators, so that an epoch interrupted mid-way ends with the same reductions.
+
+        Returns:
+            One weights_only-safe dict per metric (its metadata, running total, weight and count), in logging
+            order.
+        """
+        return [
+            {
+                "slot": slot,
+                "meta": asdict(metric.meta),
+                "step_value": metric.step_value,
+                "total": metric.total,
+                "weight": metric.weight,
+                "count": metric.count,
+            }
+            for slot, metric in self._metrics.items()
+        ]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        """Replace the accumulators by those of :meth:`state_dict`.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+        """
+        self._metrics.clear()
+        for entry in state:
+            metric = _Metric(MetricMeta(**entry["meta"]))
+            metric.step_value = entry["step_value"]
+            metric.total = entry["total"]
+            metric.weight = int(entry["weight"])
+            metric.count = int(entry["count"])
+            self._metrics[str(entry["slot"])] = metric
 
 
 def resolve_meta(

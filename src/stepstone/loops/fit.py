@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepstone.errors import MisconfigurationException
 from stepstone.loops.batches import iterate_batches
+from stepstone.loops.data_position import DataPosition
 from stepstone.loops.optimization import run_automatic, run_manual
 from stepstone.loops.progress import (
     BatchProgress,
@@ -18,6 +19,7 @@ from stepstone.loops.progress import (
     fit_loop_state,
     restore_fit_loop,
 )
+from stepstone.trainer.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
@@ -44,6 +46,13 @@ class FitLoop:
         self.val_batch_progress = BatchProgress()
         self.batches_that_stepped = 0
         self._resume_batch: int | None = None
+        self._stepped_on_load = False
+        # What remains of the current batch when a checkpoint is written: "validate" (its validation check and
+        # bookkeeping), "after_validation" (only the bookkeeping), "epoch_end" (the end of the epoch's
+        # callbacks), or None. A resumed run finishes exactly that part first (see resume_exactly).
+        self.tail: str | None = None
+        self.data = DataPosition()
+        self._exact: dict[str, Any] | None = None
         self._warned_none = False
         self._started_at = 0.0
 
@@ -101,6 +110,7 @@ class FitLoop:
         )
         epoch, batch = self.epoch_progress, self.batch_progress.current
         self._resume_batch = None
+        self._stepped_on_load = False
         if epoch.current.processed > epoch.current.completed:
             # Saved after the epoch's training finished (e.g. in on_train_epoch_end): that epoch is done.
             epoch.current.completed = epoch.current.processed
@@ -112,6 +122,7 @@ class FitLoop:
                 is_last = self.batch_progress.is_last_batch or done == self.trainer.num_training_batches
                 if done % self.trainer.accumulate_grad_batches == 0 or is_last:
                     self.batches_that_stepped += 1
+                    self._stepped_on_load = True
             self._resume_batch = done
             for tracker in (batch, self.batch_progress.total):
                 tracker.ready = tracker.started = tracker.completed = tracker.processed
@@ -181,12 +192,16 @@ class FitLoop:
         """
         hooks = self.trainer._hooks
         self._started_at = time.monotonic()
-        if self.done():
-            return
-        hooks.both("on_train_start")
-        while not self.done():
-            self.run_epoch()
-        hooks.both("on_train_end")
+        try:
+            if self.done():
+                return
+            hooks.both("on_train_start")
+            self._continue_exactly()
+            while not self.done():
+                self.run_epoch()
+            hooks.both("on_train_end")
+        finally:
+            self._exact = None  # a resume's state is for this run only
 
     def run_epoch(self) -> None:
         """One training epoch, its validations, and its end-of-epoch hooks."""
@@ -209,23 +224,75 @@ class FitLoop:
     def _run_batches(self, start: int) -> None:
         trainer = self.trainer
         total = trainer.num_training_batches
-        if total == 0 or trainer._train_loader is None:
+        loader = trainer._train_loader
+        exact, self._exact = self._exact, None
+        if total == 0 or loader is None:
             return
-        for batch_idx, batch, is_last in iterate_batches(trainer._train_loader, start, total):
+        if exact is not None and start > 0:
+            # Finish the batch the checkpoint was written in (its validation and bookkeeping) first.
+            tail = exact.get("tail")
+            if tail in ("validate", "after_validation"):
+                last = self.batch_progress.is_last_batch
+                accumulating = self._should_accumulate(start - 1, last)
+                if not self._after_batch(start - 1, last, accumulating, validate=tail == "validate"):
+                    return
+            if start >= total:
+                return
+            self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
+        iterator = self.data.open(loader, start, exact.get("loader_state") if exact else None)
+        preemption = trainer._preemption
+        for batch_idx, batch, is_last in iterate_batches(iterator, start, total):
             self.batch_progress.is_last_batch = is_last
             accumulating = self._should_accumulate(batch_idx, is_last)
             if not self._run_batch(batch, batch_idx, accumulating):
                 break
-            if self._should_validate(batch_idx, is_last):
-                if not accumulating:
-                    trainer._hooks.module("on_validation_model_zero_grad")
-                trainer._run_fit_validation()
-            if not accumulating:
-                self._update_schedulers("step", plateau=True)
-                # Counted once per optimizer step, after validation, for the loggers' step axis (Lightning's).
-                self.batches_that_stepped += 1
-            if self._epoch_should_end():
+            if not accumulating and preemption.requested:
+                preemption.save_and_exit(trainer)  # raises SystemExit after the optimizer step
+            if not self._after_batch(batch_idx, is_last, accumulating, validate=True):
                 break
+
+    def _after_batch(self, batch_idx: int, is_last: bool, accumulating: bool, validate: bool) -> bool:
+        """What follows a training batch: validation if due, step bookkeeping; False when the epoch must end."""
+        trainer = self.trainer
+        if validate and self._should_validate(batch_idx, is_last):
+            if not accumulating:
+                trainer._hooks.module("on_validation_model_zero_grad")
+            self.tail = "after_validation"
+            trainer._run_fit_validation()
+        if not accumulating:
+            self._update_schedulers("step", plateau=True)
+            # Counted once per optimizer step, after validation, for the loggers' step axis (Lightning's).
+            self.batches_that_stepped += 1
+        self.tail = None
+        return not self._epoch_should_end()
+
+    # --- exact resume -------------------------------------------------------------------------------
+    def resume_exactly(self, state: dict[str, Any]) -> None:
+        """Take the ``checkpoint["stepstone"]["loop"]`` state of an exact checkpoint (after ``load_state_dict``).
+
+        Args:
+            state: ``tail``, ``rng`` (generator states at save time), ``epoch_state`` (how the epoch's order
+                was drawn) and ``loader_state`` (a stateful loader's ``state_dict()``).
+        """
+        self._exact = dict(state)
+        if self._resume_batch is None:
+            return
+        if state.get("tail") in ("validate", "after_validation") and self._stepped_on_load:
+            # The batch's bookkeeping is finished by _after_batch when the run continues.
+            self.batches_that_stepped -= 1
+            self._stepped_on_load = False
+
+    def _continue_exactly(self) -> None:
+        """At the start of a resumed run: generators as at save time, then the rest of an interrupted epoch end."""
+        exact = self._exact
+        if exact is None:
+            return
+        if exact.get("rng") is not None:
+            restore_rng(exact["rng"])
+        if self._resume_batch is None:
+            self._exact = None
+            if exact.get("tail") == "epoch_end" and self._num_ready_batches_reached():
+                self._update_schedulers("epoch", plateau=True)
 
     def _run_batch(self, batch: Any, batch_idx: int, accumulating: bool) -> bool:
         trainer = self.trainer
@@ -243,6 +310,7 @@ class FitLoop:
         else:
             outputs = run_manual(self, batch, batch_idx)
         self.batch_progress.increment("processed")
+        self.tail = "validate"
         if not accumulating:
             self._update_schedulers("step", plateau=False)
         if self._num_ready_batches_reached():
@@ -283,6 +351,7 @@ class FitLoop:
         hub = trainer._metrics
         hub.publish_epoch(hub.train_results)
         self.epoch_progress.increment("processed")
+        self.tail = "epoch_end"
         # Callbacks that monitor metrics (ModelCheckpoint, EarlyStopping) run after the module's hook so that
         # they see what the module logs in on_train_epoch_end (Lightning's order).
         hooks.callbacks("on_train_epoch_end", monitoring=False)
@@ -295,6 +364,7 @@ class FitLoop:
         for logger in trainer.loggers:
             logger.save()
         hub.train_results.reset()
+        self.tail = None
         self.epoch_progress.increment("completed")
 
     def _update_schedulers(self, interval: str, plateau: bool) -> None:

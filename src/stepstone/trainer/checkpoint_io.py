@@ -9,6 +9,7 @@ entries live under the ``stepstone`` key.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import torch
 
 from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
 from stepstone.loops.progress import loops_state
+from stepstone.trainer.resume_state import dump_resume_state, load_resume_state
 
 if TYPE_CHECKING:
     from stepstone.trainer.state import TrainerFn
@@ -63,6 +65,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         },
     }
     if not weights_only:
+        checkpoint["stepstone"].update(dump_resume_state(trainer))
         states = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
         checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
@@ -146,6 +149,7 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         config.scheduler.load_state_dict(state)
     if trainer._placement.scaler is not None and "MixedPrecision" in checkpoint:
         trainer._placement.scaler.load_state_dict(checkpoint["MixedPrecision"])
+    load_resume_state(trainer, checkpoint.get("stepstone") or {})
     max_epochs = trainer.fit_loop.max_epochs
     if max_epochs != -1 and trainer.current_epoch > max_epochs:
         raise MisconfigurationException(
@@ -155,7 +159,13 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
 
 
 def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[str] | None) -> str | None:
-    """Turn ``ckpt_path`` (None, a path, ``"best"`` or ``"last"``) into a file to load, or None.
+    """Turn ``ckpt_path`` (None, a path, ``"best"``, ``"last"`` or ``"auto"``) into a file to load, or None.
+
+    ``"last"`` and ``"auto"`` pick the newest committed checkpoint (by step; at equal steps a ``last*.ckpt``)
+    of the ModelCheckpoints' directories that verifies, warning about each corrupt one skipped. With none,
+    ``"last"`` warns and starts fresh (Lightning's behaviour); ``"auto"``, made for job scripts that may or may
+    not have run before, starts fresh with an info message only. An explicit path is loaded as is: if it fails
+    verification, loading raises (the user asked for that file).
 
     Raises:
         MisconfigurationException: ``"best"`` without a best model, or an unsupported selector.
@@ -172,8 +182,14 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
                 "this Trainer; pass a checkpoint path instead."
             )
         return cb.best_model_path
-    if path == "last":
+    if path in ("last", "auto"):
         candidates = [p for p in (cb._newest_checkpoint() for cb in t.checkpoint_callbacks) if p]
+        if not candidates and path == "auto":
+            print(
+                f'trainer.{fn.value}(ckpt_path="auto"): no checkpoint to resume from yet; starting from scratch.',
+                file=sys.stderr,
+            )
+            return None
         if not candidates:
             warnings.warn(
                 f'trainer.{fn.value}(ckpt_path="last") found no checkpoint that verifies; starting from scratch.',
@@ -181,10 +197,13 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
                 stacklevel=4,
             )
             return None
+        # (path, step, save time) of each directory's choice: across directories, the higher step, then the later
+        # save recorded in the file.
         return max(candidates, key=lambda p: (p[1], p[2]))[0]
     if path in ("hpc", "registry") or path.startswith("registry:"):
         raise MisconfigurationException(
-            f"trainer.{fn.value}(ckpt_path={path!r}) is not supported; pass a file path, 'last' or 'best'."
+            f"trainer.{fn.value}(ckpt_path={path!r}) is not supported; pass a file path, 'last', 'auto' or "
+            "'best'."
         )
     from stepstone.checkpoint import is_local
 

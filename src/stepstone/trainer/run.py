@@ -17,6 +17,7 @@ from stepstone.core.saving import read_checkpoint
 from stepstone.errors import MisconfigurationException
 from stepstone.loops.evaluation import run_evaluation
 from stepstone.loops.prediction import run_prediction
+from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
     dump_checkpoint,
     resolve_ckpt_path,
@@ -38,7 +39,7 @@ from stepstone.trainer.hooks import is_overridden
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
-    from stepstone.checkpoint import CheckpointRecord
+    from stepstone.checkpoint import CheckpointRecord, SaveHandle
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["Runner"]
@@ -59,6 +60,7 @@ class Runner:
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
         self._datamodule: LightningDataModule | None = None  # the data source of the current call
+        self.async_saves = AsyncSaves()
 
     # --- shared plumbing ----------------------------------------------------------------------------
     def _attach(
@@ -102,10 +104,18 @@ class Runner:
             if isinstance(exc, KeyboardInterrupt):
                 print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...", file=sys.stderr)
             self._on_exception(exc)
-            self._teardown(fn, "failed")
+            save_failure = self._teardown(fn, "failed")
+            if save_failure is not None:  # not dropped: told alongside the error that stopped the run
+                message = f"Also, a background checkpoint save failed: {save_failure!r}"
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                getattr(exc, "add_note", lambda note: None)(message)  # Python >= 3.11
             raise
         t.state.status = TrainerStatus.FINISHED
-        self._teardown(fn, "success")
+        save_failure = self._teardown(fn, "success")
+        if save_failure is not None:
+            # fit never returns success with a failed save; the earlier checkpoints are intact.
+            t.state.status = TrainerStatus.INTERRUPTED
+            raise save_failure
         return result
 
     def _on_exception(self, exc: BaseException) -> None:
@@ -125,9 +135,12 @@ class Runner:
         hooks.module("setup", fn.value)
         hooks.module("configure_model")
 
-    def _teardown(self, fn: TrainerFn, status: str) -> None:
+    def _teardown(self, fn: TrainerFn, status: str) -> BaseException | None:
         t = self.t
         t.state.stage = None
+        # The run ends only once the last background save is committed (or has failed).
+        save_failure = self.async_saves.finish(t)
+        status = "failed" if save_failure is not None else status
         hooks = t._hooks
         hooks.datamodule("teardown", fn.value)
         hooks.callbacks("teardown", fn.value)
@@ -136,6 +149,7 @@ class Runner:
             t._model.cpu()
         for logger in t.loggers:
             logger.finalize(status)
+        return save_failure
 
     def _log_hyperparams(self) -> None:
         t = self.t
@@ -178,7 +192,12 @@ class Runner:
             )
         self._attach(model, datamodule, fn)
         self.t._resume_requested = ckpt_path is not None
-        self._guarded(fn, lambda: self._fit(ckpt_path, train_loaders, val_loaders))
+        preemption = self.t._preemption
+        preemption.install()  # preemption signals are handled while fit runs (see trainer/signals.py)
+        try:
+            self._guarded(fn, lambda: self._fit(ckpt_path, train_loaders, val_loaders))
+        finally:
+            preemption.uninstall()
 
     def _fit(self, ckpt_path: Any, train_loaders: Any, val_loaders: Any) -> None:
         t = self.t
@@ -362,15 +381,32 @@ class Runner:
     ) -> CheckpointRecord:
         """Build the checkpoint dict and commit it to ``path``; returns the engine's record of the file."""
         from stepstone.checkpoint import save_file
+        from stepstone.checkpoint.format import estimate_size
 
+        checkpoint = dump_checkpoint(self.t, weights_only)
+        metadata = self._checkpoint_metadata()
+        # A free-space preflight: a full disk fails before writing, with a message giving both sizes.
+        size = estimate_size(checkpoint)
+        return save_file(
+            path, checkpoint, metadata=metadata, storage_options=storage_options, expected_size=size
+        )
+
+    def _checkpoint_metadata(self) -> dict[str, Any]:
         t = self.t
-        checkpoint = dump_checkpoint(t, weights_only)
-        metadata = {
+        return {
             "step": t.global_step,
             "epoch": t.current_epoch,
             "metrics": _scalar_metrics(t.callback_metrics),
         }
-        return save_file(path, checkpoint, metadata=metadata, storage_options=storage_options)
+
+    def write_checkpoint_async(self, path: str, weights_only: bool) -> SaveHandle:
+        """Like ``write_checkpoint``, but returns once the state is snapshotted; the write runs in the background.
+
+        Every ModelCheckpoint's earlier save is completed first, so the new file holds their committed state.
+        """
+        self.async_saves.complete_callbacks(self.t)
+        checkpoint = dump_checkpoint(self.t, weights_only)
+        return self.async_saves.save(path, checkpoint, self._checkpoint_metadata())
 
     def save_checkpoint(self, path: str, weights_only: bool, storage_options: Any) -> None:
         """``trainer.save_checkpoint``."""

@@ -26,6 +26,7 @@ from stepstone.trainer.device import Placement, resolve_placement
 from stepstone.trainer.hooks import HookRunner, is_overridden
 from stepstone.trainer.metrics import MetricsHub
 from stepstone.trainer.run import Runner
+from stepstone.trainer.signals import DEFAULT_PREEMPTION_SIGNALS, PreemptionHandler, resolve_signals
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerState
 
 __all__ = ["Trainer"]
@@ -69,7 +70,12 @@ class Trainer:
         benchmark: ``torch.backends.cudnn.benchmark``.
         inference_mode: evaluate under ``torch.inference_mode`` (else ``no_grad``).
         default_root_dir: where logs and checkpoints go by default (default: the working directory).
-        plugins: accepted for Lightning compatibility; only None / empty is supported now.
+        plugins: ``AsyncCheckpointIO()`` (or a list holding it) makes ModelCheckpoint saves asynchronous (see
+            ``stepstone.plugins``); no other plugin is supported.
+        preemption_signals: (stepstone) signals that mean "preempted" while ``fit`` runs (default SIGTERM and
+            SIGUSR1): the current optimizer step is finished, ``last-preempted.ckpt`` is written into the
+            ModelCheckpoint's dirpath, and ``fit`` raises :class:`~stepstone.trainer.signals.Preempted`
+            (``SystemExit`` with code 75). ``None`` or ``()`` leaves signals alone.
 
     Raises:
         MisconfigurationException: any invalid argument.
@@ -110,6 +116,7 @@ class Trainer:
         inference_mode: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         plugins: Any = None,
+        preemption_signals: Iterable[int | str] | None = DEFAULT_PREEMPTION_SIGNALS,
     ) -> None:
         self._placement: Placement = resolve_placement(accelerator, devices, strategy, precision)
         args.check_int("num_nodes", num_nodes, 1)
@@ -118,10 +125,7 @@ class Trainer:
                 f"Trainer(num_nodes={num_nodes}) needs distributed training, which is not available in this release "
                 "yet; pass num_nodes=1."
             )
-        if plugins:
-            raise MisconfigurationException(
-                f"Trainer(plugins={plugins!r}) is not supported yet; remove the argument."
-            )
+        self._async_checkpointing = _resolve_plugins(plugins)
         self.fast_dev_run = args.resolve_fast_dev_run(fast_dev_run)
         max_steps_ = args.check_int("max_steps", max_steps, -1)
         assert max_steps_ is not None
@@ -187,6 +191,7 @@ class Trainer:
         self.val_check_batch: int | float = math.inf
         self._model: LightningModule | None = None
         self._hooks = HookRunner(self)
+        self._preemption = PreemptionHandler(resolve_signals(preemption_signals))
         self._metrics = MetricsHub(self)
         self._runner = Runner(self)
         self._evaluating = False
@@ -640,6 +645,20 @@ def _check_clipping(value: Any, algorithm: Any) -> tuple[float | None, str | Non
     return (float(value) if value is not None else None), (
         algorithm.lower() if algorithm is not None else None
     )
+
+
+def _resolve_plugins(plugins: Any) -> bool:
+    """Whether the plugins ask for asynchronous checkpointing (the only plugin supported)."""
+    from stepstone.plugins import AsyncCheckpointIO
+
+    items = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+    unsupported = [item for item in items if not isinstance(item, AsyncCheckpointIO)]
+    if unsupported:
+        raise MisconfigurationException(
+            f"Trainer(plugins={plugins!r}) is not supported: the only plugin is "
+            "stepstone.plugins.AsyncCheckpointIO(); remove the others."
+        )
+    return bool(items)
 
 
 def _resolve_loggers(logger: Any, root: str, fast_dev_run: bool) -> list[Logger]:

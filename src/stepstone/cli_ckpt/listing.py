@@ -1,0 +1,262 @@
+"""``stepstone ckpt ls``, ``verify`` and ``prune``: the checkpoints of a directory, their integrity, retention.
+
+Reading goes through the engine (trailers, checksums, the run index); ``prune`` deletes through the engine's
+retention policies and in the engine's order (index entry first, then the file), and never deletes a
+``last*`` file or the file a ``last`` symlink points to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from stepstone.checkpoint import (
+    AnyOf,
+    CheckpointRecord,
+    KeepBest,
+    KeepLatest,
+    RunIndex,
+    load_file,
+    read_info,
+    remove_file,
+    verify_file,
+)
+from stepstone.checkpoint.commit import is_temp_name
+from stepstone.checkpoint.record import age_key
+from stepstone.cli_ckpt.output import emit_json, human_size, human_time, metrics_text, table
+from stepstone.errors import CheckpointError
+
+__all__ = ["checkpoint_paths", "run_ls", "run_prune", "run_verify"]
+
+
+class UsageError(Exception):
+    """A bad command line argument: printed as ``stepstone ckpt: error: ...``, exit code 2."""
+
+
+@dataclass
+class Entry:
+    """One ``*.ckpt`` file of a directory, as ``ls`` shows it."""
+
+    name: str
+    record: CheckpointRecord | None = None
+    status: str = "ok"
+    link: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``ls --json``."""
+        record = self.record
+        return {
+            "name": self.name,
+            "step": record.step if record else None,
+            "epoch": record.epoch if record else None,
+            "metrics": dict(record.metrics) if record else {},
+            "size": record.size if record else None,
+            "created": record.created if record else None,
+            "status": self.status,
+            "verified": bool(record and record.verified),
+            "link": self.link,
+            "best": "best" in self.flags,
+            "last": "last" in self.flags,
+        }
+
+
+def _require_dir(directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise UsageError(f"{directory!r} is not a directory; pass the folder that holds the *.ckpt files")
+
+
+def checkpoint_paths(directory: str) -> list[str]:
+    """The ``*.ckpt`` files of a local directory (temporary files of unfinished saves excluded), sorted.
+
+    Args:
+        directory: the folder.
+
+    Returns:
+        Their paths.
+    """
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".ckpt") and not is_temp_name(n))
+    return [os.path.join(directory, name) for name in names]
+
+
+def _describe(path: str, verify: bool) -> Entry:
+    entry = Entry(os.path.basename(path), link=os.readlink(path) if os.path.islink(path) else None)
+    try:
+        entry.record = verify_file(path) if verify else read_info(path)
+        if entry.record is None:
+            entry.status = "no stepstone trailer (cannot be verified)"
+    except CheckpointError as error:
+        entry.status = f"FAILED: {error}"
+    return entry
+
+
+def _best_from_state(entries: list[Entry], directory: str) -> str | None:
+    """The best file named by ModelCheckpoint's state in the newest good checkpoint, if any."""
+    good = [e for e in entries if e.record is not None and e.status == "ok"]
+    if not good:
+        return None
+    newest = max(good, key=lambda e: age_key(e.record))  # type: ignore[arg-type]
+    try:
+        state = load_file(os.path.join(directory, newest.name), mmap=True)
+    except CheckpointError:
+        return None
+    callbacks = state.get("callbacks")
+    for value in (callbacks or {}).values() if isinstance(callbacks, dict) else ():
+        if (
+            isinstance(value, dict)
+            and isinstance(value.get("best_model_path"), str)
+            and value["best_model_path"]
+        ):
+            return os.path.basename(value["best_model_path"])
+    return None
+
+
+def _mark(entries: list[Entry], directory: str, metric: str | None, mode: str) -> None:
+    for entry in entries:
+        if entry.name.startswith("last"):
+            entry.flags.append("last")
+            target = next((e for e in entries if entry.link and e.name == os.path.basename(entry.link)), None)
+            if target is not None:
+                target.flags.append("last")
+    if metric is not None:
+        records = [e.record for e in entries if e.record is not None and not e.name.startswith("last")]
+        ranked = KeepBest(1, metric, mode).rank(records)
+        best = ranked[0].name if ranked and metric in ranked[0].metrics else None
+    else:
+        best = _best_from_state(entries, directory)
+    for entry in entries:
+        if entry.name == best:
+            entry.flags.append("best")
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    """``stepstone ckpt ls DIR``: list the checkpoints with step, epoch, metrics, size, time, status, best/last.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0, or 1 when a file fails verification.
+    """
+    _require_dir(args.dir)
+    entries = [_describe(path, verify=not args.no_verify) for path in checkpoint_paths(args.dir)]
+    _mark(entries, args.dir, args.metric, args.mode)
+    if args.json:
+        emit_json({"directory": args.dir, "checkpoints": [entry.to_json() for entry in entries]})
+    elif not entries:
+        print(f"no checkpoints in {args.dir}")
+    else:
+        rows = []
+        for entry in entries:
+            record = entry.record
+            name = f"{entry.name} -> {entry.link}" if entry.link else entry.name
+            rows.append(
+                [
+                    name,
+                    str(record.step) if record and record.step is not None else "-",
+                    str(record.epoch) if record and record.epoch is not None else "-",
+                    metrics_text(record.metrics) if record else "-",
+                    human_size(record.size) if record else "-",
+                    human_time(record.created) if record else "-",
+                    ("verified" if record and record.verified else "ok")
+                    if entry.status == "ok"
+                    else entry.status,
+                    ",".join(entry.flags),
+                ]
+            )
+        print(table(["NAME", "STEP", "EPOCH", "METRICS", "SIZE", "CREATED", "STATUS", "BEST/LAST"], rows))
+    return 0 if all(entry.status == "ok" for entry in entries) else 1
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """``stepstone ckpt verify PATH...``: check every checksum of files and of the ``*.ckpt`` in folders.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0 only if at least one file was checked and all verified; else 1.
+    """
+    paths: list[str] = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            found = checkpoint_paths(path)
+            if not found:
+                print(f"FAILED    {path}: no *.ckpt files in this directory")
+            paths += found or [""]
+        else:
+            paths.append(path)
+    results: list[dict[str, Any]] = []
+    for path in filter(None, paths):
+        try:
+            record = verify_file(path)
+            results.append(
+                {"path": path, "ok": True, "size": record.size, "step": record.step, "error": None}
+            )
+        except CheckpointError as error:
+            results.append({"path": path, "ok": False, "size": None, "step": None, "error": str(error)})
+    ok = bool(results) and all(r["ok"] for r in results) and "" not in paths
+    if args.json:
+        emit_json({"ok": ok, "files": results})
+        return 0 if ok else 1
+    for r in results:
+        detail = f"({human_size(r['size'])}, step {r['step']})" if r["ok"] else r["error"]
+        print(f"{'OK' if r['ok'] else 'FAILED':<8}  {r['path']}  {detail}")
+    print(f"{sum(r['ok'] for r in results)} of {len(results)} file(s) verified")
+    return 0 if ok else 1
+
+
+def _protected(directory: str, records: list[CheckpointRecord]) -> set[str]:
+    # ``last*`` files, and the file a ``last`` symlink points to, are never pruned.
+    names = {r.name for r in records if r.name.startswith("last")}
+    for path in checkpoint_paths(directory):
+        if os.path.basename(path).startswith("last") and os.path.islink(path):
+            names.add(os.path.basename(os.readlink(path)))
+    return names
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    if args.keep_best is None and args.keep_last is None:
+        raise UsageError("pass --keep-best K and/or --keep-last N (what to keep)")
+    if args.keep_best is not None and not args.metric:
+        raise UsageError("--keep-best needs --metric NAME (the metric to rank by, e.g. --metric val_loss)")
+    policies: list[Any] = []
+    if args.keep_last is not None:
+        policies.append(KeepLatest(args.keep_last))
+    if args.keep_best is not None:
+        policies.append(KeepBest(args.keep_best, args.metric, args.mode))
+    return policies[0] if len(policies) == 1 else AnyOf(*policies)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """``stepstone ckpt prune DIR``: delete what the retention policy drops (or, with ``--dry-run``, list it).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0.
+    """
+    _require_dir(args.dir)
+    policy = _policy(args)
+    index = RunIndex(args.dir)
+    # Only stepstone's own files are subject to retention; foreign *.ckpt files are never deleted.
+    records = [r for r in index.entries() if r.format_version > 0]
+    # The policy ranks the real checkpoints; last* copies are always kept and would otherwise take a slot.
+    keep = policy([r for r in records if not r.name.startswith("last")]) | _protected(args.dir, records)
+    dropped = [r for r in records if r.name not in keep]
+    if not args.dry_run and dropped:
+        index.forget(*(r.name for r in dropped))  # first the index, so it never lists a deleted file
+        for record in dropped:
+            remove_file(os.path.join(args.dir, record.name))
+    if args.json:
+        emit_json({"dry_run": args.dry_run, "deleted": [r.name for r in dropped], "kept": sorted(keep)})
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    for record in dropped:
+        print(f"{verb}: {record.name}  (step {record.step}, {metrics_text(record.metrics)})")
+    kept = sorted(r.name for r in records if r.name in keep)
+    print(f"{verb} {len(dropped)} checkpoint(s), kept {len(kept)}: {', '.join(kept) or '-'} ({policy!r})")
+    return 0

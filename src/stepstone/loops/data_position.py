@@ -1,0 +1,203 @@
+"""Resumable data position: reopen a training dataloader at batch k of an epoch without loading batches 0..k-1.
+
+For a torch ``DataLoader`` over a map-style dataset the order of an epoch is decided when its index sampler
+(``RandomSampler``, ``SequentialSampler``, ``BatchSampler``, ``DistributedSampler`` or a custom one) starts
+iterating: from the global generators (a ``RandomSampler`` without a generator draws its seed from torch's) and
+from the loader's/sampler's own ``torch.Generator``. So at every epoch start this module records the state of
+all of them at two moments: when the iterator is created (it draws the workers' ``base_seed``) and when the
+index sampler starts. A resumed run puts them back at those moments, lets the sampler skip the first k batches
+of *indices* (nothing is fetched, also with ``num_workers > 0``), then restores the generators as they were
+when the checkpoint was written.
+
+Loaders that keep their own position (torchdata's ``StatefulDataLoader``, or anything with
+``state_dict``/``load_state_dict``) are resumed through those methods. Other iterables (an ``IterableDataset``,
+a list, a generator) are replayed: the skipped batches are read and dropped, with the same generator states,
+because nothing else can know where their k-th batch is.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from stepstone.trainer.rng import capture_rng, restore_rng
+
+__all__ = ["DataPosition", "is_stateful_loader"]
+
+_END = object()
+
+
+def is_stateful_loader(loader: object) -> bool:
+    """Whether ``loader`` saves its own position (duck-typed ``state_dict``/``load_state_dict``).
+
+    Args:
+        loader: the training dataloader.
+
+    Returns:
+        True for e.g. ``torchdata.stateful_dataloader.StatefulDataLoader``.
+    """
+    return callable(getattr(loader, "state_dict", None)) and callable(
+        getattr(loader, "load_state_dict", None)
+    )
+
+
+def _generators(loader: object) -> dict[str, torch.Generator]:
+    """The ``torch.Generator`` objects that decide the loader's order, by attribute path."""
+    found: dict[str, torch.Generator] = {}
+    seen: set[int] = set()
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for name, owner in (
+        ("loader", loader),
+        ("sampler", sampler),
+        ("batch_sampler", batch_sampler),
+        ("batch_sampler.sampler", getattr(batch_sampler, "sampler", None)),
+    ):
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator) and id(generator) not in seen:
+            seen.add(id(generator))
+            found[name] = generator
+    return found
+
+
+def _capture(loader: object) -> dict[str, Any]:
+    return {
+        "rng": capture_rng(),
+        "generators": {name: g.get_state() for name, g in _generators(loader).items()},
+    }
+
+
+def _restore(loader: object, state: dict[str, Any]) -> None:
+    restore_rng(state["rng"])
+    generators = _generators(loader)
+    for name, saved in state.get("generators", {}).items():
+        if name in generators:
+            generators[name].set_state(saved)
+
+
+class _IndexSkipper:
+    """Stands in for a DataLoader's index sampler for one epoch: records or restores the generators when the
+    sampler starts, and skips its first ``skip`` items (indices only: no data is fetched for them)."""
+
+    def __init__(
+        self, position: DataPosition, loader: DataLoader[Any], inner: Iterable[Any], skip: int
+    ) -> None:
+        self.position, self.loader, self.inner, self.skip = position, loader, inner, skip
+
+    def __len__(self) -> int:
+        return max(len(self.inner) - self.skip, 0)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        self.position.at_sampler_start(self.loader)
+        iterator = iter(self.inner)
+        for _ in range(self.skip):
+            if next(iterator, _END) is _END:
+                break
+        self.position.after_skip()
+        yield from iterator
+
+
+class DataPosition:
+    """Where the current training epoch's data comes from, and how to reopen it at a given batch.
+
+    ``epoch_state`` (recorded at each epoch start) goes into checkpoints; a resumed run hands it back with
+    :meth:`resume_from` before the first epoch.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_state: dict[str, Any] = {}
+        self._resume: dict[str, Any] | None = None
+        self._save_time_rng: dict[str, Any] | None = None
+        self._warned_replay = False
+
+    def resume_from(self, epoch_state: dict[str, Any], save_time_rng: dict[str, Any] | None) -> None:
+        """Arrange for the next :meth:`open` to recreate the saved epoch's order.
+
+        Args:
+            epoch_state: the ``epoch_state`` of the run that wrote the checkpoint.
+            save_time_rng: the generator states training continues with once the skipped batches are passed
+                (those of the checkpoint, moved on by whatever the resumed run did before reopening the data).
+        """
+        self._resume = epoch_state
+        self._save_time_rng = save_time_rng
+
+    def at_sampler_start(self, loader: object) -> None:
+        """Called when the index sampler starts: record (new epoch) or restore (resumed epoch) the generators."""
+        saved = (self._resume or {}).get("at_sampler")
+        if saved is not None:
+            _restore(loader, saved)
+        self.epoch_state["at_sampler"] = _capture(loader)
+
+    def after_skip(self) -> None:
+        """Called once the skipped batches are passed: continue with the generators given to :meth:`resume_from`."""
+        if self._save_time_rng is not None:
+            restore_rng(self._save_time_rng)
+        self._resume = self._save_time_rng = None
+
+    def open(self, loader: Iterable[Any], skip: int, loader_state: Any = None) -> Iterator[Any]:
+        """An iterator over ``loader`` that starts at batch ``skip`` of the epoch.
+
+        Args:
+            loader: the training dataloader.
+            skip: batches of this epoch already trained on (0 for a fresh epoch).
+            loader_state: a stateful loader's saved ``state_dict()`` (it resumes itself).
+
+        Returns:
+            The iterator; its first item is batch ``skip``.
+        """
+        resume = self._resume
+        if resume is not None and "at_iter" in resume:
+            _restore(loader, resume["at_iter"])
+        self.epoch_state = {"at_iter": _capture(loader)}
+        if is_stateful_loader(loader):
+            if loader_state is not None:
+                loader.load_state_dict(loader_state)  # type: ignore[attr-defined]
+            iterator = iter(loader)
+            self.after_skip()
+            return iterator
+        if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+            return self._open_with_skipper(loader, skip)
+        return self._replay(loader, skip)
+
+    def _open_with_skipper(self, loader: DataLoader[Any], skip: int) -> Iterator[Any]:
+        # DataLoader forbids reassigning its samplers after construction (for good reasons: length and workers
+        # depend on them); the skipper is put in place only while the iterator is created, so that its
+        # iterator holds it, and taken out again. A persistent-workers iterator keeps its own reference.
+        attribute = "batch_sampler" if loader.batch_sampler is not None else "sampler"
+        inner = getattr(loader, attribute)
+        skipper = _IndexSkipper(self, loader, inner, skip)
+        persistent = getattr(loader, "_iterator", None)
+        object.__setattr__(loader, attribute, skipper)
+        if persistent is not None and hasattr(persistent, "_index_sampler"):
+            persistent._index_sampler = skipper
+        try:
+            iterator = iter(loader)
+        finally:
+            object.__setattr__(loader, attribute, inner)
+            current = getattr(loader, "_iterator", None)
+            if current is not None and getattr(current, "_index_sampler", None) is skipper:
+                current._index_sampler = inner
+        return iterator
+
+    def _replay(self, loader: Iterable[Any], skip: int) -> Iterator[Any]:
+        if skip and not self._warned_replay:
+            self._warned_replay = True
+            warnings.warn(
+                f"Resuming mid-epoch on a {type(loader).__name__} that has no sampler to fast-forward: its first "
+                f"{skip} batches of this epoch are read again and dropped. Use a map-style Dataset, or a loader "
+                "with state_dict()/load_state_dict() (e.g. torchdata's StatefulDataLoader), to skip them without "
+                "loading.",
+                UserWarning,
+                stacklevel=4,
+            )
+        self.at_sampler_start(loader)
+        iterator = iter(loader)
+        for _ in range(skip):
+            if next(iterator, _END) is _END:
+                break
+        self.after_skip()
+        return iterator

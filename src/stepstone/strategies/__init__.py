@@ -1,0 +1,64 @@
+"""Distributed training on torch.distributed: where a process sits, how ranks start, and how they talk.
+
+- :mod:`~stepstone.strategies.environment`: ranks and the main address from torchrun, SLURM or the launcher.
+- :mod:`~stepstone.strategies.launcher`: ``strategy="ddp"`` from ``python train.py`` (re-running the script).
+- :mod:`~stepstone.strategies.spawn`: ``strategy="ddp_spawn"`` (torch.multiprocessing).
+- :mod:`~stepstone.strategies.collectives`: the process group and bounded, single-process-safe collectives.
+- :mod:`~stepstone.strategies.sampler`: sharding a DataLoader across ranks.
+- :mod:`~stepstone.strategies.ddp`: :class:`DDPStrategy`, composing the above.
+"""
+
+from stepstone.strategies.collectives import (
+    DEFAULT_TIMEOUT,
+    CollectiveError,
+    abort_on_error,
+    agree,
+    all_gather_object,
+    backend_for,
+    barrier,
+    broadcast_object,
+    destroy_process_group,
+    init_process_group,
+    is_distributed,
+    reduce,
+)
+from stepstone.strategies.ddp import DDPStrategy
+from stepstone.strategies.environment import (
+    ClusterEnvironment,
+    check_matches,
+    detect_environment,
+    launcher_environment,
+    single_process,
+)
+from stepstone.strategies.launcher import ChildExit, ChildProcessFailed, ScriptLauncher, find_free_port
+from stepstone.strategies.sampler import distributed_loader, set_loader_epoch
+from stepstone.strategies.spawn import SpawnedRankFailed, ddp_spawn
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ChildExit",
+    "ChildProcessFailed",
+    "ClusterEnvironment",
+    "CollectiveError",
+    "DDPStrategy",
+    "ScriptLauncher",
+    "SpawnedRankFailed",
+    "abort_on_error",
+    "agree",
+    "all_gather_object",
+    "backend_for",
+    "barrier",
+    "broadcast_object",
+    "check_matches",
+    "ddp_spawn",
+    "destroy_process_group",
+    "detect_environment",
+    "distributed_loader",
+    "find_free_port",
+    "init_process_group",
+    "is_distributed",
+    "launcher_environment",
+    "reduce",
+    "set_loader_epoch",
+    "single_process",
+]

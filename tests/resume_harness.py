@@ -1,0 +1,173 @@
+"""A tiny training run for exact-resume tests; importable by tests and runnable as a script (a fresh process).
+
+The model uses dropout (torch's generator), python's ``random`` and numpy's generator in its loss, SGD with
+momentum (optimizer state) and a StepLR scheduler; it logs a per-step/per-epoch ``train_loss`` and a validation
+loss, validating mid-epoch. Any state a resume forgets changes the final weights, optimizer state, logged values
+or generator states, which the tests compare bit for bit.
+
+Script use: ``python resume_harness.py SPEC.json`` where the spec holds ``scenario`` (see :func:`run`),
+``root`` and ``resumes``: a list of ``[checkpoint_to_resume_from, final_checkpoint_to_write]`` (the checkpoint
+may be ``"auto"``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import stepstone as L
+from stepstone.callbacks import ModelCheckpoint
+
+
+class Stop(BaseException):
+    """Ends an interrupted run right after its checkpoint was written (like a crash)."""
+
+
+class TinyModel(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        # Python's and numpy's generators take part too (a resume must restore them as well).
+        loss = loss * (1.0 + 1e-3 * random.random() + 1e-3 * float(np.random.rand()))
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)]
+
+
+def _data(n: int, seed: int) -> TensorDataset:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen)
+    return TensorDataset(x, x.sum(1, keepdim=True))
+
+
+class InterruptAt(L.Callback):
+    """Writes ``path`` at ``point`` (``[hook, n]``) and stops the run."""
+
+    def __init__(self, point: list[Any], path: str) -> None:
+        self.hook, self.n = point
+        self.path = path
+        self.validations = 0
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        raise Stop
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.hook == "batch" and trainer.fit_loop.total_batch_idx + 1 == self.n:
+            self._stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.validations += 1
+        if self.hook == "validation" and self.validations == self.n:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self.hook == "epoch" and trainer.current_epoch + 1 == self.n:
+            self._stop(trainer)
+
+
+class Pace(L.Callback):
+    """Announces the start of training on stdout and slows every batch down (for signal tests)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        print("training", flush=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        time.sleep(self.seconds)
+
+
+def run(
+    scenario: dict[str, Any], root: str, final: str | None, resume: str | None = None, stop: Any = None
+) -> None:
+    """One fit of ``scenario``; writes ``final`` at the end.
+
+    ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``epochs``, ``dirpath`` (a ModelCheckpoint
+    saving every 4 steps there) and ``pace`` (seconds to sleep after each batch, announcing the start). ``stop``
+    (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
+    """
+    L.seed_everything(7)
+    train = DataLoader(
+        _data(22, 0),
+        batch_size=4,
+        shuffle=scenario["shuffle"],
+        num_workers=scenario["workers"],
+    )
+    val = DataLoader(_data(8, 1), batch_size=4, shuffle=scenario["shuffle"])
+    callbacks: list[L.Callback] = [InterruptAt(stop[0], stop[1])] if stop else []
+    if scenario.get("pace"):
+        callbacks.append(Pace(scenario["pace"]))
+    if scenario.get("dirpath"):
+        callbacks.append(ModelCheckpoint(dirpath=scenario["dirpath"], every_n_train_steps=4))
+    trainer = L.Trainer(
+        default_root_dir=root,
+        max_epochs=scenario.get("epochs", 2),
+        accumulate_grad_batches=scenario["accumulate"],
+        val_check_interval=3,
+        num_sanity_val_steps=0,
+        enable_checkpointing=bool(scenario.get("dirpath")),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=callbacks,
+    )
+    if resume not in (None, "auto"):
+        # Disturb every generator: the resume must set them from the checkpoint. ("auto" may start fresh.)
+        random.seed(resume)
+        np.random.seed(len(resume))
+        torch.manual_seed(len(resume) + 1)
+    try:
+        trainer.fit(TinyModel(), train, val, ckpt_path=resume)
+    except Stop:
+        return
+    if final is not None:
+        trainer.save_checkpoint(final)
+
+
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two checkpoint values differ (tensors compared with ``torch.equal``, dtype and shape included)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = [f"{path}: keys {sorted(set(a) ^ set(b))}"] if set(a) != set(b) else []
+        return found + [d for key in a if key in b for d in differences(a[key], b[key], f"{path}.{key}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [
+            d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")
+        ]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        return [] if same else [f"{path}: tensors differ"]
+    return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} != {b!r}"]
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    for resume, final in spec["resumes"]:
+        run(spec["scenario"], spec["root"], final, resume=resume)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
