@@ -192,6 +192,22 @@ def test_a_failed_last_save_is_raised_when_fit_ends(
     verify_file(cb.best_model_path)
 
 
+def test_on_save_error_warn_covers_background_saves(
+    tmp_path: Path, failing_writes: Callable[[set[int]], None]
+) -> None:
+    failing_writes({2})
+    cb = ModelCheckpoint(
+        dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=-1, async_save=True, on_save_error="warn"
+    )
+    t = trainer(tmp_path, [cb], max_steps=4, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"CHECKPOINT NOT SAVED \(.*epoch=0-step=2.ckpt\)"):
+        t.fit(ScriptedModel(), loader())
+    assert t.global_step == 4 and not t.interrupted
+    assert ckpts(tmp_path / "c") == ["epoch=0-step=1.ckpt", "epoch=0-step=3.ckpt", "epoch=0-step=4.ckpt"]
+    for path in cb.best_k_models:
+        verify_file(path)
+
+
 class SaveLogger(MemoryLogger):
     """Checks at each ``after_save_checkpoint`` that the file it announces is committed."""
 

@@ -353,8 +353,17 @@ class ModelCheckpoint(Callback):
             return
         self._delete(trainer, to_delete)
 
-    def _tolerate(self, trainer: Trainer, error: BaseException) -> bool:
-        """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning."""
+    def _tolerate(self, trainer: Trainer, error: BaseException, path: str | None = None) -> bool:
+        """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning.
+
+        Args:
+            trainer: the Trainer.
+            error: what the save raised.
+            path: the file that was not written, when known (background saves fail after their trigger).
+
+        Returns:
+            True when training should continue.
+        """
         from stepstone.errors import CheckpointError
 
         if self.on_save_error != "warn" or not isinstance(error, (OSError, CheckpointError)):
@@ -363,7 +372,8 @@ class ModelCheckpoint(Callback):
             )
         kept = self.last_model_path or self.best_model_path or "none yet"
         warnings.warn(
-            f"CHECKPOINT NOT SAVED at epoch {trainer.current_epoch}, step {trainer.global_step}: {error}. "
+            f"CHECKPOINT NOT SAVED{f' ({path})' if path else ''} at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}: {error}. "
             f"Training continues (ModelCheckpoint(on_save_error='warn')); the checkpoints already committed are "
             f"intact (newest: {kept}). Free disk space or fix the error, or pass on_save_error='raise' to stop.",
             UserWarning,
@@ -533,8 +543,10 @@ class ModelCheckpoint(Callback):
             return
         try:
             record = pending.handle.result()
-        except BaseException:
+        except BaseException as error:
             self._trigger_deletions = []  # that trigger never happened: it owes no deletions
+            if self._tolerate(trainer, error, pending.filepath):
+                return
             raise
         if pending.last is not None:
             written, last_path = pending.last
