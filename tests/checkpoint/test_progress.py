@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,52 @@ def test_saves_report_to_stderr_by_default(
     monkeypatch.setitem(Progress.__init__.__kwdefaults__, "delay_s", 0.05)  # the 2 s default, shortened
     save_file(tmp_path / "a.ckpt", {"w": torch.zeros(300_000)})
     assert "stepstone: saving" in capsys.readouterr().err
+
+
+def test_a_slowed_load_reports_bytes_and_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.ckpt"
+    state = {f"t{i}": torch.full((300_000,), float(i)) for i in range(12)}
+    save_file(path, state, progress=False)
+    real = os.preadv
+
+    def slow(fd: int, buffers: list[memoryview], offset: int) -> int:
+        time.sleep(0.02)  # a slow disk: every read (verification and torch's) waits
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", slow)
+    lines: list[str] = []
+    progress = Progress(f"loading {str(path)!r}", delay_s=0.05, interval_s=0.05, emit=lines.append)
+    loaded = load_file(path, progress=progress)
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    assert len(lines) >= 2 and "in progress" in lines[0] and "MiB/s" in lines[0]
+    assert lines[-1].startswith(f"stepstone: loading {str(path)!r}: done, 14 MiB in ")
+    assert progress.done >= 12 * 300_000 * 4
+
+
+def test_a_load_counts_every_byte_torch_reads_on_a_fake_clock(tmp_path: Path) -> None:
+    path = tmp_path / "c.ckpt"
+    save_file(path, {"w": torch.arange(1_000_000, dtype=torch.float32)}, progress=False)
+    clock = FakeClock()
+    lines: list[str] = []
+
+    def tick() -> float:
+        clock.now += 1.5  # every read looks slow: reports start after 2 s of fake time
+        return clock.now
+
+    progress = Progress("loading 'c'", delay_s=2.0, interval_s=5.0, emit=lines.append, clock=tick)
+    assert torch.equal(load_file(path, progress=progress)["w"], torch.arange(1_000_000, dtype=torch.float32))
+    assert lines and lines[0].startswith("stepstone: loading 'c': in progress, ")
+    assert lines[-1].startswith("stepstone: loading 'c': done, 4 MiB in ")
+
+
+def test_quick_loads_stay_silent_and_can_opt_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "q.ckpt"
+    save_file(path, {"w": torch.zeros(1000)}, progress=False)
+    load_file(path)
+    monkeypatch.setitem(Progress.__init__.__kwdefaults__, "delay_s", -1.0)  # every read "takes long"
+    load_file(path, progress=False)
+    assert capsys.readouterr().err == ""
+    load_file(path)
+    assert "stepstone: loading" in capsys.readouterr().err

@@ -85,13 +85,15 @@ def test_rank_raising_before_a_barrier_fails_the_other_rank_at_once(tmp_path: Pa
         ddp_spawn(dist_workers.raise_before_barrier, 2, (str(out),))
     assert time.monotonic() - start < 25
     waited, message = out.read_text().split("\n", 1)
-    # The process group timeout is 30 s and rank 1 lingers 2 s: only abort_on_error explains a fast error.
-    assert float(waited) < 1.0, waited
+    # The process group timeout is 30 s and rank 1 lingers 2 s: only abort_on_error explains an earlier error
+    # (the bound leaves room for a loaded CI machine).
+    assert float(waited) < 1.8, waited
     assert "barrier 'before save'" in message
     assert "rank 0 of 2" in message
 
 
 @pytest.mark.timeout(60)
 def test_a_collective_nobody_joins_fails_within_the_timeout() -> None:
-    waited = ddp_spawn(dist_workers.mismatched_collective, 2, (0.5,))
-    assert 0.4 <= waited < 1.2, waited  # rank 1 stays connected for 1.5 s: only the timeout explains this
+    waited = ddp_spawn(dist_workers.mismatched_collective, 2, (2.0,))
+    # rank 1 stays connected for 6 s: only the 2 s timeout explains an error before that (room for a loaded CI)
+    assert 1.6 <= waited < 5.5, waited

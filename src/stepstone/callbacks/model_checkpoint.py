@@ -78,6 +78,8 @@ class ModelCheckpoint(Callback):
             copied into reusable host buffers. ``best_model_path``, ``best_k_models``, ``last`` and deletions
             change only once the file is committed; a failed save is raised at the next save or when ``fit``
             ends. None (default): follow the Trainer (``plugins=[AsyncCheckpointIO()]``).
+        max_staging_bytes: (stepstone extension) for asynchronous saves, the most bytes of host buffers
+            (None: one full copy of the state). Storages over the budget are written before training goes on.
         on_save_error: (stepstone extension) what a failed save (disk full, I/O error) does: ``"raise"``
             (default) stops training with the error; ``"warn"`` warns loudly and trains on. Either way the
             temporary file is removed, earlier checkpoints and the index are untouched, and the callback's
@@ -112,6 +114,7 @@ class ModelCheckpoint(Callback):
         enable_version_counter: bool = True,
         async_save: bool | None = None,
         on_save_error: Literal["raise", "warn"] = "raise",
+        max_staging_bytes: int | None = None,
     ) -> None:
         if on_save_error not in ("raise", "warn"):
             raise MisconfigurationException(
@@ -124,6 +127,11 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(async_save={async_save!r}) is invalid; pass True, False or None (follow the Trainer)."
             )
         self.async_save = async_save
+        if max_staging_bytes is not None and (type(max_staging_bytes) is not int or max_staging_bytes < 0):
+            raise MisconfigurationException(
+                f"ModelCheckpoint(max_staging_bytes={max_staging_bytes!r}) is invalid; pass an int >= 0 (bytes) or None."
+            )
+        self.max_staging_bytes = max_staging_bytes
         validate_arguments(
             save_top_k, monitor, mode, save_last, every_n_train_steps, every_n_epochs, train_time_interval
         )
@@ -508,6 +516,7 @@ class ModelCheckpoint(Callback):
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if self._uses_async(trainer):
+            trainer._runner.async_saves.max_staging_bytes = self.max_staging_bytes
             handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
             self._scheduled = (handle, filepath)
             self._last_global_step_saved = trainer.global_step

@@ -16,6 +16,7 @@ from typing import Any
 from stepstone.checkpoint import commit
 from stepstone.checkpoint.format import TrailerInfo, check_metadata_size, write_checkpoint
 from stepstone.checkpoint.inspection import describe, read_trailer, record_from_trailer, verify
+from stepstone.checkpoint.live import LiveGate, submit_staged
 from stepstone.checkpoint.loading import MapLocation, load
 from stepstone.checkpoint.outputs import RawOutput
 from stepstone.checkpoint.progress import Progress, ProgressOutput
@@ -77,6 +78,7 @@ def save_file(
     storage_options: dict[str, Any] | None = None,
     expected_size: int | None = None,
     progress: Progress | bool = True,
+    live_gate: LiveGate | None = None,
 ) -> CheckpointRecord:
     """Save ``state`` as one checkpoint file through the commit protocol (all or nothing).
 
@@ -90,6 +92,8 @@ def save_file(
             disk has less free space.
         progress: report bytes and rate when the save takes more than 2 s (True: to standard error; a
             ``Progress``: to it; False: never).
+        live_gate: for a snapshot whose over-budget storages are still the live tensors (``HostStaging``
+            with ``max_staging_bytes``), the gate opened once they are written (the async paths pass it).
 
     Returns:
         The record of the committed file (``verified=False``: its bytes were not read back).
@@ -123,7 +127,8 @@ def save_file(
     counter = Progress(f"saving {text!r}") if progress is True else progress or None
 
     def write(output: RawOutput) -> TrailerInfo:
-        return write_checkpoint(state, output if counter is None else ProgressOutput(output, counter), stored)
+        target = output if counter is None else ProgressOutput(output, counter)
+        return write_checkpoint(state, target, stored, live_gate)
 
     info = storage.write(fs_path, write, expected_size)
     if counter is not None:
@@ -145,6 +150,8 @@ def save_file_async(
 
     The caller is paused only while the previous save (if any) finishes (backpressure) and while the state is
     copied; afterwards it may change the state freely: the file holds the state as it was at this call.
+    Under a memory budget (``HostStaging(max_staging_bytes=...)``) the storages that do not fit are not
+    copied: the call also waits until the writer has written them to the file.
 
     Args:
         path: the final file path or URL.
@@ -171,8 +178,12 @@ def save_file_async(
     check_weights_only_safe(state)  # here, so that the error reaches the caller, not the writer thread
     writer.reserve()
     staged = staging.snapshot(state)
-    return writer.submit(
-        lambda: save_file(text, staged, metadata=meta, storage_options=options, progress=progress)
+    return submit_staged(
+        writer,
+        staging.live_gate(),
+        lambda gate: save_file(
+            text, staged, metadata=meta, storage_options=options, progress=progress, live_gate=gate
+        ),
     )
 
 
@@ -184,6 +195,7 @@ def load_file(
     mmap: bool = False,
     trusted: bool = False,
     storage_options: dict[str, Any] | None = None,
+    progress: Progress | bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint file, verifying its checksums before any object is returned.
 
@@ -195,6 +207,9 @@ def load_file(
         mmap: memory-map tensor storages instead of reading them (local files only).
         trusted: allow objects that need pickle (``weights_only=False``); only for files you trust.
         storage_options: fsspec options for remote paths.
+        progress: report bytes and rate when a verified local load takes more than 2 s (True: to standard
+            error; a ``Progress``: to it; False: never). Unverified and ``mmap`` loads are read by torch
+            itself and do not report.
 
     Returns:
         The checkpoint dict.
@@ -214,7 +229,15 @@ def load_file(
     storage, fs_path = split_url(text, options)
     if mmap and not storage.is_local:
         raise MisconfigurationException(f"mmap=True needs a local file, got {text!r}; pass mmap=False")
-    state, _ = load(storage, fs_path, map_location=map_location, verify=verify, mmap=mmap, trusted=trusted)
+    state, _ = load(
+        storage,
+        fs_path,
+        map_location=map_location,
+        verify=verify,
+        mmap=mmap,
+        trusted=trusted,
+        progress=progress,
+    )
     return state
 
 

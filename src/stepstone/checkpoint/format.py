@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from stepstone.checkpoint.checksum import ChunkedCrc32, chunk_ranges
+from stepstone.checkpoint.live import GatedSink, LiveGate
 from stepstone.checkpoint.outputs import RawOutput
 from stepstone.checkpoint.sink import HOLD, ChecksummingSink
 from stepstone.checkpoint.stable_memory import StableMemory
@@ -183,13 +184,16 @@ def estimate_size(state: object) -> int:
     return sum(storages.values()) + 64 * items + 128 * len(storages) + _MAX_COMMENT + 4096
 
 
-def write_checkpoint(state: object, output: RawOutput, metadata: dict[str, Any]) -> TrailerInfo:
+def write_checkpoint(
+    state: object, output: RawOutput, metadata: dict[str, Any], gate: LiveGate | None = None
+) -> TrailerInfo:
     """Serialize ``state`` with ``torch.save`` into ``output``, then append the trailer.
 
     Args:
         state: the (already validated) object to save.
         output: where the bytes go, from the first byte on.
         metadata: JSON-compatible metadata for the trailer (size checked by ``check_metadata_size``).
+        gate: for a snapshot with live (unstaged) storages, opened once they are written (see ``live.py``).
 
     Returns:
         The trailer that was written.
@@ -203,7 +207,8 @@ def write_checkpoint(state: object, output: RawOutput, metadata: dict[str, Any])
         # The executor's exit joins the worker, so no CRC job outlives the state's memory.
         sink = ChecksummingSink(output, crc, pool, StableMemory(state))
         try:
-            torch.save(state, sink)  # type: ignore[arg-type]  # torch only needs write() and flush()
+            target = sink if gate is None or gate.is_open else GatedSink(sink, gate)
+            torch.save(state, target)  # type: ignore[arg-type]  # torch only needs write() and flush()
             tail = sink.finish()
         except BaseException as error:
             if sink.error is not None and sink.error is not error:

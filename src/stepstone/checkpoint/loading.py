@@ -19,6 +19,7 @@ import torch
 
 from stepstone.checkpoint.format import TAIL_SIZE, TrailerInfo, parse_tail
 from stepstone.checkpoint.inspection import open_local, read_local_trailer, record_from_trailer
+from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord, basename
 from stepstone.checkpoint.storage import RemoteStorage, Storage
 from stepstone.checkpoint.verification import (
@@ -85,13 +86,19 @@ def _fd_path(fd: int, path: str) -> str:
 
 
 def _gated_load(
-    fd: int, size: int, info: TrailerInfo, url: str, map_location: MapLocation, trusted: bool
+    fd: int,
+    size: int,
+    info: TrailerInfo,
+    url: str,
+    map_location: MapLocation,
+    trusted: bool,
+    progress: Progress | None,
 ) -> Any:
     verifier = ChunkVerifier(fd, info, url)
     with verifier.background(load_verify_threads()):
         try:
             state = _torch_load(
-                VerifiedReader(fd, size, verifier),
+                VerifiedReader(fd, size, verifier, progress),
                 url,
                 map_location,
                 trusted=trusted,
@@ -104,12 +111,19 @@ def _gated_load(
             raise
         # torch skips a few bytes (zip local headers it does not need, padding): check them too.
         verifier.finish()
+    if progress is not None:
+        progress.finish()
     return state
 
 
 def _load_local(
-    path: str, url: str, map_location: MapLocation, verify: bool, mmap: bool, trusted: bool
+    path: str,
+    url: str,
+    map_location: MapLocation,
+    flags: tuple[bool, bool, bool],
+    progress: Progress | bool,
 ) -> tuple[Any, CheckpointRecord]:
+    verify, mmap, trusted = flags
     fd = open_local(path)
     try:
         try:
@@ -129,7 +143,9 @@ def _load_local(
                 _fd_path(fd, path), url, map_location, trusted=trusted, mmap=True, verified=True
             )
         else:
-            state = _gated_load(fd, size, info, url, map_location, trusted)
+            # Only this path reads through stepstone (the others hand torch the path), so only it reports.
+            counter = Progress(f"loading {url!r}") if progress is True else progress or None
+            state = _gated_load(fd, size, info, url, map_location, trusted, counter)
     finally:
         os.close(fd)
     return state, _record(url, size, info, verified=verify and info is not None)
@@ -161,7 +177,14 @@ def _record(url: str, size: int, info: TrailerInfo | None, verified: bool) -> Ch
 
 
 def load(
-    storage: Storage, path: str, *, map_location: MapLocation, verify: bool, mmap: bool, trusted: bool
+    storage: Storage,
+    path: str,
+    *,
+    map_location: MapLocation,
+    verify: bool,
+    mmap: bool,
+    trusted: bool,
+    progress: Progress | bool = True,
 ) -> tuple[dict[str, Any], CheckpointRecord]:
     """Load a checkpoint (arguments already validated by the caller).
 
@@ -172,6 +195,8 @@ def load(
         verify: check the chunk CRCs (stepstone files only).
         mmap: memory-map tensor storages (local files only).
         trusted: allow unpickling arbitrary objects (``weights_only=False``).
+        progress: report bytes and rate when a verified local load takes more than 2 s (True: to standard
+            error; a ``Progress``: to it; False: never).
 
     Returns:
         ``(state, record)``; ``record.verified`` says whether the checksums were checked.
@@ -186,7 +211,7 @@ def load(
     if isinstance(storage, RemoteStorage):
         state, record = _load_remote(storage, path, url, map_location, verify, trusted)
     else:
-        state, record = _load_local(path, url, map_location, verify, mmap, trusted)
+        state, record = _load_local(path, url, map_location, (verify, mmap, trusted), progress)
     if not isinstance(state, dict):
         raise CheckpointError(f"{url!r} holds a {type(state).__name__}, not a checkpoint dict")
     return state, record

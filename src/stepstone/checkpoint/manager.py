@@ -21,6 +21,7 @@ from typing import Any
 
 from stepstone.checkpoint.files import save_file, sweep_stale_temps
 from stepstone.checkpoint.index import CHECKPOINT_SUFFIX, RunIndex
+from stepstone.checkpoint.live import LiveGate, submit_staged
 from stepstone.checkpoint.loading import MapLocation, load
 from stepstone.checkpoint.record import CheckpointRecord, age_key, normalize_metadata
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, RetentionPolicy
@@ -95,6 +96,9 @@ class CheckpointManager:
         async_save: save in the background: ``save`` returns once the state is copied into reusable host
             buffers (one copy of the state, kept between saves); the write, commit, index update and
             retention run on a writer thread, one save at a time. ``wait``/``close`` wait for it.
+        max_staging_bytes: with ``async_save``, the most bytes of host buffers (None: one full copy of the
+            state). Storages over the budget are not copied: ``save`` returns once they are written to the
+            file (the loop stalls for that part; the rest is written in the background). 0: no buffers.
 
     Raises:
         MisconfigurationException: for an invalid argument.
@@ -110,6 +114,7 @@ class CheckpointManager:
         best_metric: str | None = None,
         best_mode: str = "min",
         async_save: bool = False,
+        max_staging_bytes: int | None = None,
     ) -> None:
         if retention is not None and not callable(retention):
             raise MisconfigurationException(
@@ -128,7 +133,12 @@ class CheckpointManager:
         if not isinstance(async_save, bool):
             raise MisconfigurationException(f"async_save must be True or False, got {async_save!r}")
         self._writer: SyncWriter | AsyncWriter = AsyncWriter() if async_save else SyncWriter()
-        self._staging = HostStaging() if async_save else None
+        if max_staging_bytes is not None and not async_save:
+            raise MisconfigurationException(
+                f"max_staging_bytes={max_staging_bytes!r} only applies to async_save=True (a synchronous save "
+                "stages nothing); pass async_save=True or drop it"
+            )
+        self._staging = HostStaging(max_staging_bytes=max_staging_bytes) if async_save else None
         self._closed = False
         self.last_restored: CheckpointRecord | None = None
         sweep_stale_temps(self._index.directory)
@@ -195,17 +205,19 @@ class CheckpointManager:
                     "step is saved once. Remove it first, or save into a new directory."
                 )
         path = self._storage.url(self._storage.join(self._directory, name))
+        gate = LiveGate()  # open: a synchronous save holds the caller anyway
         if self._staging is not None:
             check_weights_only_safe(state)  # in the caller's thread, before anything is scheduled
             state = self._staging.snapshot(state)
+            gate = self._staging.live_gate()
 
-        def job() -> CheckpointRecord:
-            record = save_file(path, state, metadata=meta, storage_options=self._options)
+        def job(gate: LiveGate) -> CheckpointRecord:
+            record = save_file(path, state, metadata=meta, storage_options=self._options, live_gate=gate)
             self._index.record(record)
             self._apply_retention()
             return record
 
-        return self._writer.submit(job)
+        return submit_staged(self._writer, gate, job)
 
     def _apply_retention(self) -> None:
         # Only stepstone's own files are subject to retention; foreign *.ckpt files are never deleted.

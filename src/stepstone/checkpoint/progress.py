@@ -1,10 +1,11 @@
-"""Progress of a long save: bytes written and rate, so a multi-minute save never looks like a hang.
+"""Progress of a long save or load: bytes and rate, so a multi-minute save or load never looks like a hang.
 
 ``ProgressOutput`` wraps the ``RawOutput`` a checkpoint is serialized into and counts its bytes; the
 ``Progress`` it reports to stays silent for the first ``delay_s`` seconds (most saves finish well before)
 and then emits one line every ``interval_s`` seconds, plus a final line when a reported save ends. Lines go
 to ``emit`` (default: standard error, like the Trainer's other messages). Large writes are cut into
-``_PIECE`` bytes so that a single multi-GiB tensor still produces regular reports.
+``_PIECE`` bytes so that a single multi-GiB tensor still produces regular reports. Loads count the bytes
+``verification.VerifiedReader`` serves to ``torch.load`` into the same ``Progress``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,15 @@ containers are new and whose tensors live in host (CPU) buffers owned by the sta
 - **pinned on CUDA**: buffers for CUDA tensors are pinned, copied with ``non_blocking=True``, and the
   device is synchronized once at the end of the snapshot;
 - anything that is not a plain strided tensor (sparse, quantized, nested) is cloned to the CPU instead of
-  staged (correct, just not reused).
+  staged (correct, just not reused, and not counted in the budget below);
+- **a memory budget** (``max_staging_bytes``): the storages torch.save writes last are staged, up to the
+  budget; the ones it writes first stay *live* in the snapshot (views of the training tensors, no copy).
+  The caller must not let training change them before the writer read them: ``live_gate()`` tells when
+  (``live.py``). So extra host memory stays within the budget, and the training loop stalls while the
+  over-budget part is written to the file instead of only while it is copied. Budget 0: nothing is staged,
+  the save is as synchronous as a plain one (the commit still ends in the background). A live CUDA tensor
+  is written as a synchronous save writes it (torch copies one storage at a time to the host; stored with
+  its CUDA location), and the caller then waits for the whole data part of the file.
 
 The caller must not take a new snapshot while the previous one is still being written: the buffers are
 overwritten. The async writer guarantees this (one save in flight; ``reserve`` waits for it first).
@@ -24,13 +32,18 @@ from __future__ import annotations
 
 import copy
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from stepstone.checkpoint.live import LiveGate
+from stepstone.errors import MisconfigurationException
+
 __all__ = ["HostStaging"]
 
 _Key = tuple[Any, ...]
+_Identity = tuple[int, int, str]
 
 
 def _plain_strided(tensor: torch.Tensor) -> bool:
@@ -43,21 +56,64 @@ def _plain_strided(tensor: torch.Tensor) -> bool:
     )
 
 
+def _tensors(item: Any, path: _Key) -> Iterator[tuple[torch.Tensor, _Key]]:
+    """The tensors of a state with their positions, in the order ``_copy`` (and pickle) meets them."""
+    if isinstance(item, torch.Tensor):
+        yield item, path
+    elif isinstance(item, (dict, OrderedDict, Counter)):
+        for key, value in item.items():
+            yield from _tensors(value, (*path, key))
+    elif isinstance(item, (list, tuple, set)) and not isinstance(item, torch.Size):
+        for index, value in enumerate(item):
+            yield from _tensors(value, (*path, index))
+
+
+def _identity(tensor: torch.Tensor) -> _Identity:
+    storage = tensor.untyped_storage()
+    return (storage.data_ptr(), storage.nbytes(), str(tensor.device))
+
+
 class HostStaging:
     """Reusable host buffers and the snapshots taken into them.
 
     Args:
         pin_memory: pin the buffers of CUDA tensors (None: when CUDA is available).
+        max_staging_bytes: most bytes of host buffers (None: no limit, one full copy of the state); the
+            storages that do not fit stay live and must be written before training goes on (``live_gate``).
+
+    Raises:
+        MisconfigurationException: if ``max_staging_bytes`` is not None or an int >= 0.
     """
 
-    def __init__(self, pin_memory: bool | None = None) -> None:
+    def __init__(self, pin_memory: bool | None = None, max_staging_bytes: int | None = None) -> None:
         self._pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self._budget: int | None = None
+        self.max_staging_bytes = max_staging_bytes
         self._buffers: dict[_Key, torch.Tensor] = {}
         self._used: set[_Key] = set()
-        self._copies: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._copies: dict[_Identity, torch.Tensor] = {}
+        self._plan: dict[_Identity, _Key | None] = {}  # staged: its buffer key; live: None
+        self._live: list[tuple[int, int]] = []
+        self._live_opaque = False
+        self._held = 0
         self._cuda_copies = False
         #: How many buffers were allocated over the object's life (a steady state allocates none).
         self.allocations = 0
+        #: The most bytes the buffers ever held at once.
+        self.peak_nbytes = 0
+
+    @property
+    def max_staging_bytes(self) -> int | None:
+        """The budget of host buffers in bytes (None: no limit); settable between snapshots."""
+        return self._budget
+
+    @max_staging_bytes.setter
+    def max_staging_bytes(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise MisconfigurationException(
+                f"max_staging_bytes must be an int >= 0 (bytes) or None (no limit), got {value!r}"
+            )
+        self._budget = value
 
     @property
     def nbytes(self) -> int:
@@ -75,6 +131,45 @@ class HostStaging:
     def release(self) -> None:
         """Free every buffer (the next snapshot allocates again)."""
         self._buffers.clear()
+        self._held = 0
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of the storages the last snapshot left live (over the budget)."""
+        return sum(size for _, size in self._live)
+
+    def live_gate(self) -> LiveGate:
+        """A gate for the last snapshot: open at once if everything was staged.
+
+        Returns:
+            A new ``LiveGate`` over the storages the last snapshot left live.
+        """
+        return LiveGate(list(self._live), opaque=self._live_opaque)
+
+    def _make_plan(self, state: Any) -> None:
+        """Decide which storages are staged: the last ones torch.save writes, up to the budget."""
+        sizes: dict[_Identity, tuple[_Key, int]] = {}
+        for tensor, path in _tensors(state, ()):
+            if _plain_strided(tensor) and (identity := _identity(tensor)) not in sizes:
+                sizes[identity] = ((*path, identity[1]), identity[1])
+        # torch.save writes storages in the order its pickler first meets them, which is this walk's order:
+        # leaving the first ones live lets the training thread go as soon as they are written.
+        budget = self.max_staging_bytes
+        room = float("inf") if budget is None else budget
+        self._plan, stopped = {}, False
+        for identity, (key, size) in reversed(sizes.items()):
+            # A suffix only: staging a storage written before a live one would not shorten the stall.
+            fits = size == 0 or (not stopped and size <= room)
+            stopped |= not fits
+            self._plan[identity] = key if fits else None
+            room -= size if fits else 0
+        staged = {key for key in self._plan.values() if key is not None}
+        # Free what this snapshot will not reuse *before* copying, so old and new never add up.
+        for key in [key for key in self._buffers if key not in staged]:
+            self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
+        self._held -= self._buffers.pop(key).nbytes
 
     def snapshot(self, state: Any) -> Any:
         """Copy ``state`` into the host buffers.
@@ -91,16 +186,19 @@ class HostStaging:
         """
         self._used = set()
         self._copies = {}
+        self._live, self._live_opaque = [], False
         self._cuda_copies = False
         try:
+            self._make_plan(state)
             staged = self._copy(state, ())
             if self._cuda_copies:
                 torch.cuda.synchronize()  # the non_blocking copies must have landed before anyone reads
         finally:
             self._copies = {}
+            self._plan = {}
         # Buffers for positions the state no longer has would only waste memory.
         for key in [key for key in self._buffers if key not in self._used]:
-            del self._buffers[key]
+            self._drop(key)
         return staged
 
     def _copy(self, item: Any, path: _Key) -> Any:
@@ -123,17 +221,32 @@ class HostStaging:
         if not _plain_strided(tensor):
             return tensor.detach().to("cpu", copy=True)
         storage = tensor.untyped_storage()
-        identity = (storage.data_ptr(), storage.nbytes(), str(tensor.device))
-        staged = self._copies.get(identity)
-        if staged is None or storage.nbytes() == 0:
-            staged = self._stage_storage(storage, tensor.device, path)
-            self._copies[identity] = staged
-        view = torch.empty(0, dtype=tensor.dtype).set_(
+        identity = _identity(tensor)
+        known = self._copies.get(identity)
+        if identity in self._plan and self._plan[identity] is None:
+            staged = self._live_storage(storage, tensor.device, identity)
+        elif known is None or storage.nbytes() == 0:
+            staged = self._copies[identity] = self._stage_storage(storage, tensor.device, path)
+        else:
+            staged = known
+        view = torch.empty(0, dtype=tensor.dtype, device=staged.device).set_(
             staged.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride()
         )
         if isinstance(tensor, torch.nn.Parameter):
             return torch.nn.Parameter(view, requires_grad=tensor.requires_grad)
         return view
+
+    def _live_storage(
+        self, storage: torch.UntypedStorage, device: torch.device, identity: _Identity
+    ) -> torch.Tensor:
+        """A view of the live storage itself (new tensor metadata, shared bytes), recorded for the gate."""
+        if identity not in self._copies:
+            self._copies[identity] = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
+            if device.type == "cpu":
+                self._live.append((storage.data_ptr(), storage.nbytes()))
+            else:
+                self._live_opaque = True  # torch copies it to the host first: not recognizable by address
+        return self._copies[identity]
 
     def _stage_storage(self, storage: torch.UntypedStorage, device: torch.device, path: _Key) -> torch.Tensor:
         key = (*path, storage.nbytes())
@@ -144,6 +257,8 @@ class HostStaging:
             buffer = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pin)
             self._buffers[key] = buffer
             self.allocations += 1
+            self._held += buffer.nbytes
+            self.peak_nbytes = max(self.peak_nbytes, self._held)
         source = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
         non_blocking = device.type == "cuda" and buffer.is_pinned()
         buffer.copy_(source, non_blocking=non_blocking)

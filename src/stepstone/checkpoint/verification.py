@@ -23,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from stepstone.checkpoint.format import TrailerInfo
+from stepstone.checkpoint.progress import Progress
 from stepstone.errors import CheckpointCorruptError, CheckpointError
 
 __all__ = ["READ_AHEAD", "ChunkVerifier", "VerifiedReader", "load_verify_threads", "verify_buffer"]
 
 #: How far (bytes) background verification may run ahead of what torch has asked for.
 READ_AHEAD = 1024 * 1024 * 1024
+_PIECE = 64 * 1024 * 1024  # most bytes per pread into torch's buffer (progress granularity)
 _BLOCK = 4 * 1024 * 1024  # pread size: fits in cache so the CRC reads from cache, not from memory
 _PENDING, _BUSY, _DONE = 0, 1, 2
 
@@ -236,13 +238,15 @@ class VerifiedReader(io.RawIOBase):
         fd: the open file (not closed by this object).
         size: the file's size.
         verifier: the verifier of that file.
+        progress: counts the bytes served (reports a long load); None counts nothing.
     """
 
-    def __init__(self, fd: int, size: int, verifier: ChunkVerifier) -> None:
+    def __init__(self, fd: int, size: int, verifier: ChunkVerifier, progress: Progress | None = None) -> None:
         super().__init__()
         self._fd = fd
         self._size = size
         self._verifier = verifier
+        self._progress = progress
         self._position = 0
 
     def readable(self) -> bool:
@@ -288,10 +292,13 @@ class VerifiedReader(io.RawIOBase):
             self._verifier.require(self._position, self._position + want)
             done = 0
             while done < want:
-                count = os.preadv(self._fd, [view[done:want]], self._position + done)
+                # Pieces of at most _PIECE bytes, so that one multi-GiB tensor still reports its progress.
+                count = os.preadv(self._fd, [view[done : min(want, done + _PIECE)]], self._position + done)
                 if count == 0:
                     break
                 done += count
+                if self._progress is not None:
+                    self._progress.add(count)  # one clock read per piece: nothing beside the pread
         self._position += done
         return done
 

@@ -24,6 +24,8 @@ class AsyncSaves:
     def __init__(self) -> None:
         self._writer: AsyncWriter | None = None
         self._staging: HostStaging | None = None
+        #: Budget of the host buffers for the next save (None: one full copy); set by the saving callback.
+        self.max_staging_bytes: int | None = None
 
     @property
     def writer(self) -> AsyncWriter | None:
@@ -52,6 +54,7 @@ class AsyncSaves:
         """
         if self._writer is None or self._staging is None:
             self._writer, self._staging = AsyncWriter(), HostStaging()
+        self._staging.max_staging_bytes = self.max_staging_bytes
         return save_file_async(
             path, checkpoint, writer=self._writer, staging=self._staging, metadata=metadata
         )
