@@ -93,9 +93,9 @@ def test_integral_float_limits_are_batch_counts(tmp_path: Path) -> None:
         ({"num_sanity_val_steps": -2}, "num_sanity_val_steps=-2"),
         ({"log_every_n_steps": -1}, "log_every_n_steps=-1"),
         ({"strategy": "magic"}, "strategy='magic'"),
-        ({"strategy": "ddp"}, "strategy='ddp'"),
+        ({"strategy": "ddp_notebook"}, "strategy='ddp_notebook'"),
         ({"strategy": "fsdp"}, "strategy='fsdp'"),
-        ({"devices": 2}, "devices=2"),
+        ({"devices": 0}, "devices=0"),
         ({"devices": "many"}, "devices='many'"),
         ({"accelerator": "tpu"}, "accelerator='tpu'"),
         ({"precision": "64"}, "precision='64'"),
@@ -124,9 +124,9 @@ def test_misconfiguration_is_a_value_error() -> None:
     assert issubclass(MisconfigurationException, ValueError)
 
 
-def test_ddp_error_says_it_is_not_available_yet(tmp_path: Path) -> None:
-    with pytest.raises(MisconfigurationException, match="not available in this release"):
-        _trainer(tmp_path, strategy="ddp")
+def test_forking_strategies_are_refused_with_the_alternatives(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="use strategy='ddp_spawn' in notebooks"):
+        _trainer(tmp_path, strategy="ddp_fork")
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])

@@ -65,7 +65,7 @@ def test_device_index_list_on_cpu_raises() -> None:
 
 
 def test_several_devices_raise_with_the_fix() -> None:
-    with pytest.raises(MisconfigurationException, match=r"devices=4.*Pass devices=1"):
+    with pytest.raises(MisconfigurationException, match=r"devices=4.*pass devices=1"):
         resolve_placement("cpu", 4, "auto", None)
 
 

@@ -33,6 +33,7 @@ from stepstone.callbacks.checkpoint_settings import (
     validate_arguments,
 )
 from stepstone.errors import MisconfigurationException
+from stepstone.strategies.collectives import barrier, broadcast_object, exchange
 
 if TYPE_CHECKING:
     from stepstone.checkpoint import CheckpointRecord, SaveHandle
@@ -191,6 +192,9 @@ class ModelCheckpoint(Callback):
         """Resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
         if self.dirpath is None:
             self.dirpath = default_dirpath(trainer)
+        # Rank 0's folder everywhere: a logger's next version number may differ between ranks that look at
+        # the disk at different moments (Lightning broadcasts it too).
+        self.dirpath = broadcast_object(self.dirpath)
         if self.save_last == "link" and not is_local(self.dirpath):
             raise MisconfigurationException(
                 f"ModelCheckpoint(save_last='link') needs a local dirpath (symlinks), got {self.dirpath!r}; use "
@@ -234,6 +238,8 @@ class ModelCheckpoint(Callback):
         now = time.monotonic()
         if self._train_time_interval is not None and self._last_time_checked is not None:
             time_due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
+            # Clocks differ between ranks: rank 0's answer holds everywhere (a no-op on one process).
+            time_due = broadcast_object(time_due)
         if not (step_due or time_due):
             return
         if time_due:
@@ -331,6 +337,13 @@ class ModelCheckpoint(Callback):
         An asynchronous save only schedules the write here: the new state goes into the file, but the callback
         keeps naming committed files until ``_complete_pending`` runs after the commit.
         """
+        if trainer.world_size > 1:
+            # Under DDP every decision below (top k, file names, version suffixes, deletions, last) is taken
+            # from rank 0's metrics, so every rank holds the same state and names the one file rank 0 writes.
+            # Named, so that a rank saving something else (a misplaced trainer.save_checkpoint) fails at once.
+            candidates = exchange(
+                "ModelCheckpoint trigger", {name: value.detach().cpu() for name, value in candidates.items()}
+            )
         if self._pending is not None:
             trainer._runner.async_saves.wait_turn()  # backpressure, reported when it stalls training
         self._complete_pending(trainer)  # decide on the state of the committed files
@@ -492,10 +505,13 @@ class ModelCheckpoint(Callback):
             to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
         if written and self._scheduled is not None:
             self._deferred_last = (written, filepath)  # ``written`` is not committed yet
-        elif written and self.save_last == "link":
-            link_file(written, filepath)
         elif written:
-            copy_file(written, filepath)  # the state was serialized once, into ``written``
+            if trainer.is_global_zero:  # one writer; the others wait for the file below
+                if self.save_last == "link":
+                    link_file(written, filepath)
+                else:
+                    copy_file(written, filepath)  # the state was serialized once, into ``written``
+            barrier(f"save last {filepath}")
         else:
             self._save_checkpoint(trainer, filepath)
         self._last_checkpoint_saved = written or filepath
@@ -509,27 +525,37 @@ class ModelCheckpoint(Callback):
             while filepath != replaced and exists(filepath):
                 filepath = self.format_checkpoint_name(candidates, template, ver=version)
                 version += 1
+            # The ranks may not share a view of the disk: rank 0 (the writer) decides the suffix.
+            filepath = exchange("ModelCheckpoint file name", filepath)
         return filepath
 
     def _uses_async(self, trainer: Trainer) -> bool:
         return self.async_save if self.async_save is not None else trainer._async_checkpointing
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if self._uses_async(trainer) and trainer.world_size > 1:
+            raise MisconfigurationException(
+                f"Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) is not "
+                f"available with {trainer.world_size} processes yet; drop async_save/AsyncCheckpointIO under DDP."
+            )
         if self._uses_async(trainer):
             trainer._runner.async_saves.max_staging_bytes = self.max_staging_bytes
             handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
             self._scheduled = (handle, filepath)
             self._last_global_step_saved = trainer.global_step
             return
-        record = trainer._runner.write_checkpoint(filepath, self.save_weights_only)
+        from stepstone.trainer.distributed import save_on_all_ranks
+
+        # Under DDP: built on every rank, written once by rank 0, then a barrier (all ranks reach this save).
+        record = save_on_all_ranks(trainer, filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._after_commit(trainer, filepath, record)
 
-    def _after_commit(self, trainer: Trainer, filepath: str, record: CheckpointRecord) -> None:
+    def _after_commit(self, trainer: Trainer, filepath: str, record: CheckpointRecord | None) -> None:
         from stepstone.checkpoint import RunIndex
 
-        if trainer.is_global_zero and self.dirpath is not None and os.path.dirname(filepath) == self.dirpath:
+        if record is not None and self.dirpath is not None and os.path.dirname(filepath) == self.dirpath:
             RunIndex(self.dirpath).record(record)
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)

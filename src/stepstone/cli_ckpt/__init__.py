@@ -1,4 +1,4 @@
-"""``stepstone ckpt``: list, show, verify, prune, diff and export checkpoints from the command line.
+"""``stepstone ckpt``: list, show, verify, prune, diff, export and convert checkpoints from the command line.
 
 Every command prints readable text, or JSON with ``--json`` (for scripts). Exit codes: 0 success, 1 a
 checkpoint failed (corrupt, unsafe, missing; ``verify`` found a bad file; ``diff`` found a difference),
@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 
 from stepstone.cli_ckpt.contents import run_diff, run_export, run_show
-from stepstone.cli_ckpt.listing import UsageError, run_ls, run_prune, run_verify
+from stepstone.cli_ckpt.convert import run_convert, run_verify_any
+from stepstone.cli_ckpt.listing import UsageError, run_ls, run_prune
 from stepstone.errors import CheckpointError, MisconfigurationException
 
 __all__ = ["add_ckpt_parser", "run_ckpt"]
@@ -54,7 +55,9 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     show = _add(sub, "show", run_show, "show one checkpoint: keys, tensors, hparams, loops, callback state")
     show.add_argument("file")
     show.add_argument("--all", action="store_true", help="list every tensor, not only the state_dict's")
-    verify = _add(sub, "verify", run_verify, "check every checksum of files or of all *.ckpt in directories")
+    verify = _add(
+        sub, "verify", run_verify_any, "check every checksum of files, sharded dirs or *.ckpt in dirs"
+    )
     verify.add_argument("paths", nargs="+", metavar="PATH")
     prune = _add(sub, "prune", run_prune, "delete the checkpoints a retention policy drops (never last*)")
     prune.add_argument("dir")
@@ -71,6 +74,9 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     export = _add(sub, "export", run_export, "write the weights (state_dict) as safetensors")
     export.add_argument("file")
     export.add_argument("out", help="the output .safetensors file")
+    convert = _add(sub, "convert", run_convert, "gather a sharded (FSDP) checkpoint directory into one file")
+    convert.add_argument("src_dir", help="the sharded checkpoint directory")
+    convert.add_argument("dst_file", help="the file to write (a stepstone checkpoint)")
 
 
 def run_ckpt(args: argparse.Namespace) -> int:

@@ -246,7 +246,7 @@ class FitLoop:
             accumulating = self._should_accumulate(batch_idx, is_last)
             if not self._run_batch(batch, batch_idx, accumulating):
                 break
-            if not accumulating and preemption.requested:
+            if not accumulating and preemption.due(trainer):
                 preemption.save_and_exit(trainer)  # raises SystemExit after the optimizer step
             if not self._after_batch(batch_idx, is_last, accumulating, validate=True):
                 break

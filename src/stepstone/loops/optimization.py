@@ -80,7 +80,7 @@ def run_automatic(loop: FitLoop, batch: Any, batch_idx: int, accumulating: bool)
         # Optimizers may call the closure with grad disabled (their step runs under no_grad); a ``with``
         # costs far less per step than decorating a fresh closure with torch.enable_grad() every batch.
         with torch.enable_grad(), trainer._placement.forward_context():
-            output = hooks.module("training_step", *step_args)
+            output = hooks.training_step(*step_args)
         loss, extra = _loss_of(output)
         if loss is not None and accumulate > 1:
             loss = loss / accumulate
@@ -131,9 +131,7 @@ def run_manual(loop: FitLoop, batch: Any, batch_idx: int) -> dict[str, Any]:
     trainer = loop.trainer
     module = trainer.lightning_module
     with trainer._placement.forward_context():
-        output = trainer._hooks.module(
-            "training_step", *step_arguments(module.training_step, batch, batch_idx, None)
-        )
+        output = trainer._hooks.training_step(*step_arguments(module.training_step, batch, batch_idx, None))
     if output is None:
         return {}
     if isinstance(output, torch.Tensor):

@@ -10,6 +10,7 @@ Errors are re-raised as :class:`CollectiveError`, naming the collective, the ran
 from __future__ import annotations
 
 import contextlib
+import pickle
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +32,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "destroy_process_group",
+    "exchange",
     "get_rank",
     "get_world_size",
     "init_process_group",
@@ -49,6 +51,9 @@ _REDUCE_OPS = {
 _ALIASES = {"avg": "mean", "mean": "mean", "sum": "sum", "max": "max", "min": "min"}
 _timeout: timedelta = DEFAULT_TIMEOUT
 T = TypeVar("T")
+# How long a collective's tensors may stay held by the backend after it returned (see ``_released``).
+_RELEASE_WAIT_S = 5.0
+_PARKED: list[torch.Tensor] = []
 
 
 class CollectiveError(RuntimeError):
@@ -168,14 +173,39 @@ def barrier(name: str = "barrier") -> None:
     Raises:
         CollectiveError: a rank failed or did not arrive within the timeout, or the ranks' names differ.
     """
+    exchange(name, None)
+
+
+def exchange(name: str, obj: T, src: int = 0) -> T:
+    """``src``'s ``obj`` on every rank, checking that every rank is at the same named point.
+
+    Slower than :func:`broadcast_object` (every rank sends), but two ranks at *different* points (a
+    ``trainer.save_checkpoint`` under ``if trainer.is_global_zero`` while the others save a ModelCheckpoint)
+    fail at once on every rank, naming both points, instead of waiting for the timeout.
+
+    Args:
+        name: what this point is, e.g. ``"save_checkpoint epoch=3.ckpt"`` (used in errors).
+        obj: this rank's value (only ``src``'s is returned; picklable).
+        src: the rank whose value wins.
+
+    Returns:
+        ``src``'s object (``obj`` itself on a single process).
+
+    Raises:
+        CollectiveError: a rank failed or did not arrive within the timeout, or the ranks' names differ.
+    """
     if not is_distributed():
-        return
-    names = all_gather_object(name, what=f"barrier {name!r}")
+        return obj
+    gathered = all_gather_object((name, obj), what=f"barrier {name!r}")
+    names = [other for other, _ in gathered]
     if any(other != name for other in names):
         raise CollectiveError(
             f"barrier {name!r}: the ranks are at different barriers ({dict(enumerate(names))}); every rank must "
-            "run the same collectives in the same order (is a save or barrier under `if trainer.is_global_zero`?)."
+            "run the same collectives in the same order. trainer.save_checkpoint must be called on every rank "
+            "(not under `if trainer.is_global_zero`); only rank 0 writes."
         )
+    result: T = gathered[src][1]
+    return result
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -193,10 +223,17 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     """
     if not is_distributed():
         return obj
-    box: list[Any] = [obj]
+    device = _device()
     with _named(f"broadcast_object(src={src})"):
-        dist.broadcast_object_list(box, src=src, device=_device())
-    result: T = box[0]
+        payload = _encode(obj, device) if dist.get_rank() == src else None
+        size = torch.tensor([0 if payload is None else payload.numel()], dtype=torch.long, device=device)
+        dist.broadcast(size, src=src)
+        _released(size)
+        if payload is None:
+            payload = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+        dist.broadcast(payload, src=src)
+        _released(payload)
+    result: T = _decode(payload, payload.numel())
     return result
 
 
@@ -215,10 +252,47 @@ def all_gather_object(obj: T, what: str = "all_gather_object") -> list[T]:
     """
     if not is_distributed():
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
+    device, world = _device(), dist.get_world_size()
+    payload = _encode(obj, device)
     with _named(what):
-        dist.all_gather_object(out, obj)
-    return out
+        size = torch.tensor([payload.numel()], dtype=torch.long, device=device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        _released(size, *sizes)
+        lengths = [int(s.item()) for s in sizes]
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+        padded[: payload.numel()] = payload
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        _released(padded, *gathered)
+    return [_decode(data, length) for data, length in zip(gathered, lengths, strict=True)]
+
+
+def _encode(obj: Any, device: torch.device) -> torch.Tensor:
+    # Between the ranks of one job, like torch's own *_object collectives (never used for files).
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+
+
+def _decode(data: torch.Tensor, length: int) -> Any:
+    return pickle.loads(data[:length].cpu().numpy().tobytes())
+
+
+def _released(*tensors: torch.Tensor) -> None:
+    """Wait until the backend's worker threads have dropped their references to ``tensors``.
+
+    A collective returns as soon as its result is ready, but a gloo worker thread may hold the operation (and
+    so the tensors) a little longer. If Python has let go of a tensor by then, the worker frees its Python
+    object and needs the GIL for it. Should that happen while the interpreter is shutting down (the process
+    group is still alive: DDP keeps it), the thread cannot take the GIL and the process aborts with
+    "terminate called without an active exception". Waiting here (microseconds in practice) means no
+    collective's tensor is ever freed by a worker thread.
+    """
+    deadline = time.monotonic() + _RELEASE_WAIT_S
+    while any(tensor._use_count() > 1 for tensor in tensors):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            _PARKED.extend(tensors)  # kept to the end of the process rather than freed by a worker thread
+            return
+        time.sleep(0.0001)
 
 
 def reduce(tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -248,6 +322,7 @@ def reduce(tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         work = work.double()
     with _named(f"reduce({name})"):
         dist.all_reduce(work, op=_REDUCE_OPS[name])
+        _released(work)
     if name == "mean":
         work = work / dist.get_world_size()
     return work.to(tensor.device)
@@ -277,6 +352,7 @@ def agree(flag: bool, require: str = "all") -> bool:
     value = torch.tensor([int(bool(flag))], device=_device())
     with _named(f"agree({require})"):
         dist.all_reduce(value, op=dist.ReduceOp.MIN if require == "all" else dist.ReduceOp.MAX)
+        _released(value)
     return bool(value.item())
 
 

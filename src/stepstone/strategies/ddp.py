@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import collectives
-from stepstone.strategies.environment import ClusterEnvironment
+from stepstone.strategies.environment import ClusterEnvironment, single_process
 from stepstone.strategies.sampler import distributed_loader, set_loader_epoch
 
 __all__ = ["DDPStrategy"]
@@ -44,7 +44,9 @@ class DDPStrategy:
     """Data-parallel training on torch.distributed (gloo on CPU, nccl on CUDA).
 
     Args:
-        environment: where this process sits (ranks, world size, main address).
+        environment: where this process sits (ranks, world size, main address); default a single process.
+            The Trainer fills it in from torchrun/SLURM, so ``Trainer(strategy=DDPStrategy(timeout=...))`` needs
+            none.
         accelerator: ``"cpu"`` or ``"cuda"`` (each rank then uses GPU ``local_rank``).
         timeout: how long a collective waits for the other ranks before failing.
         **ddp_kwargs: passed to ``DistributedDataParallel`` (e.g. ``find_unused_parameters=True``).
@@ -55,7 +57,7 @@ class DDPStrategy:
 
     def __init__(
         self,
-        environment: ClusterEnvironment,
+        environment: ClusterEnvironment | None = None,
         accelerator: str = "cpu",
         timeout: timedelta = collectives.DEFAULT_TIMEOUT,
         **ddp_kwargs: Any,
@@ -64,6 +66,7 @@ class DDPStrategy:
             raise MisconfigurationException(
                 f"DDPStrategy(accelerator={accelerator!r}) is invalid; use 'cpu' (gloo) or 'cuda' (nccl)."
             )
+        environment = environment if environment is not None else single_process()
         if accelerator == "cuda" and environment.local_rank >= torch.cuda.device_count():
             raise MisconfigurationException(
                 f"Local rank {environment.local_rank} needs GPU {environment.local_rank}, but "

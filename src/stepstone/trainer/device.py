@@ -83,8 +83,8 @@ def _resolve_device_index(accelerator: str, devices: Any) -> int:
         return int(devices[0])
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
         raise MisconfigurationException(
-            f"Trainer(devices={devices}) needs several processes; multi-device training (strategy='ddp') is not "
-            "available in this release yet. Pass devices=1."
+            f"Trainer(devices={devices}) needs several processes: use strategy='ddp' (or 'auto') and start them "
+            "with torchrun; or pass devices=1."
         )
     raise MisconfigurationException(
         f"Trainer(devices={devices!r}) is invalid; pass 'auto', 1, or [index] for a GPU."
@@ -101,7 +101,7 @@ def _resolve_strategy(strategy: Any) -> None:
             "being added); use strategy='auto' for single-device training."
         )
     raise MisconfigurationException(
-        f"Trainer(strategy={strategy!r}) is unknown; use 'auto' or 'single_device' (later: 'ddp', 'fsdp')."
+        f"Trainer(strategy={strategy!r}) is unknown; use 'auto', 'single_device' or 'ddp' (later: 'fsdp')."
     )
 
 

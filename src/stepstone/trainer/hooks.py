@@ -146,6 +146,19 @@ class HookRunner:
         finally:
             state["_current_fx_name"] = previous
 
+    def training_step(self, *args: Any) -> Any:
+        """``module.training_step(*args)``, through the DDP wrapper when there is one (so backward syncs)."""
+        strategy = self._trainer._strategy
+        if strategy is None or strategy.model is None:
+            return self.module("training_step", *args)
+        state = self._trainer._model.__dict__
+        previous = state.get("_current_fx_name")
+        state["_current_fx_name"] = "training_step"
+        try:
+            return strategy.call("training_step", *args)
+        finally:
+            state["_current_fx_name"] = previous
+
     def both(self, name: str, *args: Any) -> Any:
         """Callbacks first, then the module (Lightning's order for most hooks); returns the module's result."""
         self.callbacks(name, *args)

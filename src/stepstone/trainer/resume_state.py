@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepstone.loops.data_position import is_stateful_loader
+from stepstone.strategies.collectives import all_gather_object
 from stepstone.trainer.rng import capture_rng
 
 if TYPE_CHECKING:
@@ -46,14 +47,16 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
         trainer: the Trainer writing the checkpoint.
 
     Returns:
-        ``{"loop", "data", "should_stop", "metrics", ["accumulation"], ["preempted"]}``.
+        ``{"loop", "data", "should_stop", "metrics", ["accumulation"], ["preempted"]}``; under DDP ``loop`` also
+        holds ``rng_per_rank`` (every rank's generators, gathered: every rank must be dumping).
     """
     loop = trainer.fit_loop
     hub = trainer._metrics
     loader = trainer._train_loader
+    rng = capture_rng()
     state: dict[str, Any] = {
         "loop": {
-            "rng": capture_rng(),
+            "rng": rng,
             "tail": loop.tail,
             "epoch_state": loop.data.epoch_state,
             "loader_state": loader.state_dict() if is_stateful_loader(loader) else None,  # type: ignore[union-attr]
@@ -72,6 +75,12 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
             "progress_bar": dict(hub.progress_bar),
         },
     }
+    if trainer.world_size > 1:
+        # Every rank's generators (each rank draws its own dropout masks, augmentations...), in rank order, so
+        # that each rank of a resumed run continues its own sequence. A no-op list of one without a group.
+        per_rank = all_gather_object(rng, what="gather the ranks' RNG states for the checkpoint")
+        if len(per_rank) == trainer.world_size:
+            state["loop"]["rng_per_rank"] = per_rank
     grads = _accumulated_grads(trainer)
     if grads:
         state["accumulation"] = {"grads": grads}
@@ -92,6 +101,10 @@ def load_resume_state(trainer: Trainer, state: dict[str, Any]) -> None:
     if not isinstance(loop_state, dict):
         return
     loop = trainer.fit_loop
+    per_rank = loop_state.get("rng_per_rank")
+    if isinstance(per_rank, list) and len(per_rank) == trainer.world_size:
+        # This rank's own generators; at another world size every rank takes rank 0's (as Lightning does).
+        loop_state = {**loop_state, "rng": per_rank[trainer.global_rank]}
     loop.resume_exactly(loop_state)
     trainer.should_stop = bool(state.get("should_stop", False))
     trainer._validation_has_run = bool(state.get("validation_has_run", False))

@@ -97,6 +97,13 @@ class Runner:
         t.state.fn = fn
         t.state.status = TrainerStatus.RUNNING
         try:
+            strategy = t._strategy
+            if t._launcher is not None:  # `python train.py` with devices=N: re-run the script for the others
+                from stepstone.trainer.distributed import start_ranks
+
+                start_ranks(t._launcher)
+            if strategy is not None:
+                strategy.setup_environment()  # joins the process group (every rank), bounded by its timeout
             self._setup(fn)
             result = body()
         except BaseException as exc:
@@ -147,8 +154,15 @@ class Runner:
         hooks.module("teardown", fn.value)
         if t._model is not None and t._placement.device.type == "cuda":
             t._model.cpu()
-        for logger in t.loggers:
-            logger.finalize(status)
+        if t.is_global_zero:  # only rank 0 logs (Lightning's loggers are rank-zero-only)
+            for logger in t.loggers:
+                logger.finalize(status)
+        if t._strategy is not None:
+            from stepstone.trainer.distributed import finish_strategy
+
+            # Drops the DDP wrapper; a failure also leaves the process group, so that the other ranks hear of
+            # it at once (their pending collectives fail instead of waiting for the timeout).
+            finish_strategy(t._strategy, failed=status != "success")
         return save_failure
 
     def _log_hyperparams(self) -> None:
@@ -173,6 +187,9 @@ class Runner:
         loaders = find_loaders(kind, explicit, self._datamodule, t.lightning_module)
         if loaders is None:
             return None, []
+        if t._strategy is not None and t.world_size > 1:
+            # Each rank reads its own share (DistributedSampler); the loader's other settings are kept.
+            loaders = [t._strategy.replace_sampler(loader) for loader in loaders]
         return loaders, [limited_batches(name, loader_length(loader), limit) for loader in loaders]
 
     # --- fit ----------------------------------------------------------------------------------------
@@ -223,6 +240,9 @@ class Runner:
         if checkpoint is not None:
             restore_training_state(t, checkpoint, path or "")
             del checkpoint
+        if t._strategy is not None:
+            # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights everywhere.
+            t._strategy.setup(module, t._placement.device)
         self._log_hyperparams()
         if t.enable_model_summary and t.is_global_zero:
             print_summary(module)
@@ -414,5 +434,6 @@ class Runner:
             raise MisconfigurationException(
                 "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
             )
-        if self.t.is_global_zero:
-            self.write_checkpoint(path, weights_only, storage_options)
+        from stepstone.trainer.distributed import save_on_all_ranks
+
+        save_on_all_ranks(self.t, path, weights_only, storage_options)

@@ -131,6 +131,29 @@ class PreemptionHandler:
             "exiting.\n".encode(),
         )
 
+    def due(self, trainer: Trainer) -> bool:
+        """Whether to save and exit now (called after every optimizer step).
+
+        Under DDP the ranks agree first: a signal that reached one rank stops every rank at the same step, so
+        that they all take part in the same save (torchrun and srun forward the signal to every rank, but not
+        at the same instant). This costs one tiny all-reduce per optimizer step; ``preemption_signals=None``
+        removes it.
+
+        Args:
+            trainer: the Trainer whose fit is running.
+
+        Returns:
+            True when this rank or any other received a preemption signal.
+
+        Raises:
+            CollectiveError: the ranks could not agree within the strategy's timeout.
+        """
+        if trainer.world_size == 1 or not self.signals:
+            return self.requested is not None
+        from stepstone.strategies.collectives import agree
+
+        return agree(self.requested is not None, require="any")
+
     def save_and_exit(self, trainer: Trainer) -> None:
         """Write the preemption checkpoint and raise :class:`Preempted`.
 
@@ -150,8 +173,11 @@ class PreemptionHandler:
             try:
                 # The full state whatever save_weights_only says, committed like every checkpoint, and indexed so
                 # that ckpt_path="last"/"auto" finds it; ModelCheckpoint's top-k and last bookkeeping are untouched.
-                record = trainer._runner.write_checkpoint(path, weights_only=False)
-                if trainer.is_global_zero:
+                from stepstone.trainer.distributed import save_on_all_ranks
+
+                # Under DDP every rank builds it (the per-rank RNG states are gathered) and rank 0 writes it.
+                record = save_on_all_ranks(trainer, path, weights_only=False)
+                if record is not None:
                     RunIndex(callback.dirpath).record(record)
             finally:
                 self.saving = False

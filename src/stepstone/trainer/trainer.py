@@ -21,12 +21,17 @@ from stepstone.errors import MisconfigurationException
 from stepstone.loggers.csv_logs import CSVLogger
 from stepstone.loggers.logger import Logger
 from stepstone.loops.fit import FitLoop
+from stepstone.strategies import collectives
+from stepstone.strategies.ddp import DDPStrategy
+from stepstone.strategies.launcher import ScriptLauncher
 from stepstone.trainer import arguments as args
 from stepstone.trainer.device import Placement, resolve_placement
+from stepstone.trainer.distributed import resolve_distributed, wants_ddp
 from stepstone.trainer.hooks import HookRunner, is_overridden
 from stepstone.trainer.metrics import MetricsHub
 from stepstone.trainer.run import Runner
 from stepstone.trainer.signals import DEFAULT_PREEMPTION_SIGNALS, PreemptionHandler, resolve_signals
+from stepstone.trainer.spawning import run_spawned
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerState
 
 __all__ = ["Trainer"]
@@ -40,9 +45,13 @@ class Trainer:
 
     Args:
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"`` or ``"mps"``.
-        strategy: ``"auto"`` (single device). Distributed strategies arrive in a later release.
-        devices: ``"auto"``, ``1`` or ``[gpu_index]``.
-        num_nodes: must be 1 for now.
+        strategy: ``"auto"`` (single device, or DDP when ``devices``/``num_nodes`` ask for several processes),
+            ``"ddp"``, or a :class:`~stepstone.strategies.DDPStrategy` (e.g. ``DDPStrategy(timeout=timedelta(
+            minutes=5))`` bounds every collective). The processes come from ``torchrun``/``srun``, or, from a plain
+            ``python train.py``, the first run re-runs the script for the other local ranks. ``"ddp_spawn"``
+            runs each call on ``devices`` new processes and brings rank 0's results back to this one.
+        devices: ``"auto"``, ``1`` or ``[gpu_index]``; with DDP, processes per node.
+        num_nodes: nodes (DDP).
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (CUDA).
         logger: True/None (a CSVLogger under ``default_root_dir/lightning_logs``), False, a Logger or a list.
         callbacks: callbacks to run; ModelCheckpoint instances always run last.
@@ -85,7 +94,7 @@ class Trainer:
         self,
         *,
         accelerator: str = "auto",
-        strategy: str = "auto",
+        strategy: str | DDPStrategy = "auto",
         devices: Any = "auto",
         num_nodes: int = 1,
         precision: Any = None,
@@ -118,13 +127,18 @@ class Trainer:
         plugins: Any = None,
         preemption_signals: Iterable[int | str] | None = DEFAULT_PREEMPTION_SIGNALS,
     ) -> None:
-        self._placement: Placement = resolve_placement(accelerator, devices, strategy, precision)
         args.check_int("num_nodes", num_nodes, 1)
-        if num_nodes != 1:
-            raise MisconfigurationException(
-                f"Trainer(num_nodes={num_nodes}) needs distributed training, which is not available in this release "
-                "yet; pass num_nodes=1."
+        # DDP (torchrun/SLURM-started processes, or strategy="ddp" on one) or a single device; see distributed.py.
+        self._strategy: DDPStrategy | None = None
+        self._launcher: ScriptLauncher | None = None  # set when this process starts the other ranks
+        self._spawn: int | None = None  # ddp_spawn: processes each entry point runs on (trainer/spawning.py)
+        self._placement: Placement
+        if wants_ddp(strategy, devices, num_nodes):
+            self._strategy, self._placement, self._launcher, self._spawn = resolve_distributed(
+                strategy, accelerator, devices, num_nodes, precision
             )
+        else:
+            self._placement = resolve_placement(accelerator, devices, strategy, precision)
         self._async_checkpointing = _resolve_plugins(plugins)
         self.fast_dev_run = args.resolve_fast_dev_run(fast_dev_run)
         max_steps_ = args.check_int("max_steps", max_steps, -1)
@@ -192,7 +206,8 @@ class Trainer:
         self._model: LightningModule | None = None
         self._hooks = HookRunner(self)
         self._preemption = PreemptionHandler(resolve_signals(preemption_signals))
-        self._metrics = MetricsHub(self)
+        # sync_dist=True values are reduced across ranks (a no-op on one process).
+        self._metrics = MetricsHub(self, collectives.reduce if self._strategy is not None else None)
         self._runner = Runner(self)
         self._evaluating = False
         self._validation_has_run = False
@@ -243,6 +258,9 @@ class Trainer:
                 "fit() received both dataloaders and a datamodule; pass either train_dataloaders/val_dataloaders or "
                 "datamodule, not both."
             )
+        if self._spawn is not None:
+            run_spawned(self, "fit", (model, train_dataloaders, val_dataloaders, datamodule, ckpt_path), {})
+            return
         self._runner.run(TrainerFn.FITTING, model, datamodule, ckpt_path, train_dataloaders, val_dataloaders)
 
     def validate(
@@ -265,6 +283,11 @@ class Trainer:
         Returns:
             One dict of metric name to value per dataloader.
         """
+        if self._spawn is not None:
+            results: list[dict[str, float]] = run_spawned(
+                self, "validate", (model, dataloaders, ckpt_path, verbose, datamodule), {}
+            )
+            return results
         return self._runner.evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
 
     def test(
@@ -276,6 +299,11 @@ class Trainer:
         datamodule: LightningDataModule | None = None,
     ) -> list[dict[str, float]]:
         """Run one test epoch and return the logged metrics of each dataloader (see :meth:`validate`)."""
+        if self._spawn is not None:
+            results: list[dict[str, float]] = run_spawned(
+                self, "test", (model, dataloaders, ckpt_path, verbose, datamodule), {}
+            )
+            return results
         return self._runner.evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
 
     def predict(
@@ -292,6 +320,10 @@ class Trainer:
             A list of per-batch outputs (a list of such lists for several dataloaders), or None when
             ``return_predictions=False``.
         """
+        if self._spawn is not None:
+            return run_spawned(
+                self, "predict", (model, dataloaders, datamodule, return_predictions, ckpt_path), {}
+            )
         return self._runner.predict(model, dataloaders, datamodule, return_predictions, ckpt_path)
 
     def save_checkpoint(
@@ -423,27 +455,28 @@ class Trainer:
     @property
     def global_rank(self) -> int:
         """This process's rank among all processes."""
-        return 0
+        return self._strategy.global_rank if self._strategy is not None else 0
 
     @property
     def local_rank(self) -> int:
         """This process's rank on its machine."""
-        return 0
+        return self._strategy.local_rank if self._strategy is not None else 0
 
     @property
     def node_rank(self) -> int:
         """This machine's rank."""
-        return 0
+        return self._strategy.node_rank if self._strategy is not None else 0
 
     @property
     def world_size(self) -> int:
         """Number of processes."""
-        return 1
+        return self._strategy.world_size if self._strategy is not None else 1
 
     @property
     def num_devices(self) -> int:
-        """Number of devices used by this run."""
-        return 1
+        """Number of devices per node used by this run (processes per node under DDP)."""
+        strategy = self._strategy
+        return strategy.world_size // strategy.environment.num_nodes if strategy is not None else 1
 
     @property
     def device(self) -> torch.device:

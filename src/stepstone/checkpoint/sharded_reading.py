@@ -1,0 +1,181 @@
+"""Reading a torch.distributed.checkpoint directory safely: its metadata, and a template of everything in it.
+
+torch reads a checkpoint's ``.metadata`` with an unrestricted ``pickle.load``; :func:`check_metadata_safe`
+unpickles it first with an allow-list (the metadata dataclasses, dtypes, sizes), so that a planted file cannot
+run code. :func:`template_from_metadata` builds an empty state (tensors of the stored shapes) for loading a
+whole checkpoint without a model, as ``convert_sharded_to_file`` needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from stepstone.checkpoint.record import CheckpointRecord
+from stepstone.checkpoint.sharded_commit import (
+    is_committed_dir,
+    local_dir,
+    read_marker,
+    record_from_marker,
+    verify_dir,
+)
+from stepstone.errors import CheckpointCorruptError, UnsafeCheckpointError
+
+__all__ = [
+    "check_metadata_safe",
+    "is_sharded_checkpoint",
+    "read_sharded_info",
+    "template_from_metadata",
+    "verify_sharded",
+]
+
+
+def _set_path(root: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    node: Any = root
+    for key, following in itertools.pairwise(path):
+        fresh: Any = [] if isinstance(following, int) else {}
+        if isinstance(node, list):
+            node.extend([None] * (key + 1 - len(node)))
+            node[key] = fresh if node[key] is None else node[key]
+        else:
+            node.setdefault(key, fresh)
+        node = node[key]
+    if isinstance(node, list):
+        node.extend([None] * (path[-1] + 1 - len(node)))
+    node[path[-1]] = value
+
+
+def template_from_metadata(path: str) -> dict[str, Any]:
+    """An empty tensor (or a placeholder) for every stored entry: a template for loading everything.
+
+    Args:
+        path: the checkpoint directory (its ``.metadata`` is read with :func:`check_metadata_safe`).
+
+    Returns:
+        The nested state, shaped as it was saved.
+    """
+    metadata = check_metadata_safe(path)
+    template: dict[str, Any] = {}
+    for key, stored in metadata.state_dict_metadata.items():
+        value: Any = stored  # non-tensor entries: replaced by the loaded object
+        if isinstance(stored, TensorStorageMetadata):
+            value = torch.empty(stored.size, dtype=stored.properties.dtype)
+        location = (metadata.planner_data or {}).get(key, (key,))
+        _set_path(template, tuple(location), value)
+    return template
+
+
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds only the classes torch.distributed.checkpoint's ``.metadata`` holds (dataclasses, dtypes)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Allow the checkpoint metadata classes and torch dtypes; refuse any other global.
+
+        Args:
+            module: the global's module.
+            name: the global's name.
+
+        Returns:
+            The class or object.
+
+        Raises:
+            pickle.UnpicklingError: for any other global.
+        """
+        allowed = module == "torch.distributed.checkpoint.metadata" or (module, name) in _METADATA_GLOBALS
+        if allowed or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
+
+
+def check_metadata_safe(path: str) -> Metadata:
+    """Unpickle a checkpoint directory's ``.metadata`` with an allow-list (torch's own reader has none).
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        The metadata.
+
+    Raises:
+        CheckpointCorruptError: the metadata file is missing.
+        UnsafeCheckpointError: it needs a class outside the allow-list (it could run code).
+    """
+    metadata_path = os.path.join(path, ".metadata")
+    try:
+        with open(metadata_path, "rb") as stream:
+            metadata = _MetadataUnpickler(stream).load()
+    except FileNotFoundError:
+        raise CheckpointCorruptError(
+            metadata_path, "the torch.distributed.checkpoint metadata is missing"
+        ) from None
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{metadata_path!r} needs code to load ({error}); it was not loaded. Sharded checkpoints written by "
+            "stepstone never do: only load directories you trust with torch.distributed.checkpoint directly."
+        ) from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointCorruptError(
+            metadata_path, f"it holds a {type(metadata).__name__}, not checkpoint Metadata"
+        )
+    return metadata
+
+
+def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a committed sharded checkpoint directory (has its marker).
+
+    Args:
+        path: a local path.
+
+    Returns:
+        True for a committed checkpoint directory; False for files, missing paths and unfinished saves.
+    """
+    return is_committed_dir(os.fspath(path))
+
+
+def read_sharded_info(path: str | os.PathLike[str]) -> CheckpointRecord:
+    """The record of a sharded checkpoint from its marker alone (cheap; nothing is verified).
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        Its record (``verified=False``); ``size`` is the total of its files.
+
+    Raises:
+        CheckpointNotFoundError: not a committed sharded checkpoint.
+        CheckpointCorruptError: the marker is damaged.
+    """
+    text = local_dir(path)
+    return record_from_marker(text, read_marker(text), verified=False)
+
+
+def verify_sharded(path: str | os.PathLike[str]) -> CheckpointRecord:
+    """Check every file of a sharded checkpoint against its marker (reads them all, unpickles nothing).
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        Its record, with ``verified=True``.
+
+    Raises:
+        CheckpointNotFoundError: not a committed sharded checkpoint.
+        CheckpointCorruptError: naming the damaged or missing file.
+    """
+    text = local_dir(path)
+    return record_from_marker(text, verify_dir(text), verified=True)

@@ -1,0 +1,189 @@
+"""The Trainer under DDP: real 2-process gloo runs started by torchrun, compared with one process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import stepstone as L
+from stepstone.errors import MisconfigurationException
+from stepstone.strategies import DDPStrategy, find_free_port
+
+SCRIPT = Path(__file__).with_name("trainer_ddp_script.py")
+
+
+def _run(
+    out: Path, batch_size: int, scenario: str, ranks: int, torchrun: bool = True, returncode: int = 0
+) -> list[dict[str, Any]]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={ranks}",
+            f"--master_port={find_free_port()}",
+        ]
+        if ranks > 1 and torchrun
+        else [sys.executable]
+    )
+    done = subprocess.run(
+        [*launcher, str(SCRIPT), str(out), str(batch_size), scenario],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-3000:]
+    if returncode:
+        return [{"output": done.stdout + done.stderr}]
+    # A rank that died writes nothing.
+    files = [out / f"rank{rank}.pt" for rank in range(ranks)]
+    return [torch.load(file, weights_only=False) for file in files if file.exists()]
+
+
+@pytest.mark.timeout(120)
+def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path: Path) -> None:
+    zero, one = _run(tmp_path / "ddp", 4, "fit", 2)
+    (single,) = _run(tmp_path / "single", 8, "single", 1)
+    # Where each process sits.
+    assert [(r["rank"], r["local_rank"], r["world_size"], r["num_devices"]) for r in (zero, one)] == [
+        (0, 0, 2, 2),
+        (1, 1, 2, 2),
+    ]
+    assert zero["is_global_zero"] and not one["is_global_zero"]
+    # Each rank reads half of the data through an injected DistributedSampler.
+    assert zero["sampler"] == one["sampler"] == "DistributedSampler"
+    assert zero["train_batches"] == one["train_batches"] == single["train_batches"] == 2
+    # Gradients are averaged: 2 ranks x batch 4 is SGD with batch 8 on one process.
+    for name, value in single["weights"].items():
+        assert torch.equal(zero["weights"][name], one["weights"][name])
+        assert torch.allclose(zero["weights"][name], value, atol=1e-6)
+    # sync_dist=True reduces across ranks; without it each rank keeps its own value.
+    assert zero["metrics"]["synced_rank"] == one["metrics"]["synced_rank"] == 0.5
+    assert (zero["metrics"]["rank_metric"], one["metrics"]["rank_metric"]) == (0.0, 1.0)
+    assert zero["metrics"]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
+    # The file name uses a per-rank metric: rank 0's name wins everywhere, one file per checkpoint.
+    ckpts = sorted(p.name for p in (tmp_path / "ddp" / "ckpts").glob("*.ckpt"))
+    assert ckpts == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt"]
+    assert zero["best_model_path"] == one["best_model_path"] == str(tmp_path / "ddp" / "ckpts" / ckpts[-1])
+    # A second run (validate) in the same processes reuses the process group.
+    assert zero["validate"] == one["validate"]
+    assert zero["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
+    # trainer.save_checkpoint on every rank writes one file; only rank 0 logs.
+    assert (tmp_path / "ddp" / "manual.ckpt").is_file()
+    assert sorted(p.name for p in (tmp_path / "ddp" / "lightning_logs").iterdir()) == ["version_0"]
+    # Each rank draws from its own random stream.
+    assert zero["draws"][1] != one["draws"][1]
+
+    # Resume on every rank from the epoch-0 checkpoint (a new Trainer and model): the same weights as the
+    # uninterrupted run, and each rank continues its own random stream (all ranks' RNG states are stored).
+    _run(tmp_path / "resume", 4, "first_epoch", 2)
+    resumed = _run(tmp_path / "resume", 4, "resume", 2)
+    for before, after in zip((zero, one), resumed, strict=True):
+        assert after["draws"] == {1: before["draws"][1]}
+        for name, value in before["weights"].items():
+            assert torch.equal(after["weights"][name], value)
+    assert resumed[0]["best_model_path"] == resumed[1]["best_model_path"]
+
+
+@pytest.mark.timeout(120)
+def test_a_signal_on_one_rank_preempts_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    (straight,) = _run(tmp_path / "straight", 8, "single", 1)
+    # Only rank 1 gets SIGUSR1 (after step 3): every rank stops after that step, rank 0 writes one file.
+    (preempted,) = _run(tmp_path, 4, "preempt", 2, torchrun=False, returncode=75)
+    assert preempted["output"].count("preempted by SIGUSR1") == 1
+    checkpoint = torch.load(tmp_path / "ckpts" / "last-preempted.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3 and checkpoint["stepstone"]["preempted"]
+    assert len(checkpoint["stepstone"]["loop"]["rng_per_rank"]) == 2
+    # A new run picks it up on every rank and ends where the uninterrupted run ends.
+    zero, one = _run(tmp_path, 4, "auto", 2, torchrun=False)
+    for name, value in straight["weights"].items():
+        assert torch.equal(zero["weights"][name], one["weights"][name])
+        assert torch.allclose(zero["weights"][name], value, atol=1e-6)
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_killed_during_a_save_fails_the_others_fast_and_keeps_earlier_checkpoints(
+    tmp_path: Path,
+) -> None:
+    from stepstone.checkpoint import verify_file
+
+    # Rank 1 is SIGKILLed inside the second checkpoint (after its state was gathered, before the final barrier).
+    (zero,) = _run(tmp_path, 4, "kill_in_save", 2, torchrun=False)
+    match = re.search(r"failed on rank 0 of 2 after ([0-9.]+)s \(timeout 0:00:30\)", zero["error"])
+    assert match and float(match.group(1)) < 10, zero[
+        "error"
+    ]  # told by the closed connection, not the timeout
+    files = sorted(f for f in (tmp_path / "ckpts").iterdir() if f.name != ".stepstone-index.json")
+    # Every file in the folder is a whole checkpoint (no temporaries, nothing half written) and verifies.
+    assert files[0].name == "epoch=0-rank_metric=0.ckpt"
+    assert all(f.suffix == ".ckpt" for f in files), files
+    for file in files:
+        verify_file(str(file))
+    assert torch.load(files[0], weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_save_checkpoint_on_rank_zero_only_fails_fast_on_every_rank(tmp_path: Path) -> None:
+    ranks = _run(tmp_path, 4, "rank0_save", 2)
+    for seen in ranks:
+        assert "trainer.save_checkpoint must be called on every rank" in seen["error"]
+        assert "save_checkpoint" in seen["error"] and "ModelCheckpoint trigger" in seen["error"]
+    assert not (tmp_path / "rank0-only.ckpt").exists()
+
+
+def test_ddp_on_one_process_needs_no_launcher(tmp_path: Path) -> None:
+    trainer = L.Trainer(strategy="ddp", accelerator="cpu", default_root_dir=tmp_path, logger=False)
+    assert isinstance(trainer._strategy, DDPStrategy)
+    assert (trainer.world_size, trainer.global_rank, trainer.num_devices, trainer.is_global_zero) == (
+        1,
+        0,
+        1,
+        True,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_plain_python_script_starts_the_other_rank_itself(tmp_path: Path) -> None:
+    zero, one = _run(tmp_path, 4, "launch", 2, torchrun=False)
+    assert [(r["rank"], r["world_size"]) for r in (zero, one)] == [(0, 2), (1, 2)]
+    for name, value in zero["weights"].items():
+        assert torch.equal(one["weights"][name], value)
+    assert zero["metrics"]["synced_rank"] == 0.5
+    assert len(list((tmp_path / "ckpts").glob("*.ckpt"))) == 2
+
+
+@pytest.mark.timeout(90)
+def test_ddp_spawn_trains_on_new_processes_and_brings_the_results_back(tmp_path: Path) -> None:
+    (single,) = _run(tmp_path / "single", 8, "single", 1)
+    (here,) = _run(tmp_path / "spawn", 4, "spawn", 2, torchrun=False)
+    # The calling process reports rank 0 of 2 and holds the weights trained on the spawned ranks.
+    assert (here["rank"], here["world_size"], here["is_global_zero"]) == (0, 2, True)
+    for name, value in single["weights"].items():
+        assert torch.allclose(here["weights"][name], value, atol=1e-6)
+    assert here["metrics"]["synced_rank"] == 0.5
+    ckpts = sorted((tmp_path / "spawn" / "ckpts").glob("*.ckpt"))
+    assert [p.name for p in ckpts] == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt"]
+    assert here["best_model_path"] == str(ckpts[-1])
+    assert here["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
+    assert (tmp_path / "spawn" / "manual.ckpt").is_file()  # saved by the calling process after fit
+
+
+def test_launcher_and_trainer_must_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in dict(
+        RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1"
+    ).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(MisconfigurationException, match=r"devices=3.*world_size=2"):
+        L.Trainer(strategy="ddp", accelerator="cpu", devices=3, default_root_dir=tmp_path)
