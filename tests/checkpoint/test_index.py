@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from stepstone.checkpoint import INDEX_FILENAME, RunIndex, save_file
+from stepstone.checkpoint import INDEX_FILENAME, KeepLatest, RunIndex, save_file
+from stepstone.checkpoint import index as index_module
 from stepstone.checkpoint.record import CheckpointRecord
+from stepstone.checkpoint.sharded import MARKER_NAME, read_sharded_info, remove_sharded, save_sharded
 from stepstone.errors import MisconfigurationException
 
 
@@ -127,7 +131,6 @@ def test_newest_orders_by_step_then_creation_time(tmp_path: Path, state: dict[st
 
 
 def test_newest_skips_files_that_cannot_be_verified(tmp_path: Path, state: dict[str, Any]) -> None:
-    import torch
 
     _save(tmp_path, 1, state)
     torch.save(state, tmp_path / "lightning.ckpt")  # no trailer, unknown step: oldest
@@ -160,4 +163,124 @@ def test_arguments_are_validated(tmp_path: Path, state: dict[str, Any]) -> None:
         RunIndex("")
     record = save_file(tmp_path / "weights.pt", state)
     with pytest.raises(MisconfigurationException, match=r"must end in '\.ckpt'"):
+        RunIndex(tmp_path).record(record)
+
+
+# --- sharded (FSDP) checkpoint directories ---------------------------------------------------------------
+
+
+def _sharded(directory: Path, name: str, step: int, **metrics: float) -> CheckpointRecord:
+    state = {"state_dict": {"w": torch.full((2, 3), float(step))}, "epoch": 1, "global_step": step}
+    return save_sharded(directory / name, state, metadata={"step": step, "metrics": metrics})
+
+
+def _flip_a_shard(path: Path) -> None:
+    shard = next(path.glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+
+def test_entries_include_committed_sharded_directories_only(tmp_path: Path, state: dict[str, Any]) -> None:
+    file_record = _save(tmp_path, 1, state)
+    sharded = _sharded(tmp_path, "step=2.ckpt", 2, loss=0.5)
+    other_name = _sharded(tmp_path, "fsdp-step3", 3)  # a committed directory is listed whatever its name
+    (tmp_path / "unfinished.ckpt").mkdir()  # no marker: an interrupted save, never a checkpoint
+    (tmp_path / "unfinished.ckpt" / ".metadata").write_bytes(b"x")
+    for hidden in (".step=4.ckpt.shardtmp-123-0123abcd", ".step=2.ckpt.shardold-123-0123abcd"):
+        shutil.copytree(tmp_path / "step=2.ckpt", tmp_path / hidden)  # marker included: still never listed
+    os.symlink("step=2.ckpt", tmp_path / "last.ckpt")  # an alias, as for files
+    records = RunIndex(tmp_path).entries()
+    assert records == [file_record, sharded, other_name]
+    assert records[1] == read_sharded_info(tmp_path / "step=2.ckpt") and records[1].metrics == {"loss": 0.5}
+    assert (
+        records[1].size
+        == sum(p.stat().st_size for p in (tmp_path / "step=2.ckpt").iterdir())
+        - (tmp_path / "step=2.ckpt" / MARKER_NAME).stat().st_size
+    )
+
+
+def test_recorded_sharded_directory_survives_the_next_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = RunIndex(tmp_path)
+    record = _sharded(tmp_path, "step=5.ckpt", 5, loss=0.25)
+    index.record(record)
+    stored = json.loads((tmp_path / INDEX_FILENAME).read_text())["entries"]
+    assert [(e["name"], e["step"]) for e in stored] == [("step=5.ckpt", 5)]
+    assert stored[0]["file_version"].startswith("sharded:")
+
+    def unexpected(path: object) -> CheckpointRecord:
+        raise AssertionError(f"{path} was described again instead of reusing the index entry")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(index_module, "read_sharded_info", unexpected)
+        assert index.entries() == [record]  # from the cache: the marker is unchanged
+    replaced = _sharded(tmp_path, "step=5.ckpt", 6)  # a new commit under the same name: a new marker
+    assert index.entries() == [replaced]
+    RunIndex(tmp_path).record(_sharded(tmp_path, "plain-name", 7))  # no .ckpt suffix: fine for a directory
+
+
+def test_newest_picks_by_step_across_files_and_directories(tmp_path: Path, state: dict[str, Any]) -> None:
+    index = RunIndex(tmp_path)
+    _save(tmp_path, 1, state)
+    _sharded(tmp_path, "step=2.ckpt", 2)
+    _save(tmp_path, 3, state)
+    _sharded(tmp_path, "step=4.ckpt", 4)
+    assert [r.step for r in index.newest_first()] == [4, 3, 2, 1]
+    newest = index.newest()
+    assert newest is not None and newest.name == "step=4.ckpt" and newest.verified
+    _flip_a_shard(tmp_path / "step=4.ckpt")
+    with pytest.warns(UserWarning, match=r"step=4\.ckpt.*next newest"):
+        fallback = index.newest()
+    assert fallback is not None and fallback.name == "step=3.ckpt"
+    os.remove(tmp_path / "step=3.ckpt")
+    with pytest.warns(UserWarning, match="next newest"):
+        fallback = index.newest()
+    assert fallback is not None and fallback.name == "step=2.ckpt" and fallback.verified
+    assert index.is_sharded("step=2.ckpt") and not index.is_sharded("step=1.ckpt")
+    assert index.verify("step=2.ckpt").verified and index.verify("step=1.ckpt").verified
+
+
+def test_retention_and_delete_remove_directories_with_remove_sharded(
+    tmp_path: Path, state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = RunIndex(tmp_path)
+    _save(tmp_path, 1, state)
+    for step in (2, 3):
+        index.record(_sharded(tmp_path, f"step={step}.ckpt", step))
+    removed: list[str] = []
+    monkeypatch.setattr(
+        index_module, "remove_sharded", lambda path: (removed.append(os.fspath(path)), remove_sharded(path))
+    )
+    keep = KeepLatest(1)(index.entries())
+    assert keep == {"step=3.ckpt"}
+    index.delete(*(r.name for r in index.entries() if r.name not in keep))
+    assert removed == [str(tmp_path / "step=2.ckpt")]
+    assert sorted(os.listdir(tmp_path)) == [INDEX_FILENAME, "step=3.ckpt"]
+    assert [e["name"] for e in json.loads((tmp_path / INDEX_FILENAME).read_text())["entries"]] == [
+        "step=3.ckpt"
+    ]
+    (tmp_path / "unfinished.ckpt").mkdir()
+    with pytest.raises(MisconfigurationException, match=r"'unfinished\.ckpt'.*without the .*marker"):
+        index.delete("unfinished.ckpt", "step=3.ckpt")
+    assert (tmp_path / "unfinished.ckpt").is_dir() and (tmp_path / "step=3.ckpt").is_dir()  # nothing deleted
+    index.delete("missing.ckpt")  # unknown names are ignored
+
+
+def test_damaged_marker_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    _sharded(tmp_path, "step=1.ckpt", 1)
+    _sharded(tmp_path, "step=2.ckpt", 2)
+    (tmp_path / "step=2.ckpt" / MARKER_NAME).write_text("{not json")
+    with pytest.warns(UserWarning, match=r"step=2\.ckpt.*not valid JSON"):
+        assert [r.name for r in RunIndex(tmp_path).entries()] == ["step=1.ckpt"]
+    (tmp_path / "step=2.ckpt" / MARKER_NAME).write_text('{"files": {"a": 3}}')
+    with pytest.warns(UserWarning, match="malformed"):
+        assert [r.name for r in RunIndex(tmp_path).entries()] == ["step=1.ckpt"]
+
+
+def test_an_uncommitted_directory_cannot_be_recorded(tmp_path: Path) -> None:
+    record = _sharded(tmp_path, "run-a", 1)
+    os.remove(tmp_path / "run-a" / MARKER_NAME)
+    with pytest.raises(MisconfigurationException, match=r"'run-a' is not indexed.*committed sharded"):
         RunIndex(tmp_path).record(record)

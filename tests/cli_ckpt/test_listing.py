@@ -43,7 +43,7 @@ def test_ls_json_and_best_by_metric(run_dir: Path, capsys: pytest.CaptureFixture
     rows = {row["name"]: row for row in json.loads(out)["checkpoints"]}
     assert code == 0 and rows[TOP[0]]["best"] and not rows[TOP[1]]["best"]  # max val_loss: epoch 1
     assert rows[TOP[0]] | {"created": 0, "size": 0} == {
-        "name": TOP[0], "step": 8, "epoch": 1, "metrics": rows[TOP[0]]["metrics"], "size": 0, "created": 0,
+        "name": TOP[0], "sharded": False, "step": 8, "epoch": 1, "metrics": rows[TOP[0]]["metrics"], "size": 0, "created": 0,
         "status": "ok", "verified": True, "link": None, "best": True, "last": False,
     }  # fmt: skip
     assert rows[TOP[0]]["metrics"]["val_loss"] == 1.0 and rows["last.ckpt"]["last"]

@@ -1,7 +1,7 @@
 """Every snippet of Lightning's page "Customize checkpointing behavior", as written, with the imports switched.
 
 Only what the page leaves to the reader is added (a model, its data, ``x``); each snippet's own lines are
-kept verbatim. The DDP snippet belongs to the distributed issue and is checked there.
+kept verbatim. The DDP snippet runs under torchrun in test_seed_page_ddp.py.
 """
 
 from __future__ import annotations

@@ -2,60 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 import stepstone as L
 from stepstone.errors import MisconfigurationException
-from stepstone.strategies import DDPStrategy, find_free_port
-
-SCRIPT = Path(__file__).with_name("trainer_ddp_script.py")
-
-
-def _run(
-    out: Path, batch_size: int, scenario: str, ranks: int, torchrun: bool = True, returncode: int = 0
-) -> list[dict[str, Any]]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    launcher = (
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={ranks}",
-            f"--master_port={find_free_port()}",
-        ]
-        if ranks > 1 and torchrun
-        else [sys.executable]
-    )
-    done = subprocess.run(
-        [*launcher, str(SCRIPT), str(out), str(batch_size), scenario],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-3000:]
-    if returncode:
-        return [{"output": done.stdout + done.stderr}]
-    # A rank that died writes nothing.
-    files = [out / f"rank{rank}.pt" for rank in range(ranks)]
-    return [torch.load(file, weights_only=False) for file in files if file.exists()]
+from stepstone.strategies import DDPStrategy
+from strategies.script_runs import run_script
 
 
 @pytest.mark.timeout(120)
 def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path: Path) -> None:
-    zero, one = _run(tmp_path / "ddp", 4, "fit", 2)
-    (single,) = _run(tmp_path / "single", 8, "single", 1)
+    zero, one = run_script(tmp_path / "ddp", 4, "fit", 2)
+    (single,) = run_script(tmp_path / "single", 8, "single", 1)
     # Where each process sits.
     assert [(r["rank"], r["local_rank"], r["world_size"], r["num_devices"]) for r in (zero, one)] == [
         (0, 0, 2, 2),
@@ -75,8 +37,8 @@ def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path:
     assert zero["metrics"]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
     # The file name uses a per-rank metric: rank 0's name wins everywhere, one file per checkpoint.
     ckpts = sorted(p.name for p in (tmp_path / "ddp" / "ckpts").glob("*.ckpt"))
-    assert ckpts == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt"]
-    assert zero["best_model_path"] == one["best_model_path"] == str(tmp_path / "ddp" / "ckpts" / ckpts[-1])
+    assert ckpts == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt", "last.ckpt"]
+    assert zero["best_model_path"] == one["best_model_path"] == str(tmp_path / "ddp" / "ckpts" / ckpts[1])
     # A second run (validate) in the same processes reuses the process group.
     assert zero["validate"] == one["validate"]
     assert zero["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
@@ -88,8 +50,8 @@ def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path:
 
     # Resume on every rank from the epoch-0 checkpoint (a new Trainer and model): the same weights as the
     # uninterrupted run, and each rank continues its own random stream (all ranks' RNG states are stored).
-    _run(tmp_path / "resume", 4, "first_epoch", 2)
-    resumed = _run(tmp_path / "resume", 4, "resume", 2)
+    run_script(tmp_path / "resume", 4, "first_epoch", 2)
+    resumed = run_script(tmp_path / "resume", 4, "resume", 2)
     for before, after in zip((zero, one), resumed, strict=True):
         assert after["draws"] == {1: before["draws"][1]}
         for name, value in before["weights"].items():
@@ -98,16 +60,35 @@ def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path:
 
 
 @pytest.mark.timeout(120)
+def test_async_saves_under_ddp_are_written_by_rank_zero_in_the_background(tmp_path: Path) -> None:
+    from stepstone.checkpoint import verify_file
+
+    (single,) = run_script(tmp_path / "single", 8, "single", 1)
+    zero, one = run_script(tmp_path / "ddp", 4, "fit", 2, kind="ddp_async")
+    ckpts = tmp_path / "ddp" / "ckpts"
+    names = sorted(p.name for p in ckpts.glob("*.ckpt"))
+    assert names == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt", "last.ckpt"]
+    # Both ranks name the same committed files once fit has returned.
+    assert zero["best_model_path"] == one["best_model_path"] == str(ckpts / names[1])
+    for name in names:
+        verify_file(str(ckpts / name))
+    final = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert final["global_step"] == 4 and len(final["stepstone"]["loop"]["rng_per_rank"]) == 2
+    for name, value in single["weights"].items():
+        assert torch.allclose(final["state_dict"][name], value, atol=1e-6)
+
+
+@pytest.mark.timeout(120)
 def test_a_signal_on_one_rank_preempts_every_rank_at_the_same_step(tmp_path: Path) -> None:
-    (straight,) = _run(tmp_path / "straight", 8, "single", 1)
+    (straight,) = run_script(tmp_path / "straight", 8, "single", 1)
     # Only rank 1 gets SIGUSR1 (after step 3): every rank stops after that step, rank 0 writes one file.
-    (preempted,) = _run(tmp_path, 4, "preempt", 2, torchrun=False, returncode=75)
+    (preempted,) = run_script(tmp_path, 4, "preempt", 2, torchrun=False, returncode=75)
     assert preempted["output"].count("preempted by SIGUSR1") == 1
     checkpoint = torch.load(tmp_path / "ckpts" / "last-preempted.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3 and checkpoint["stepstone"]["preempted"]
     assert len(checkpoint["stepstone"]["loop"]["rng_per_rank"]) == 2
     # A new run picks it up on every rank and ends where the uninterrupted run ends.
-    zero, one = _run(tmp_path, 4, "auto", 2, torchrun=False)
+    zero, one = run_script(tmp_path, 4, "auto", 2, torchrun=False)
     for name, value in straight["weights"].items():
         assert torch.equal(zero["weights"][name], one["weights"][name])
         assert torch.allclose(zero["weights"][name], value, atol=1e-6)
@@ -120,7 +101,7 @@ def test_a_rank_killed_during_a_save_fails_the_others_fast_and_keeps_earlier_che
     from stepstone.checkpoint import verify_file
 
     # Rank 1 is SIGKILLed inside the second checkpoint (after its state was gathered, before the final barrier).
-    (zero,) = _run(tmp_path, 4, "kill_in_save", 2, torchrun=False)
+    (zero,) = run_script(tmp_path, 4, "kill_in_save", 2, torchrun=False)
     match = re.search(r"failed on rank 0 of 2 after ([0-9.]+)s \(timeout 0:00:30\)", zero["error"])
     assert match and float(match.group(1)) < 10, zero[
         "error"
@@ -136,7 +117,7 @@ def test_a_rank_killed_during_a_save_fails_the_others_fast_and_keeps_earlier_che
 
 @pytest.mark.timeout(60)
 def test_save_checkpoint_on_rank_zero_only_fails_fast_on_every_rank(tmp_path: Path) -> None:
-    ranks = _run(tmp_path, 4, "rank0_save", 2)
+    ranks = run_script(tmp_path, 4, "rank0_save", 2)
     for seen in ranks:
         assert "trainer.save_checkpoint must be called on every rank" in seen["error"]
         assert "save_checkpoint" in seen["error"] and "ModelCheckpoint trigger" in seen["error"]
@@ -156,24 +137,24 @@ def test_ddp_on_one_process_needs_no_launcher(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_plain_python_script_starts_the_other_rank_itself(tmp_path: Path) -> None:
-    zero, one = _run(tmp_path, 4, "launch", 2, torchrun=False)
+    zero, one = run_script(tmp_path, 4, "launch", 2, torchrun=False)
     assert [(r["rank"], r["world_size"]) for r in (zero, one)] == [(0, 2), (1, 2)]
     for name, value in zero["weights"].items():
         assert torch.equal(one["weights"][name], value)
     assert zero["metrics"]["synced_rank"] == 0.5
-    assert len(list((tmp_path / "ckpts").glob("*.ckpt"))) == 2
+    assert len(list((tmp_path / "ckpts").glob("*.ckpt"))) == 3  # 2 epochs + last
 
 
 @pytest.mark.timeout(90)
 def test_ddp_spawn_trains_on_new_processes_and_brings_the_results_back(tmp_path: Path) -> None:
-    (single,) = _run(tmp_path / "single", 8, "single", 1)
-    (here,) = _run(tmp_path / "spawn", 4, "spawn", 2, torchrun=False)
+    (single,) = run_script(tmp_path / "single", 8, "single", 1)
+    (here,) = run_script(tmp_path / "spawn", 4, "spawn", 2, torchrun=False)
     # The calling process reports rank 0 of 2 and holds the weights trained on the spawned ranks.
     assert (here["rank"], here["world_size"], here["is_global_zero"]) == (0, 2, True)
     for name, value in single["weights"].items():
         assert torch.allclose(here["weights"][name], value, atol=1e-6)
     assert here["metrics"]["synced_rank"] == 0.5
-    ckpts = sorted((tmp_path / "spawn" / "ckpts").glob("*.ckpt"))
+    ckpts = sorted((tmp_path / "spawn" / "ckpts").glob("epoch*.ckpt"))
     assert [p.name for p in ckpts] == ["epoch=0-rank_metric=0.ckpt", "epoch=1-rank_metric=0.ckpt"]
     assert here["best_model_path"] == str(ckpts[-1])
     assert here["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)

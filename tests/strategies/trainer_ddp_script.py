@@ -1,6 +1,7 @@
 """A training script the DDP Trainer tests run under torchrun (2 ranks) and as one process.
 
-Usage: ``python trainer_ddp_script.py OUT_DIR BATCH_SIZE SCENARIO`` (``SCENARIO``: ``single``, ``fit``, ``first_epoch`` then ``resume``,
+Usage: ``python trainer_ddp_script.py OUT_DIR BATCH_SIZE SCENARIO [KIND]`` (``KIND``: ``ddp`` (default),
+``ddp_async`` (background saves), ``fsdp_full`` or ``fsdp_sharded``: FSDP on as many processes as started) (``SCENARIO``: ``single``, ``fit``, ``first_epoch`` then ``resume``,
 ``rank0_save``, ``preempt`` then ``auto``, or ``launch``: run with plain ``python``, the Trainer starts rank 1; ``spawn``: ddp_spawn).
 Each rank writes ``OUT_DIR/rank<N>.pt`` with what it saw; the tests compare them.
 """
@@ -16,11 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, TensorDataset
 
 import stepstone as L
 from stepstone.callbacks import ModelCheckpoint
-from stepstone.strategies import CollectiveError, DDPStrategy
+from stepstone.strategies import CollectiveError, DDPStrategy, FSDPStrategy
 
 
 class Linear(L.LightningModule):
@@ -87,7 +89,21 @@ class KillRankOneInSave(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _trainer(out: Path, scenario: str, checkpoint: ModelCheckpoint, max_epochs: int) -> L.Trainer:
+def _strategy(scenario: str, kind: str) -> Any:
+    if kind.startswith("fsdp_"):  # fsdp_full / fsdp_sharded, on as many processes as were started
+        return FSDPStrategy(state_dict_type=kind.removeprefix("fsdp_"), timeout=timedelta(seconds=30))
+    return {"single": "auto", "launch": "ddp", "spawn": "ddp_spawn"}.get(
+        scenario, DDPStrategy(timeout=timedelta(seconds=30))
+    )
+
+
+def _devices(scenario: str, kind: str) -> Any:
+    if kind.startswith("fsdp_"):
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    return "auto" if scenario == "single" else 2
+
+
+def _trainer(out: Path, scenario: str, checkpoint: ModelCheckpoint, max_epochs: int, kind: str) -> L.Trainer:
     callbacks: list[L.Callback] = [checkpoint]
     if scenario == "rank0_save":
         callbacks.append(SaveOnRankZeroOnly(out / "rank0-only.ckpt"))
@@ -96,11 +112,9 @@ def _trainer(out: Path, scenario: str, checkpoint: ModelCheckpoint, max_epochs: 
     if scenario == "preempt":
         callbacks.append(PreemptRankOne())
     return L.Trainer(
-        strategy={"single": "auto", "launch": "ddp", "spawn": "ddp_spawn"}.get(
-            scenario, DDPStrategy(timeout=timedelta(seconds=30))
-        ),
+        strategy=_strategy(scenario, kind),
         accelerator="cpu",
-        devices="auto" if scenario == "single" else 2,
+        devices=_devices(scenario, kind),
         max_epochs=max_epochs,
         callbacks=callbacks,
         default_root_dir=str(out),
@@ -110,30 +124,41 @@ def _trainer(out: Path, scenario: str, checkpoint: ModelCheckpoint, max_epochs: 
     )
 
 
-def _checkpoint(out: Path) -> ModelCheckpoint:
-    return ModelCheckpoint(dirpath=str(out / "ckpts"), filename="{epoch}-{rank_metric:.0f}", save_top_k=-1)
+def _checkpoint(out: Path, kind: str) -> ModelCheckpoint:
+    return ModelCheckpoint(
+        dirpath=str(out / "ckpts"),
+        filename="{epoch}-{rank_metric:.0f}",
+        save_top_k=-1,
+        save_last=True,
+        async_save=kind == "ddp_async",  # rank 0 writes in the background
+    )
 
 
-def main(out: Path, batch_size: int, scenario: str) -> None:
+def _full(value: torch.Tensor) -> torch.Tensor:
+    # An FSDP parameter is a DTensor: gathered (every rank runs this in the same order).
+    return (value.full_tensor() if isinstance(value, DTensor) else value).detach().clone()
+
+
+def main(out: Path, batch_size: int, scenario: str, kind: str) -> None:
     model = Linear()
     torch.manual_seed(100 + int(os.environ.get("RANK", "0")))  # different random streams per rank
     loader = DataLoader(_data(), batch_size=batch_size, shuffle=False)
     val = None if scenario == "rank0_save" else DataLoader(_data(), batch_size=batch_size)
     seen: dict[str, Any] = {}
-    checkpoint = _checkpoint(out)
+    checkpoint = _checkpoint(out, kind)
     if scenario == "first_epoch":
-        trainer = _trainer(out, scenario, checkpoint, 1)
+        trainer = _trainer(out, scenario, checkpoint, 1, kind)
         trainer.fit(model, loader, val)
     elif scenario in ("preempt", "auto"):
         # Preempted at step 3 (exit 75 on every rank), then resumed by a new run with ckpt_path="auto".
-        trainer = _trainer(out, scenario, checkpoint, 2)
+        trainer = _trainer(out, scenario, checkpoint, 2, kind)
         trainer.fit(model, loader, val, ckpt_path="auto" if scenario == "auto" else None)
     elif scenario == "resume":
         # A new run (processes, Trainer, model) resumes on every rank from the epoch-0 checkpoint.
-        trainer = _trainer(out, scenario, checkpoint, 2)
+        trainer = _trainer(out, scenario, checkpoint, 2, kind)
         trainer.fit(model, loader, val, ckpt_path=str(out / "ckpts" / "epoch=0-rank_metric=0.ckpt"))
     else:
-        trainer = _trainer(out, scenario, checkpoint, 2)
+        trainer = _trainer(out, scenario, checkpoint, 2, kind)
         try:
             trainer.fit(model, loader, val)
         except CollectiveError as exc:
@@ -144,7 +169,7 @@ def main(out: Path, batch_size: int, scenario: str) -> None:
         world_size=trainer.world_size,
         num_devices=trainer.num_devices,
         is_global_zero=trainer.is_global_zero,
-        weights={k: v.clone() for k, v in model.state_dict().items()},
+        weights={k: _full(v) for k, v in model.state_dict().items()},
         metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
         train_batches=trainer.num_training_batches,
         best_model_path=checkpoint.best_model_path,
@@ -159,4 +184,4 @@ def main(out: Path, batch_size: int, scenario: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "ddp")

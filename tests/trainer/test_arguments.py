@@ -94,7 +94,7 @@ def test_integral_float_limits_are_batch_counts(tmp_path: Path) -> None:
         ({"log_every_n_steps": -1}, "log_every_n_steps=-1"),
         ({"strategy": "magic"}, "strategy='magic'"),
         ({"strategy": "ddp_notebook"}, "strategy='ddp_notebook'"),
-        ({"strategy": "fsdp"}, "strategy='fsdp'"),
+        ({"strategy": "deepspeed"}, "strategy='deepspeed'"),
         ({"devices": 0}, "devices=0"),
         ({"devices": "many"}, "devices='many'"),
         ({"accelerator": "tpu"}, "accelerator='tpu'"),

@@ -505,6 +505,8 @@ class ModelCheckpoint(Callback):
             to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
         if written and self._scheduled is not None:
             self._deferred_last = (written, filepath)  # ``written`` is not committed yet
+        elif written and self.save_last is True and _writes_directories(trainer):
+            self._save_checkpoint(trainer, filepath)  # a sharded directory is written again, not copied
         elif written:
             if trainer.is_global_zero:  # one writer; the others wait for the file below
                 if self.save_last == "link":
@@ -533,11 +535,6 @@ class ModelCheckpoint(Callback):
         return self.async_save if self.async_save is not None else trainer._async_checkpointing
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if self._uses_async(trainer) and trainer.world_size > 1:
-            raise MisconfigurationException(
-                f"Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) is not "
-                f"available with {trainer.world_size} processes yet; drop async_save/AsyncCheckpointIO under DDP."
-            )
         if self._uses_async(trainer):
             trainer._runner.async_saves.max_staging_bytes = self.max_staging_bytes
             handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
@@ -561,8 +558,9 @@ class ModelCheckpoint(Callback):
             logger.after_save_checkpoint(self)
 
     def _poll_pending(self, trainer: Trainer) -> None:
-        # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting.
-        if self._pending is not None and self._pending.handle.done():
+        # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting. Not under
+        # DDP: the ranks complete a save together, at the same points (the next trigger, the end of fit).
+        if self._pending is not None and trainer.world_size == 1 and self._pending.handle.done():
             self._complete_pending(trainer)
 
     def _complete_pending(self, trainer: Trainer) -> None:
@@ -578,12 +576,16 @@ class ModelCheckpoint(Callback):
             return
         try:
             record = pending.handle.result()
+            failure = None
         except BaseException as error:
+            record, failure = None, error
+        failure = _agree_on_outcome(trainer, pending.filepath, failure)
+        if failure is not None:
             self._trigger_deletions = []  # that trigger never happened: it owes no deletions
-            if self._tolerate(trainer, error, pending.filepath):
+            if self._tolerate(trainer, failure, pending.filepath):
                 return
-            raise
-        if pending.last is not None:
+            raise failure
+        if pending.last is not None and trainer.is_global_zero:
             written, last_path = pending.last
             (link_file if self.save_last == "link" else copy_file)(written, last_path)
         for name, value in pending.state.items():
@@ -633,41 +635,20 @@ class ModelCheckpoint(Callback):
         # an index entry naming a deleted file.
         if self.dirpath is not None and os.path.dirname(path) == self.dirpath:
             RunIndex(self.dirpath).forget(os.path.basename(path))
-        remove_file(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            from stepstone.checkpoint.sharded import remove_sharded
+
+            remove_sharded(path)  # a sharded (FSDP) checkpoint directory
+        else:
+            remove_file(path)
 
     def _newest_checkpoint(self) -> tuple[str, int, float] | None:
-        """The newest committed checkpoint in ``dirpath`` that verifies: ``(path, step, created)``, or None.
-
-        Newest means the highest step; at equal steps a ``last*.ckpt`` (it holds the newest state of that step,
-        e.g. a preemption save written after the step's top-k file), then the save time recorded inside the file
-        (never the file's mtime). A candidate that fails verification is skipped with a warning naming it.
-        """
-        from stepstone.checkpoint import RunIndex, verify_file
-        from stepstone.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
+        """The newest committed checkpoint in ``dirpath`` that verifies (see ``checkpoint_selection``)."""
+        from stepstone.callbacks.checkpoint_selection import newest_checkpoint
 
         if self.dirpath is None or not is_local(self.dirpath) or not os.path.isdir(self.dirpath):
             return None
-        last = self.CHECKPOINT_NAME_LAST
-        records = sorted(
-            RunIndex(self.dirpath).entries(),
-            key=lambda r: (r.step is not None, r.step or 0, r.name.startswith(last), r.created, r.name),
-            reverse=True,
-        )
-        for candidate in records:
-            try:
-                record = verify_file(candidate.path)
-            except CheckpointNotFoundError:
-                continue
-            except CheckpointCorruptError as error:
-                warnings.warn(
-                    f"{error} Falling back to the next newest checkpoint.", UserWarning, stacklevel=2
-                )
-                continue
-            except CheckpointError as error:
-                warnings.warn(f"Skipping {candidate.path!r}: {error}", UserWarning, stacklevel=2)
-                continue
-            return record.path, record.step or 0, record.created
-        return None
+        return newest_checkpoint(self.dirpath, self.CHECKPOINT_NAME_LAST)
 
     # --- names, state, export -----------------------------------------------------------------------
     def format_checkpoint_name(
@@ -746,3 +727,22 @@ class ModelCheckpoint(Callback):
 
     def _info(self, message: str) -> None:
         print(message, file=sys.stderr)
+
+
+def _writes_directories(trainer: Trainer) -> bool:
+    from stepstone.strategies.fsdp import FSDPStrategy
+
+    strategy = trainer._strategy
+    return isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded"
+
+
+def _agree_on_outcome(trainer: Trainer, filepath: str, failure: BaseException | None) -> BaseException | None:
+    """Under DDP only rank 0 writes in the background: every rank learns whether its save committed."""
+    if trainer.world_size == 1:
+        return failure
+    told = exchange(f"background save {filepath}", None if failure is None else repr(failure))
+    if told is not None and failure is None:
+        from stepstone.errors import CheckpointError
+
+        return CheckpointError(f"rank 0's background save of {filepath} failed: {told}")
+    return failure

@@ -220,8 +220,11 @@ class CheckpointManager:
         return submit_staged(self._writer, gate, job)
 
     def _apply_retention(self) -> None:
-        # Only stepstone's own files are subject to retention; foreign *.ckpt files are never deleted.
-        records = [r for r in self._index.entries() if r.format_version > 0]
+        # Only stepstone's own files are subject to retention; foreign *.ckpt files and sharded directories
+        # (written by an FSDP Trainer, not by this manager) are never deleted.
+        records = [
+            r for r in self._index.entries() if r.format_version > 0 and not self._index.is_sharded(r.name)
+        ]
         keep = self._retention(records)
         dropped = [r for r in records if r.name not in keep]
         if not dropped:
@@ -242,7 +245,7 @@ class CheckpointManager:
         return found[0]
 
     def _candidates(self, which: str | int) -> list[CheckpointRecord]:
-        records = self._index.entries()
+        records = [r for r in self._index.entries() if not self._index.is_sharded(r.name)]  # files only
         if which == "latest":
             return sorted(records, key=age_key, reverse=True)
         if which == "best":

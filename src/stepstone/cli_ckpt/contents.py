@@ -2,20 +2,41 @@
 
 Files are loaded through the engine: verified first, never unpickling code (a file that needs pickle is
 refused with ``UnsafeCheckpointError``), memory-mapped so that large files cost little memory.
+
+Sharded (FSDP) checkpoint directories are accepted too. ``show`` reads only the small files (the
+torch.distributed.checkpoint ``.metadata``, through an allow-listed unpickler, and ``meta.pt``), each checked
+against the commit marker: shapes and dtypes come from the metadata, no shard is read. ``diff`` and ``export``
+verify every file, then gather the whole checkpoint in memory (as ``stepstone ckpt convert`` would).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
+import zlib
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from stepstone.checkpoint import load_file, read_info
 from stepstone.checkpoint.commit import atomic_write
+from stepstone.checkpoint.record import CheckpointRecord
+from stepstone.checkpoint.sharded import (
+    MARKER_NAME,
+    META_NAME,
+    is_sharded_checkpoint,
+    load_sharded,
+    read_sharded_info,
+    template_from_metadata,
+    verify_sharded,
+)
+from stepstone.checkpoint.sharded_commit import read_marker
+from stepstone.checkpoint.sharded_reading import check_metadata_safe
 from stepstone.cli_ckpt.output import emit_json, human_size, iter_tensors, metrics_text, table
+from stepstone.errors import CheckpointCorruptError, CheckpointNotFoundError
 
 __all__ = ["run_diff", "run_export", "run_show"]
 
@@ -52,27 +73,132 @@ def _summary(value: Any) -> Any:
     return type(value).__name__
 
 
-def run_show(args: argparse.Namespace) -> int:
-    """``stepstone ckpt show FILE``: keys, tensors, hparams, loops and callback state of one checkpoint.
+def _not_a_checkpoint_dir(argument: str, path: str) -> CheckpointNotFoundError:
+    return CheckpointNotFoundError(
+        f"{argument}={path!r} is a directory without the {MARKER_NAME} commit marker, not a committed "
+        "checkpoint (an unfinished save, or a folder of checkpoints: see `stepstone ckpt ls`); pass a "
+        "checkpoint file or a committed sharded checkpoint directory"
+    )
+
+
+def _load_any(argument: str, path: str) -> tuple[dict[str, Any], CheckpointRecord | None]:
+    """The whole checkpoint and its record: a file (memory-mapped), or a sharded directory gathered in memory.
 
     Args:
-        args: the parsed command line.
+        argument: the command-line argument's name (``A``, ``B``, ``FILE``), for error messages.
+        path: the checkpoint file or sharded directory.
 
     Returns:
-        0.
+        ``(state, record)``; the record is None for a file without a stepstone trailer.
+
+    Raises:
+        CheckpointNotFoundError: ``path`` is missing, or a directory that is not a committed checkpoint.
+        CheckpointCorruptError: a damaged file (named).
+        UnsafeCheckpointError: content that would run code when unpickled.
     """
-    state = load_file(args.file, mmap=True)
-    record = read_info(args.file)
+    if is_sharded_checkpoint(path):
+        record = verify_sharded(path)  # every shard checked once, then loaded without a second pass
+        return load_sharded(path, template_from_metadata(path), verify=False), record
+    if os.path.isdir(path):
+        raise _not_a_checkpoint_dir(argument, path)
+    return load_file(path, mmap=True), read_info(path)
+
+
+def _checked_bytes(directory: str, name: str, marker: dict[str, Any]) -> bytes | None:
+    """One small file of a sharded checkpoint, checked against the marker; None if the marker lacks it."""
+    path = os.path.join(directory, name)
+    expected = marker["files"].get(name)
+    if not isinstance(expected, dict):
+        return None
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise CheckpointCorruptError(path, "the file is missing from the checkpoint directory") from None
+    if len(data) != expected.get("size") or f"{zlib.crc32(data):08x}" != expected.get("crc32"):
+        raise CheckpointCorruptError(path, "its size or CRC32 does not match the commit marker")
+    return data
+
+
+def _dotted(location: tuple[Any, ...]) -> str:
+    """``("state_dict", "layer", "weight")`` -> ``state_dict.layer.weight``; list indices as ``[i]``."""
+    name = str(location[0])
+    for part in location[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _location(metadata: Metadata, key: str) -> tuple[Any, ...]:
+    """Where a flattened entry sits in the saved state (``"state_dict.w"`` -> ``("state_dict", "w")``)."""
+    return tuple((metadata.planner_data or {}).get(key, (key,)))
+
+
+def _stored_tensor_rows(metadata: Metadata, weights_only: bool) -> list[dict[str, Any]]:
+    """The shapes and dtypes the metadata records (the whole tensor, whatever the shards)."""
+    rows = []
+    for key, stored in metadata.state_dict_metadata.items():
+        location = _location(metadata, key)
+        if not isinstance(stored, TensorStorageMetadata) or (weights_only and location[0] != "state_dict"):
+            continue
+        dtype = stored.properties.dtype
+        rows.append(
+            {
+                "name": _dotted(location),
+                "shape": list(stored.size),
+                "dtype": str(dtype).replace("torch.", ""),
+                "bytes": math.prod(stored.size) * dtype.itemsize,
+            }
+        )
+    return rows
+
+
+def _sharded_info(path: str, everything: bool) -> dict[str, Any]:
+    """What ``show`` prints for a sharded directory, from its marker, ``.metadata`` and ``meta.pt`` only."""
+    marker = read_marker(os.path.abspath(path))
+    record = read_sharded_info(path)
+    _checked_bytes(path, ".metadata", marker)
+    metadata = check_metadata_safe(path)
+    meta_bytes = _checked_bytes(path, META_NAME, marker)
+    meta = torch.load(io.BytesIO(meta_bytes), weights_only=True) if meta_bytes is not None else {}
+    if not isinstance(meta, dict):
+        raise CheckpointCorruptError(os.path.join(path, META_NAME), f"it holds a {type(meta).__name__}")
+    roots = {str(_location(metadata, key)[0]) for key in metadata.state_dict_metadata}
+    weights_only = not everything and "state_dict" in roots
+    tensors = _stored_tensor_rows(metadata, weights_only) + ([] if weights_only else _tensor_rows(meta))
+    return {
+        "file": path,
+        "sharded": True,
+        "files": len(marker["files"]),
+        "world_size": marker.get("world_size"),
+        "step": record.step if record.step is not None else meta.get("global_step"),
+        "epoch": record.epoch if record.epoch is not None else meta.get("epoch"),
+        "metrics": dict(record.metrics),
+        "size": record.size,
+        "keys": sorted(set(map(str, meta)) | roots),
+        "tensors": tensors,
+        "tensor_bytes": sum(row["bytes"] for row in tensors),
+        "hyper_parameters": meta.get("hyper_parameters", {}),
+        "loops": _summary(meta.get("loops", {})),
+        "callbacks": _summary(meta.get("callbacks", {})),
+    }
+
+
+def _file_info(path: str, everything: bool) -> dict[str, Any]:
+    """What ``show`` prints for a checkpoint file (loaded memory-mapped, verified)."""
+    state = load_file(path, mmap=True)
+    record = read_info(path)
     # The weights by default; --all adds optimizer state, RNG states and the rest.
     tensors = _tensor_rows(
-        state if args.all or "state_dict" not in state else {"state_dict": state["state_dict"]}
+        state if everything or "state_dict" not in state else {"state_dict": state["state_dict"]}
     )
-    info = {
-        "file": args.file,
+    return {
+        "file": path,
+        "sharded": False,
+        "trailer": record is not None,
         "step": record.step if record else state.get("global_step"),
         "epoch": record.epoch if record else state.get("epoch"),
         "metrics": dict(record.metrics) if record else {},
-        "size": os.path.getsize(args.file),
+        "size": os.path.getsize(path),
         "keys": sorted(map(str, state)),
         "tensors": tensors,
         "tensor_bytes": sum(row["bytes"] for row in tensors),
@@ -80,12 +206,35 @@ def run_show(args: argparse.Namespace) -> int:
         "loops": _summary(state.get("loops", {})),
         "callbacks": _summary(state.get("callbacks", {})),
     }
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """``stepstone ckpt show FILE``: keys, tensors, hparams, loops and callback state of one checkpoint.
+
+    ``FILE`` may be a sharded checkpoint directory: only its metadata and ``meta.pt`` are read.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0.
+
+    Raises:
+        CheckpointNotFoundError: ``FILE`` is missing, or a directory that is not a committed checkpoint.
+    """
+    if is_sharded_checkpoint(args.file):
+        info = _sharded_info(args.file, args.all)
+        kind = f"sharded checkpoint directory: {info['files']} files, saved by {info['world_size']} rank(s)"
+    elif os.path.isdir(args.file):
+        raise _not_a_checkpoint_dir("FILE", args.file)
+    else:
+        info = _file_info(args.file, args.all)
+        kind = f"stepstone trailer: {'yes' if info['trailer'] else 'no'}"
     if args.json:
         emit_json(info)
         return 0
-    print(
-        f"file:     {args.file} ({human_size(info['size'])}; stepstone trailer: {'yes' if record else 'no'})"
-    )
+    tensors = info["tensors"]
+    print(f"file:     {args.file} ({human_size(info['size'])}; {kind})")
     print(f"step:     {info['step']}   epoch: {info['epoch']}   metrics: {metrics_text(info['metrics'])}")
     print(f"keys:     {', '.join(info['keys'])}")
     print(f"hparams:  {info['hyper_parameters'] or '-'}")
@@ -93,9 +242,8 @@ def run_show(args: argparse.Namespace) -> int:
     print("callbacks:")
     for name, keys in (info["callbacks"] or {}).items():
         print(f"  {name}: {keys}")
-    print(
-        f"tensors:  {len(tensors)} ({human_size(info['tensor_bytes'])}){'' if args.all else ' in state_dict (--all: every tensor)'}"
-    )
+    scope = "" if args.all else " in state_dict (--all: every tensor)"
+    print(f"tensors:  {len(tensors)} ({human_size(info['tensor_bytes'])}){scope}")
     rows = [[r["name"], str(tuple(r["shape"])), r["dtype"], human_size(r["bytes"])] for r in tensors]
     if rows:
         print(table(["  NAME", "SHAPE", "DTYPE", "BYTES"], [["  " + row[0], *row[1:]] for row in rows]))
@@ -142,14 +290,15 @@ def _dict_changes(a: Any, b: Any) -> dict[str, list[Any]]:
 def run_diff(args: argparse.Namespace) -> int:
     """``stepstone ckpt diff A B``: tensors that differ (max abs diff, shape/dtype), hparam and metric changes.
 
+    A and B may be files or sharded checkpoint directories (gathered in memory).
+
     Args:
         args: the parsed command line.
 
     Returns:
         0 when weights, hyperparameters and metrics are all equal, else 1 (like ``diff``).
     """
-    a, b = load_file(args.a, mmap=True), load_file(args.b, mmap=True)
-    info_a, info_b = read_info(args.a), read_info(args.b)
+    (a, info_a), (b, info_b) = _load_any("A", args.a), _load_any("B", args.b)
     result: dict[str, Any] = {
         "tensors": _tensor_changes(a, b),
         "hyper_parameters": _dict_changes(a.get("hyper_parameters"), b.get("hyper_parameters")),
@@ -191,6 +340,8 @@ def _weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 def run_export(args: argparse.Namespace) -> int:
     """``stepstone ckpt export FILE OUT.safetensors``: the weights (``state_dict``) as a safetensors file.
 
+    ``FILE`` may be a sharded checkpoint directory: it is verified and gathered in memory first.
+
     Args:
         args: the parsed command line.
 
@@ -206,9 +357,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise ImportError(
             "stepstone ckpt export needs the safetensors package: pip install 'stepstone[safetensors]'"
         ) from None
-    state = load_file(args.file, mmap=True)
+    state, record = _load_any("FILE", args.file)
     weights = _weights(state)
-    record = read_info(args.file)
     metadata = {"format": "pt", "source": os.path.basename(args.file)}
     if record is not None and record.step is not None:
         metadata["step"] = str(record.step)

@@ -13,10 +13,9 @@ import os
 from typing import Any
 
 from stepstone.checkpoint import verify_file
-from stepstone.checkpoint.commit import is_temp_name
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.sharded import convert_sharded_to_file, is_sharded_checkpoint, verify_sharded
-from stepstone.cli_ckpt.listing import run_verify
+from stepstone.cli_ckpt.listing import checkpoint_paths, run_verify
 from stepstone.cli_ckpt.output import emit_json, human_size
 from stepstone.errors import CheckpointError
 
@@ -41,14 +40,14 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
-    """The paths to check (folders replaced by their ``*.ckpt`` entries), and the folders without any."""
+    """The paths to check (folders replaced by the checkpoints inside), and the folders without any."""
     found: list[str] = []
     empty: list[str] = []
     for path in paths:
         if os.path.isdir(path) and not is_sharded_checkpoint(path):
-            names = sorted(n for n in os.listdir(path) if n.endswith(".ckpt") and not is_temp_name(n))
-            found += [os.path.join(path, name) for name in names]
-            empty += [] if names else [path]
+            inside = checkpoint_paths(path)
+            found += inside
+            empty += [] if inside else [path]
         else:
             found.append(path)
     return found, empty

@@ -2,7 +2,8 @@
 
 Reading goes through the engine (trailers, checksums, the run index); ``prune`` deletes through the engine's
 retention policies and in the engine's order (index entry first, then the file), and never deletes a
-``last*`` file or the file a ``last`` symlink points to.
+``last*`` file or the file a ``last`` symlink points to. Sharded (FSDP) checkpoint directories are listed and
+pruned like files: described from their commit marker, verified against it, deleted with ``remove_sharded``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from stepstone.checkpoint import (
     AnyOf,
     CheckpointRecord,
@@ -20,11 +23,11 @@ from stepstone.checkpoint import (
     RunIndex,
     load_file,
     read_info,
-    remove_file,
     verify_file,
 )
 from stepstone.checkpoint.commit import is_temp_name
 from stepstone.checkpoint.record import age_key
+from stepstone.checkpoint.sharded import META_NAME, is_sharded_checkpoint, read_sharded_info, verify_sharded
 from stepstone.cli_ckpt.output import emit_json, human_size, human_time, metrics_text, table
 from stepstone.errors import CheckpointError
 
@@ -37,19 +40,21 @@ class UsageError(Exception):
 
 @dataclass
 class Entry:
-    """One ``*.ckpt`` file of a directory, as ``ls`` shows it."""
+    """One ``*.ckpt`` file or sharded checkpoint directory of a directory, as ``ls`` shows it."""
 
     name: str
     record: CheckpointRecord | None = None
     status: str = "ok"
     link: str | None = None
     flags: list[str] = field(default_factory=list)
+    sharded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``ls --json``."""
         record = self.record
         return {
             "name": self.name,
+            "sharded": self.sharded,
             "step": record.step if record else None,
             "epoch": record.epoch if record else None,
             "metrics": dict(record.metrics) if record else {},
@@ -65,11 +70,17 @@ class Entry:
 
 def _require_dir(directory: str) -> None:
     if not os.path.isdir(directory):
-        raise UsageError(f"{directory!r} is not a directory; pass the folder that holds the *.ckpt files")
+        raise UsageError(
+            f"DIR={directory!r} is not a directory; pass the folder that holds the *.ckpt files (or use "
+            "`stepstone ckpt show` for one checkpoint)"
+        )
 
 
 def checkpoint_paths(directory: str) -> list[str]:
-    """The ``*.ckpt`` files of a local directory (temporary files of unfinished saves excluded), sorted.
+    """The checkpoints of a local directory, sorted: ``*.ckpt`` entries and committed sharded directories.
+
+    Hidden names (temporary files and directories of unfinished saves) are excluded; a ``*.ckpt`` directory
+    without its commit marker is included (so that ``ls``/``verify`` report it as not committed).
 
     Args:
         directory: the folder.
@@ -77,13 +88,23 @@ def checkpoint_paths(directory: str) -> list[str]:
     Returns:
         Their paths.
     """
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".ckpt") and not is_temp_name(n))
+    names = sorted(
+        name
+        for name in os.listdir(directory)
+        if not name.startswith(".")
+        and not is_temp_name(name)
+        and (name.endswith(".ckpt") or is_sharded_checkpoint(os.path.join(directory, name)))
+    )
     return [os.path.join(directory, name) for name in names]
 
 
 def _describe(path: str, verify: bool) -> Entry:
     entry = Entry(os.path.basename(path), link=os.readlink(path) if os.path.islink(path) else None)
+    entry.sharded = os.path.isdir(path)
     try:
+        if entry.sharded:
+            entry.record = verify_sharded(path) if verify else read_sharded_info(path)
+            return entry
         entry.record = verify_file(path) if verify else read_info(path)
         if entry.record is None:
             entry.status = "no stepstone trailer (cannot be verified)"
@@ -98,9 +119,15 @@ def _best_from_state(entries: list[Entry], directory: str) -> str | None:
     if not good:
         return None
     newest = max(good, key=lambda e: age_key(e.record))  # type: ignore[arg-type]
+    path = os.path.join(directory, newest.name)
     try:
-        state = load_file(os.path.join(directory, newest.name), mmap=True)
-    except CheckpointError:
+        if newest.sharded:  # the callback state is in meta.pt (small, weights_only-safe)
+            state = torch.load(os.path.join(path, META_NAME), weights_only=True, map_location="cpu")
+        else:
+            state = load_file(path, mmap=True)
+    except (CheckpointError, OSError, RuntimeError, ValueError, EOFError):
+        return None
+    if not isinstance(state, dict):
         return None
     callbacks = state.get("callbacks")
     for value in (callbacks or {}).values() if isinstance(callbacks, dict) else ():
@@ -155,6 +182,7 @@ def run_ls(args: argparse.Namespace) -> int:
             rows.append(
                 [
                     name,
+                    "sharded" if entry.sharded else "file",
                     str(record.step) if record and record.step is not None else "-",
                     str(record.epoch) if record and record.epoch is not None else "-",
                     metrics_text(record.metrics) if record else "-",
@@ -166,12 +194,18 @@ def run_ls(args: argparse.Namespace) -> int:
                     ",".join(entry.flags),
                 ]
             )
-        print(table(["NAME", "STEP", "EPOCH", "METRICS", "SIZE", "CREATED", "STATUS", "BEST/LAST"], rows))
+        print(
+            table(
+                ["NAME", "KIND", "STEP", "EPOCH", "METRICS", "SIZE", "CREATED", "STATUS", "BEST/LAST"], rows
+            )
+        )
     return 0 if all(entry.status == "ok" for entry in entries) else 1
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """``stepstone ckpt verify PATH...``: check every checksum of files and of the ``*.ckpt`` in folders.
+    """``stepstone ckpt verify PATH...``: check every checksum of files and of the ``*.ckpt`` files in folders.
+
+    Sharded directories are routed to ``convert.run_verify_any`` before this runs.
 
     Args:
         args: the parsed command line.
@@ -248,9 +282,8 @@ def run_prune(args: argparse.Namespace) -> int:
     keep = policy([r for r in records if not r.name.startswith("last")]) | _protected(args.dir, records)
     dropped = [r for r in records if r.name not in keep]
     if not args.dry_run and dropped:
-        index.forget(*(r.name for r in dropped))  # first the index, so it never lists a deleted file
-        for record in dropped:
-            remove_file(os.path.join(args.dir, record.name))
+        # The index entries first, so it never lists a deleted checkpoint; directories via remove_sharded.
+        index.delete(*(r.name for r in dropped))
     if args.json:
         emit_json({"dry_run": args.dry_run, "deleted": [r.name for r in dropped], "kept": sorted(keep)})
         return 0

@@ -65,7 +65,7 @@ def _run_loader(
         if progress is not None:
             progress.increment("started")
         with trainer._placement.forward_context():
-            output = hooks.module(f"{name}_step", *step_arguments(step, batch, batch_idx, dl_idx))
+            output = hooks.step(f"{name}_step", *step_arguments(step, batch, batch_idx, dl_idx))
         if progress is not None:
             progress.increment("processed")
         hooks.callbacks(f"on_{name}_batch_end", output, batch, batch_idx, *extra)

@@ -64,7 +64,7 @@ def _run_loader(
         hooks.callbacks("on_predict_batch_start", batch, batch_idx, *extra)
         hooks.module("on_predict_batch_start", batch, batch_idx, *extra)
         with trainer._placement.forward_context():
-            output = hooks.module("predict_step", *step_arguments(step, batch, batch_idx, dl_idx))
+            output = hooks.step("predict_step", *step_arguments(step, batch, batch_idx, dl_idx))
         hooks.callbacks("on_predict_batch_end", output, batch, batch_idx, *extra)
         hooks.module("on_predict_batch_end", output, batch, batch_idx, *extra)
         if keep:

@@ -6,6 +6,7 @@
 - :mod:`~stepstone.strategies.collectives`: the process group and bounded, single-process-safe collectives.
 - :mod:`~stepstone.strategies.sampler`: sharding a DataLoader across ranks.
 - :mod:`~stepstone.strategies.ddp`: :class:`DDPStrategy`, composing the above.
+- :mod:`~stepstone.strategies.fsdp`: :class:`FSDPStrategy` (FSDP2), DDP's interface plus sharded state.
 """
 
 from stepstone.strategies.collectives import (
@@ -31,6 +32,7 @@ from stepstone.strategies.environment import (
     launcher_environment,
     single_process,
 )
+from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.strategies.launcher import ChildExit, ChildProcessFailed, ScriptLauncher, find_free_port
 from stepstone.strategies.sampler import distributed_loader, set_loader_epoch
 from stepstone.strategies.spawn import SpawnedRankFailed, ddp_spawn
@@ -42,6 +44,7 @@ __all__ = [
     "ClusterEnvironment",
     "CollectiveError",
     "DDPStrategy",
+    "FSDPStrategy",
     "ScriptLauncher",
     "SpawnedRankFailed",
     "abort_on_error",

@@ -274,6 +274,15 @@ class FSDPStrategy(DDPStrategy):
         if _has_dtensor(state) or not self.sharded:
             set_optimizer_state_dict(module, optimizer, dict(state))
             return
+        held = collectives.all_gather_object(
+            (bool(state), bool(state.get("state"))), what="load_optimizer_state_dict: which ranks hold state"
+        )
+        if all(whole for whole, _ in held) and not any(per_parameter for _, per_parameter in held):
+            # No per-parameter state anywhere (SGD without momentum, or before the first step): only the
+            # hyperparameters to restore. torch's loader cannot place such a state on a CPU mesh.
+            for group, saved in zip(optimizer.param_groups, state.get("param_groups", []), strict=True):
+                group.update({key: value for key, value in saved.items() if key != "params"})
+            return
         broadcast = self._full_source(state, "load_optimizer_state_dict")
         options = self._options(True, broadcast_from_rank0=broadcast)
         set_optimizer_state_dict(module, optimizer, dict(state), options=options)

@@ -17,6 +17,7 @@ import torch
 
 from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
 from stepstone.loops.progress import loops_state
+from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.trainer.resume_state import dump_resume_state, load_resume_state
 
 if TYPE_CHECKING:
@@ -33,6 +34,24 @@ FORMAT_VERSION = 1
 def _plain_dict(value: Any) -> dict[str, Any]:
     # AttributeDict is a dict subclass, which torch.load(weights_only=True) refuses: store a plain dict.
     return {k: v for k, v in value.items()}
+
+
+def _fsdp(trainer: Trainer) -> FSDPStrategy | None:
+    strategy = trainer._strategy
+    return strategy if isinstance(strategy, FSDPStrategy) and strategy._module is not None else None
+
+
+def _model_state(trainer: Trainer) -> dict[str, Any]:
+    # FSDP: gathered onto rank 0 ("full"; {} elsewhere) or this rank's shards ("sharded"): every rank calls it.
+    fsdp = _fsdp(trainer)
+    return fsdp.model_state_dict() if fsdp is not None else trainer.lightning_module.state_dict()
+
+
+def _optimizer_states(trainer: Trainer) -> list[dict[str, Any]]:
+    fsdp = _fsdp(trainer)
+    if fsdp is not None:
+        return [fsdp.optimizer_state_dict(opt) for opt in trainer.optimizers]
+    return [opt.state_dict() for opt in trainer.optimizers]
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -52,7 +71,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "pytorch-lightning_version": LIGHTNING_COMPAT_VERSION,
-        "state_dict": module.state_dict(),
+        "state_dict": _model_state(trainer),
         "loops": loops_state(trainer.fit_loop.state_dict()),
         "stepstone": {
             "format_version": FORMAT_VERSION,
@@ -68,7 +87,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         checkpoint["stepstone"].update(dump_resume_state(trainer))
         states = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
         checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
-        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["optimizer_states"] = _optimizer_states(trainer)
         checkpoint["lr_schedulers"] = [
             config.scheduler.state_dict() for config in trainer.lr_scheduler_configs
         ]
@@ -107,7 +126,11 @@ def restore_model_state(trainer: Trainer, checkpoint: dict[str, Any], path: str)
             f"ckpt_path={path!r} has no 'state_dict' entry (keys: {sorted(checkpoint)}); it is not a model checkpoint."
         )
     trainer._hooks.module("on_load_checkpoint", checkpoint)
-    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    fsdp = _fsdp(trainer)
+    if fsdp is not None:  # full (from any world size) or this rank's shards
+        fsdp.load_model_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    else:
+        module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
 
 
 def restore_callbacks(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
@@ -141,8 +164,12 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         trainer.fit_loop.load_state_dict(fit_loop)
     saved_opts = checkpoint["optimizer_states"]
     _check_count("optimizer", saved_opts, len(trainer.optimizers), path)
+    fsdp = _fsdp(trainer)
     for optimizer, state in zip(trainer.optimizers, saved_opts, strict=True):
-        optimizer.load_state_dict(state)
+        if fsdp is not None:
+            fsdp.load_optimizer_state_dict(optimizer, state)  # keyed by parameter names
+        else:
+            optimizer.load_state_dict(state)
     saved_scheds = checkpoint.get("lr_schedulers", [])
     _check_count("lr_scheduler", saved_scheds, len(trainer.lr_scheduler_configs), path)
     for config, state in zip(trainer.lr_scheduler_configs, saved_scheds, strict=True):
@@ -206,7 +233,33 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
             "'best'."
         )
     from stepstone.checkpoint import is_local
+    from stepstone.checkpoint.sharded import is_sharded_checkpoint
 
-    if is_local(path) and not os.path.isfile(path):
+    if is_local(path) and not os.path.isfile(path) and not is_sharded_checkpoint(path):
         raise CheckpointNotFoundError(f"Checkpoint file not found: {path}")
     return path
+
+
+def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
+    """Read a checkpoint for a run under FSDP (after the model is sharded and the optimizers exist).
+
+    A sharded directory is read into this rank's shards (at any world size: torch.distributed.checkpoint
+    reshards); a single file is read whole on every rank and loaded through the strategy.
+
+    Args:
+        trainer: the Trainer (its FSDP strategy set up, optimizers created).
+        path: a checkpoint file or a committed sharded directory.
+
+    Returns:
+        The checkpoint dict (shards in ``state_dict``/``optimizer_states`` for a directory).
+
+    Raises:
+        CheckpointCorruptError: a shard or the file fails verification.
+    """
+    from stepstone.checkpoint.sharded import is_sharded_checkpoint, load_sharded
+    from stepstone.core.saving import read_checkpoint
+
+    fsdp = _fsdp(trainer)
+    if fsdp is not None and is_sharded_checkpoint(path):
+        return load_sharded(path, fsdp.sharded_state_template(trainer.optimizers))
+    return read_checkpoint(path, map_location="cpu")

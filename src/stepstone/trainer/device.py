@@ -16,7 +16,7 @@ _NO_CONTEXT = contextlib.nullcontext()
 
 _ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 _STRATEGIES = ("auto", "single_device")
-_LATER_STRATEGIES = ("ddp", "ddp_spawn", "ddp_notebook", "fsdp", "deepspeed")
+_UNSUPPORTED_STRATEGIES = ("deepspeed", "xla")
 _PRECISIONS = {
     None: "32-true",
     32: "32-true",
@@ -95,13 +95,12 @@ def _resolve_strategy(strategy: Any) -> None:
     name = strategy.lower() if isinstance(strategy, str) else strategy
     if name in _STRATEGIES:
         return
-    if name in _LATER_STRATEGIES:
+    if name in _UNSUPPORTED_STRATEGIES:
         raise MisconfigurationException(
-            f"Trainer(strategy={strategy!r}) is not available in this release yet (distributed strategies are "
-            "being added); use strategy='auto' for single-device training."
+            f"Trainer(strategy={strategy!r}) is not supported; use 'fsdp' to shard a large model, or 'ddp'."
         )
     raise MisconfigurationException(
-        f"Trainer(strategy={strategy!r}) is unknown; use 'auto', 'single_device' or 'ddp' (later: 'fsdp')."
+        f"Trainer(strategy={strategy!r}) is unknown; use 'auto', 'single_device', 'ddp', 'ddp_spawn' or 'fsdp'."
     )
 
 

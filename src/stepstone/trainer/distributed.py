@@ -10,10 +10,12 @@ with every collective a no-op.
 from __future__ import annotations
 
 import atexit
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stepstone.checkpoint import SaveHandle
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
@@ -23,6 +25,7 @@ from stepstone.strategies.environment import (
     launcher_environment,
     single_process,
 )
+from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.strategies.launcher import ScriptLauncher
 from stepstone.trainer.device import Placement, resolve_placement
 
@@ -30,9 +33,16 @@ if TYPE_CHECKING:
     from stepstone.checkpoint import CheckpointRecord
     from stepstone.trainer.trainer import Trainer
 
-__all__ = ["finish_strategy", "resolve_distributed", "save_on_all_ranks", "start_ranks", "wants_ddp"]
+__all__ = [
+    "completed_handle",
+    "finish_strategy",
+    "resolve_distributed",
+    "save_on_all_ranks",
+    "start_ranks",
+    "wants_ddp",
+]
 
-_DDP_NAMES = ("ddp", "ddp_spawn")
+_DDP_NAMES = ("ddp", "ddp_spawn", "fsdp")
 _exit_registered = False
 _NOT_YET = ("ddp_notebook", "ddp_fork")
 
@@ -78,7 +88,8 @@ def resolve_distributed(
     1..N-1 (:func:`start_ranks`; Lightning's behaviour), which find their rank in the environment.
 
     Args:
-        strategy: ``"ddp"``, ``"auto"`` (with several devices or nodes) or a :class:`DDPStrategy`.
+        strategy: ``"ddp"``, ``"ddp_spawn"``, ``"fsdp"``, ``"auto"`` (with several devices or nodes), or a
+            :class:`DDPStrategy` / :class:`~stepstone.strategies.FSDPStrategy`.
         accelerator: as for the Trainer (``"cpu"`` uses gloo, ``"gpu"``/``"cuda"`` nccl).
         devices: processes per node (an int; ``"auto"`` means 1 on CPU).
         num_nodes: nodes.
@@ -102,13 +113,18 @@ def resolve_distributed(
             f"Trainer(strategy='ddp', accelerator={accelerator!r}) is not supported; use accelerator='cpu' "
             "(gloo) or 'gpu' (nccl)."
         )
-    count = 1 if devices in ("auto", None, -1, "-1") else _device_count(devices)
+    environment = detect_environment()
+    automatic = devices in ("auto", None, -1, "-1")
+    if automatic and environment is not None:
+        # "auto" under torchrun/srun: as many processes per node as the launcher started.
+        count: int | None = environment.world_size // environment.num_nodes
+    else:
+        count = 1 if automatic else _device_count(devices)
     if count is None or count < 1:
         raise MisconfigurationException(
             f"Trainer(devices={devices!r}) is invalid with strategy='ddp'; pass the number of processes per node, "
             "e.g. devices=2."
         )
-    environment = detect_environment()
     launcher, spawn = None, None
     if environment is None and strategy == "ddp_spawn" and count * num_nodes > 1:
         if num_nodes > 1:
@@ -123,7 +139,12 @@ def resolve_distributed(
     elif environment is None:
         environment = single_process()
     check_matches(environment, count, num_nodes)
-    chosen = strategy if isinstance(strategy, DDPStrategy) else DDPStrategy(single_process())
+    if isinstance(strategy, DDPStrategy):
+        chosen = strategy
+    elif strategy == "fsdp":
+        chosen = FSDPStrategy(single_process())  # Lightning's default: state_dict_type="full"
+    else:
+        chosen = DDPStrategy(single_process())
     # The Trainer's arguments decide where each rank computes; a DDPStrategy instance brings the other settings.
     chosen.environment = environment
     chosen.accelerator = placement.accelerator
@@ -175,13 +196,22 @@ def save_on_all_ranks(
     """
     # Before writing: a rank that is elsewhere (the save called on rank 0 only) fails here, nothing written.
     collectives.barrier(f"save_checkpoint {path}")
+    from stepstone.trainer.checkpoint_io import dump_checkpoint
+
     record = None
-    if trainer.is_global_zero:
+    strategy = trainer._strategy
+    if isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded":
+        from stepstone.checkpoint.sharded import save_sharded
+
+        # A directory: every rank writes its own shards; rank 0 writes the marker last (the commit).
+        checkpoint = dump_checkpoint(trainer, weights_only)
+        written = save_sharded(path, checkpoint, metadata=trainer._runner._checkpoint_metadata())
+        record = written if trainer.is_global_zero else None
+    elif trainer.is_global_zero:
         record = trainer._runner.write_checkpoint(path, weights_only, storage_options)
     else:
-        # Built and dropped, so that hooks such as on_save_checkpoint run on every rank, as in Lightning.
-        from stepstone.trainer.checkpoint_io import dump_checkpoint
-
+        # Built and dropped, so that hooks such as on_save_checkpoint run on every rank, as in Lightning (and
+        # the gathers of a "full" FSDP state dict take place).
         dump_checkpoint(trainer, weights_only)
     # The file exists for every rank once the barrier is passed (e.g. before a rank reads best_model_path).
     collectives.barrier(f"saved {path}")
@@ -208,3 +238,14 @@ def finish_strategy(strategy: DDPStrategy, failed: bool) -> None:
     if not _exit_registered and collectives.is_distributed():
         _exit_registered = True
         atexit.register(collectives.destroy_process_group)
+
+
+def completed_handle() -> SaveHandle:
+    """The handle of a save this rank does not write (under DDP rank 0 does): already done, no record.
+
+    Returns:
+        A finished :class:`~stepstone.checkpoint.SaveHandle` whose result is None.
+    """
+    future: Future[Any] = Future()
+    future.set_result(None)
+    return SaveHandle(future)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from stepstone.callbacks.callback import Callback
 from stepstone.core.hooks import ModelHooks
 from stepstone.core.module import LightningModule
+from stepstone.strategies.fsdp import FSDPStrategy
 
 if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
@@ -156,6 +157,23 @@ class HookRunner:
         state["_current_fx_name"] = "training_step"
         try:
             return strategy.call("training_step", *args)
+        finally:
+            state["_current_fx_name"] = previous
+
+    def step(self, name: str, *args: Any) -> Any:
+        """``module.<name>(*args)`` for an evaluation/prediction step; under FSDP through the strategy.
+
+        A sharded module's parameters are gathered only around calls FSDP hooks; the strategy registers the
+        step as such a call. Other strategies evaluate the module directly.
+        """
+        strategy = self._trainer._strategy
+        if not isinstance(strategy, FSDPStrategy) or strategy._module is None:
+            return self.module(name, *args)
+        state = self._trainer._model.__dict__
+        previous = state.get("_current_fx_name")
+        state["_current_fx_name"] = name
+        try:
+            return strategy.call(name, *args)
         finally:
             state["_current_fx_name"] = previous
 

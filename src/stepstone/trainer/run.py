@@ -17,9 +17,11 @@ from stepstone.core.saving import read_checkpoint
 from stepstone.errors import MisconfigurationException
 from stepstone.loops.evaluation import run_evaluation
 from stepstone.loops.prediction import run_prediction
+from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
     dump_checkpoint,
+    read_for_strategy,
     resolve_ckpt_path,
     restore_callbacks,
     restore_model_state,
@@ -221,28 +223,31 @@ class Runner:
         module = t.lightning_module
         check_fit_methods(module)
         path = resolve_ckpt_path(self.t, TrainerFn.FITTING, ckpt_path)
-        checkpoint = read_checkpoint(path, map_location="cpu") if path else None
         t.ckpt_path = path
         self._prepare_fit_data(train_loaders, val_loaders)
-        if checkpoint is not None:
-            restore_model_state(t, checkpoint, path or "")
-            restore_callbacks(t, checkpoint)
-        module.to(t._placement.device)
-        t.optimizers, t.lr_scheduler_configs = parse_optimizers(t._hooks.module("configure_optimizers"))
-        if not t.optimizers:
-            warnings.warn(
-                "configure_optimizers returned None: this fit runs training_step and backward but no optimizer "
-                "step. Return an optimizer to train the weights.",
-                UserWarning,
-                stacklevel=6,
-            )
-        check_optimization(t, module)
-        if checkpoint is not None:
-            restore_training_state(t, checkpoint, path or "")
-            del checkpoint
-        if t._strategy is not None:
-            # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights everywhere.
+        if isinstance(t._strategy, FSDPStrategy):
+            # FSDP shards the parameters first: the optimizers, then the checkpoint, are made for the shards.
             t._strategy.setup(module, t._placement.device)
+            self._configure_optimizers(module)
+            checkpoint = read_for_strategy(t, path) if path else None
+            if checkpoint is not None:
+                restore_model_state(t, checkpoint, path or "")
+                restore_callbacks(t, checkpoint)
+                restore_training_state(t, checkpoint, path or "")
+                del checkpoint
+        else:
+            checkpoint = read_checkpoint(path, map_location="cpu") if path else None
+            if checkpoint is not None:
+                restore_model_state(t, checkpoint, path or "")
+                restore_callbacks(t, checkpoint)
+            module.to(t._placement.device)
+            self._configure_optimizers(module)
+            if checkpoint is not None:
+                restore_training_state(t, checkpoint, path or "")
+                del checkpoint
+            if t._strategy is not None:
+                # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights.
+                t._strategy.setup(module, t._placement.device)
         self._log_hyperparams()
         if t.enable_model_summary and t.is_global_zero:
             print_summary(module)
@@ -254,6 +259,18 @@ class Runner:
         warn_eval_modules(module)  # Lightning 2.2+ keeps the user's train/eval modes and warns instead
         t.fit_loop.run()
         t._hooks.both("on_fit_end")
+
+    def _configure_optimizers(self, module: LightningModule) -> None:
+        t = self.t
+        t.optimizers, t.lr_scheduler_configs = parse_optimizers(t._hooks.module("configure_optimizers"))
+        if not t.optimizers:
+            warnings.warn(
+                "configure_optimizers returned None: this fit runs training_step and backward but no optimizer "
+                "step. Return an optimizer to train the weights.",
+                UserWarning,
+                stacklevel=7,
+            )
+        check_optimization(t, module)
 
     def _prepare_fit_data(self, train_loaders: Any, val_loaders: Any) -> None:
         t = self.t
@@ -425,7 +442,11 @@ class Runner:
         Every ModelCheckpoint's earlier save is completed first, so the new file holds their committed state.
         """
         self.async_saves.complete_callbacks(self.t)
-        checkpoint = dump_checkpoint(self.t, weights_only)
+        checkpoint = dump_checkpoint(self.t, weights_only)  # every rank: it gathers the ranks' RNG states
+        if not self.t.is_global_zero:
+            from stepstone.trainer.distributed import completed_handle
+
+            return completed_handle()  # under DDP only rank 0 writes
         return self.async_saves.save(path, checkpoint, self._checkpoint_metadata())
 
     def save_checkpoint(self, path: str, weights_only: bool, storage_options: Any) -> None:

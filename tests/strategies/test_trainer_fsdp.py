@@ -1,0 +1,61 @@
+"""FSDP2 in the Trainer: 2 gloo processes under torchrun, "full" and "sharded" checkpoints, resharding on resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from stepstone.callbacks.checkpoint_selection import newest_checkpoint
+from stepstone.checkpoint.sharded import is_sharded_checkpoint, verify_sharded
+from strategies.script_runs import run_script
+
+EPOCH0 = "epoch=0-rank_metric=0.ckpt"
+
+
+def _assert_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.allclose(got[name], value, atol=1e-6), name
+
+
+@pytest.mark.timeout(180)
+def test_fsdp_full_writes_one_consolidated_file_and_matches_one_process(tmp_path: Path) -> None:
+    (single,) = run_script(tmp_path / "single", 8, "single", 1)
+    zero, one = run_script(tmp_path / "fsdp", 4, "fit", 2, kind="fsdp_full")
+    _assert_weights(zero["weights"], single["weights"])
+    _assert_weights(one["weights"], single["weights"])
+    files = sorted((tmp_path / "fsdp" / "ckpts").glob("epoch*.ckpt"))
+    assert [f.name for f in files] == [EPOCH0, "epoch=1-rank_metric=0.ckpt"]
+    assert zero["best_model_path"] == one["best_model_path"] == str(files[-1])
+    # An ordinary single file (gathered on rank 0), readable without stepstone or FSDP.
+    checkpoint = torch.load(files[-1], weights_only=True)
+    _assert_weights(checkpoint["state_dict"], single["weights"])
+    assert checkpoint["global_step"] == 4
+    assert zero["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
+
+
+@pytest.mark.timeout(240)
+def test_fsdp_sharded_directories_reshard_2_to_1_and_1_to_2(tmp_path: Path) -> None:
+    (single,) = run_script(tmp_path / "single", 8, "single", 1)
+    zero, one = run_script(tmp_path / "two", 4, "fit", 2, kind="fsdp_sharded")
+    _assert_weights(zero["weights"], single["weights"])
+    ckpts = tmp_path / "two" / "ckpts"
+    epoch0 = ckpts / EPOCH0
+    assert is_sharded_checkpoint(epoch0) and (epoch0 / "__1_0.distcp").is_file()  # shards of both ranks
+    verify_sharded(epoch0)
+    assert is_sharded_checkpoint(ckpts / "last.ckpt")  # last of a sharded run: the directory written again
+    # ckpt_path="last"/"auto" pick the newest committed checkpoint, directories included.
+    newest = newest_checkpoint(str(ckpts), "last")
+    assert newest is not None and newest[:2] == (str(ckpts / "last.ckpt"), 4)
+    assert (tmp_path / "two" / "manual.ckpt").is_dir()  # trainer.save_checkpoint writes a directory too
+    # 2 -> 1: one process resumes from the 2-rank directory and ends where the uninterrupted run ends.
+    (resumed,) = run_script(tmp_path / "two", 8, "resume", 1, kind="fsdp_sharded")
+    _assert_weights(resumed["weights"], single["weights"])
+    # 1 -> 2: a directory written by one process, resumed on two.
+    run_script(tmp_path / "one", 8, "first_epoch", 1, kind="fsdp_sharded")
+    assert is_sharded_checkpoint(tmp_path / "one" / "ckpts" / EPOCH0)
+    zero, one = run_script(tmp_path / "one", 4, "resume", 2, kind="fsdp_sharded")
+    _assert_weights(zero["weights"], single["weights"])
+    _assert_weights(one["weights"], single["weights"])
