@@ -77,3 +77,33 @@ def test_chunk_ranges_cover_everything_once() -> None:
     assert chunk_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert chunk_ranges(8, 4) == [(0, 4), (4, 8)]
     assert chunk_ranges(0, 4) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=2000),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+    chunk_size=st.integers(min_value=1, max_value=64),
+    max_chunks=st.sampled_from([2, 4, 64]),
+)
+def test_feeding_piece_crcs_equals_feeding_the_bytes(
+    data: bytes, cuts: list[int], chunk_size: int, max_chunks: int
+) -> None:
+    accumulator = ChunkedCrc32(chunk_size=chunk_size, max_chunks=max_chunks)
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for start, end in itertools.pairwise(bounds):
+        # One "member": split where the chunks end, hashed piece by piece, folded in without the bytes.
+        offset = start
+        for length in accumulator.pieces(end - start):
+            accumulator.add(zlib.crc32(data[offset : offset + length]), length)
+            offset += length
+        assert offset == end
+    final_size, crcs = accumulator.finish()
+    assert accumulator.total == len(data) and len(crcs) <= max_chunks
+    assert crcs == _expected(data, final_size)
+
+
+def test_combine_with_cached_and_uncached_lengths() -> None:
+    block = bytes(range(256)) * 16384  # 4 MiB: the chunk size, cached
+    for tail in (block, block[:12345], b"x"):
+        assert crc32_combine(zlib.crc32(block), zlib.crc32(tail), len(tail)) == zlib.crc32(block + tail)

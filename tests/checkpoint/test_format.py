@@ -162,7 +162,7 @@ def test_unexpected_torch_output_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     def fake_save(obj: object, sink: Any) -> None:
         sink.write(b"x" * 100)
 
-    monkeypatch.setattr(fmt.torch, "save", fake_save)
+    monkeypatch.setattr(fmt.torch_zip, "save", fake_save)
     with pytest.raises(CheckpointError, match="not supported"):
         write_checkpoint({"a": 1}, BytesOutput(), META)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from stepstone.checkpoint import outputs
 from stepstone.checkpoint.outputs import FdOutput, StreamOutput
 
 
@@ -39,3 +40,28 @@ def test_stream_output() -> None:
     stream = io.BytesIO()
     StreamOutput(stream).write_all(memoryview(b"abc"))
     assert stream.getvalue() == b"abc"
+
+
+def test_fd_output_starts_writeback_every_so_many_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, int, int]] = []
+    monkeypatch.setattr(outputs, "_SYNC_RANGE", lambda *args: calls.append(args) or 0)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        output = FdOutput(fd, writeback_every=100)
+        for _ in range(5):
+            output.write_all(memoryview(b"x" * 60))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"x" * 300
+    assert calls == [(fd, 0, 0, 2), (fd, 0, 0, 2)]  # after 120 and 240 bytes: the whole file, WRITE only
+
+
+def test_fd_output_writeback_is_real_and_harmless(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        FdOutput(fd, writeback_every=1).write_all(memoryview(b"abc"))
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"abc"

@@ -86,3 +86,23 @@ def test_stream_shorter_than_the_end_record_is_refused() -> None:
     sink.write(b"short")
     with pytest.raises(ValueError, match="shorter"):
         sink.finish()
+
+
+@pytest.mark.parametrize("pieces_pool", [False, True])
+def test_members_are_written_once_and_hashed_once(pieces_pool: bool) -> None:
+    big = torch.randint(0, 255, (5 * 1024 * 1024 + 7,), dtype=torch.uint8)
+    members: list[bytes | memoryview] = [memoryview(big.numpy()), os.urandom(3000), os.urandom(1 << 21)]
+    output, crc = BytesOutput(), ChunkedCrc32(chunk_size=1 << 20, max_chunks=4)  # merges happen
+    with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(2) as pieces:
+        sink = ChecksummingSink(output, crc, pool, None, pieces if pieces_pool else None)
+        sink.write(b"header")
+        for member in members:
+            assert sink.write_member(member) == zlib.crc32(member)
+            sink.write(b"descriptor")
+        sink.write(b"x" * HOLD)
+        tail = sink.finish()
+    stream = bytes(output.buffer) + tail
+    expected = b"header" + b"".join(bytes(m) + b"descriptor" for m in members) + b"x" * HOLD
+    assert stream == expected and sink.total == crc.total == len(expected)
+    size, crcs = crc.finish()
+    assert crcs == [zlib.crc32(expected[i : i + size]) for i in range(0, len(expected), size)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stepstone.checkpoint.stable_memory import StableMemory, buffer_address
+from stepstone.checkpoint.stable_memory import StableMemory, buffer_address, memory_view
 
 
 def test_buffer_address_is_the_data_pointer() -> None:
@@ -42,3 +42,13 @@ def test_non_cpu_and_non_strided_tensors_are_ignored() -> None:
     }
     memory = StableMemory(state)
     assert not memory.contains(memoryview(bytes(8)))
+
+
+def test_memory_view_reads_a_storage_without_a_copy() -> None:
+    tensor = torch.arange(16, dtype=torch.int32)
+    storage = tensor.untyped_storage()
+    view = memory_view(storage.data_ptr(), storage.nbytes())
+    assert view.format == "B" and view.readonly and view.nbytes == 64
+    assert bytes(view) == tensor.numpy().tobytes()
+    tensor[0] = 99  # the view shows the memory itself
+    assert view[0] == 99 and buffer_address(view) == storage.data_ptr()

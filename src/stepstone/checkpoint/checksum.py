@@ -30,46 +30,48 @@ MAX_CHUNKS = 4096
 # The CRC32 polynomial (reflected), as used by zlib.
 _POLY = 0xEDB88320
 
-_Matrix = tuple[int, ...]
+
+def _multiply(a: int, b: int) -> int:
+    """Product of two polynomials modulo the CRC32 polynomial (bit-reflected, as zlib's ``multmodp``)."""
+    product = 0
+    mask = 1 << 31
+    while a:
+        if a & mask:
+            product ^= b
+            a ^= mask
+        mask >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
 
 
-def _times(matrix: _Matrix, vector: int) -> int:
-    """Multiply a 32x32 GF(2) matrix (given as its 32 columns) by a 32-bit vector."""
-    result = 0
-    index = 0
-    while vector:
-        if vector & 1:
-            result ^= matrix[index]
-        vector >>= 1
-        index += 1
-    return result
+def _powers() -> tuple[int, ...]:
+    """``x^(2^k)`` modulo the polynomial, k = 0..63: the squarings ``_shift_operator`` multiplies."""
+    power = 1 << 30  # x^1
+    table = [power]
+    for _ in range(63):
+        power = _multiply(power, power)
+        table.append(power)
+    return tuple(table)
 
 
-def _compose(outer: _Matrix, inner: _Matrix) -> _Matrix:
-    """The operator that applies ``inner`` then ``outer``."""
-    return tuple(_times(outer, column) for column in inner)
+_X_POWERS = _powers()
 
 
-@lru_cache(maxsize=64)
-def _zeros_operator(length: int) -> _Matrix:
-    """The GF(2) operator that advances a CRC32 register over ``length`` zero bytes.
+@lru_cache(maxsize=256)
+def _shift_operator(length: int) -> int:
+    """``x^(8 * length)`` modulo the polynomial: what advancing a CRC over ``length`` zero bytes multiplies by.
 
-    Cached because the writer and the reader merge many chunk pairs of the same length.
+    About 30 small multiplications for any length (zlib's ``x2nmodp``); cached because the writer and the
+    reader combine many pieces of the chunk size.
     """
-    # Operator for one zero bit: shift right, xor the polynomial if the low bit was set.
-    one_bit: _Matrix = (_POLY, *(1 << n for n in range(31)))
-    one_byte = one_bit
-    for _ in range(3):  # 1 bit -> 2 -> 4 -> 8 bits
-        one_byte = _compose(one_byte, one_byte)
-    result: _Matrix = tuple(1 << n for n in range(32))  # identity
-    base = one_byte
-    while length:
-        if length & 1:
-            result = _compose(base, result)
-        length >>= 1
-        if length:
-            base = _compose(base, base)
-    return result
+    operator = 1 << 31  # x^0
+    exponent, bit = length, 3  # x^(8n) = product of x^(2^(k+3)) over the set bits k of n
+    while exponent:
+        if exponent & 1:
+            operator = _multiply(_X_POWERS[bit % 64], operator)
+        exponent >>= 1
+        bit += 1
+    return operator
 
 
 def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
@@ -90,7 +92,7 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
         raise ValueError(f"crc32_combine: length2 must be >= 0, got {length2}")
     if length2 == 0:
         return crc1
-    return _times(_zeros_operator(length2), crc1) ^ crc2
+    return _multiply(_shift_operator(length2), crc1) ^ crc2
 
 
 def chunk_ranges(total_size: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -148,6 +150,38 @@ class ChunkedCrc32:
                 self._close_chunk()
         self._total += size
 
+    def pieces(self, size: int) -> list[int]:
+        """How to split the next ``size`` bytes of the stream so that no piece crosses a chunk boundary.
+
+        Args:
+            size: bytes about to be fed.
+
+        Returns:
+            The piece lengths, in stream order (for ``add``; merges only ever remove boundaries).
+        """
+        lengths: list[int] = []
+        room = self._chunk_size - self._filled
+        while size > 0:
+            take = min(size, room)
+            lengths.append(take)
+            size -= take
+            room = self._chunk_size
+        return lengths
+
+    def add(self, crc: int, length: int) -> None:
+        """Feed the next ``length`` bytes by their CRC32 (computed elsewhere, e.g. on several threads).
+
+        Args:
+            crc: ``zlib.crc32`` of the bytes.
+            length: their number, as given by ``pieces`` (the piece must not cross a chunk boundary).
+        """
+        assert 0 < length <= self._chunk_size - self._filled, (length, self._chunk_size, self._filled)
+        self._current = crc if self._filled == 0 else crc32_combine(self._current, crc, length)
+        self._filled += length
+        self._total += length
+        if self._filled == self._chunk_size:
+            self._close_chunk()
+
     def _close_chunk(self) -> None:
         self._crcs.append(self._current)
         self._current = 0
@@ -157,9 +191,9 @@ class ChunkedCrc32:
 
     def _merge_pairs(self) -> None:
         # The chunk being filled is shorter than the old size, so it simply keeps filling up to the new size.
-        operator = _zeros_operator(self._chunk_size)
+        operator = _shift_operator(self._chunk_size)
         pairs = zip(self._crcs[0::2], self._crcs[1::2], strict=True)
-        self._crcs = [_times(operator, first) ^ second for first, second in pairs]
+        self._crcs = [_multiply(operator, first) ^ second for first, second in pairs]
         self._chunk_size *= 2
 
     def finish(self) -> tuple[int, list[int]]:

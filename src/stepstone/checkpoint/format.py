@@ -1,17 +1,18 @@
 """The on-disk layout of one checkpoint file (format version 1): reads and writes it, decides nothing.
 
-A checkpoint file is exactly what ``torch.save(obj, f)`` writes -- a zip archive -- plus a stepstone
+A checkpoint file is exactly what ``torch.save(obj, f)`` writes -- a zip archive (written by
+``torch_zip.py``, the same layout) -- plus a stepstone
 trailer stored as the zip's end-of-central-directory (EOCD) comment::
 
     [ zip bytes written by torch.save ........................ EOCD (22 bytes, comment length = T) ]
     [ trailer (T bytes): JSON | uint32 len(JSON) | uint32 crc32(JSON) | MAGIC (8 bytes) ]
 
 Because the trailer is the zip comment, the file stays a valid zip and ``torch.load(path,
-weights_only=True)`` (with or without ``mmap=True``) reads it unchanged. Apart from the comment length,
-the zip part is byte for byte what ``torch.save`` writes, zip member CRCs included, so zip tools and
-pickle scanners work on it too. The JSON holds the size of the zip part, the chunk size, one CRC32 per
+weights_only=True)`` (with or without ``mmap=True``) reads it unchanged. Apart from the comment length
+(and half of the ``.data/serialization_id`` record, see ``torch_zip.py``), the zip part is byte for byte
+what ``torch.save`` writes, zip member CRCs included, so zip tools and pickle scanners work on it too. The JSON holds the size of the zip part, the chunk size, one CRC32 per
 chunk of the zip part (hex, 8 digits each) and the caller's metadata.
-The chunk CRCs cover the zip bytes exactly as torch wrote them, i.e. with the EOCD comment length still
+The chunk CRCs cover the zip bytes exactly as written, i.e. with the EOCD comment length still
 0x0000 (the trailer length is only known after the CRCs are).
 
 Size limit: a zip comment holds at most 65535 bytes. The CRC list is at most ``MAX_CHUNKS`` (4096)
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from stepstone.checkpoint import torch_zip
 from stepstone.checkpoint.checksum import ChunkedCrc32, chunk_ranges
 from stepstone.checkpoint.live import GatedSink, LiveGate
 from stepstone.checkpoint.outputs import RawOutput
@@ -74,6 +76,9 @@ _ZIP_HEAD_SIG = b"PK\x03\x04"
 _TRAILER_MARK = b'{"format":"stepstone","format_version":'
 #: Bytes to read from the end of a file to find the trailer and the EOCD record.
 TAIL_SIZE = _MAX_COMMENT + HOLD
+#: Threads hashing the pieces of large records: zlib's CRC32 (~1 GB/s per core on small VMs) is slower than
+#: a fast disk, so two cores hash while the writing thread mostly waits in ``os.write``.
+_PIECE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,11 @@ def estimate_size(state: object) -> int:
 def write_checkpoint(
     state: object, output: RawOutput, metadata: dict[str, Any], gate: LiveGate | None = None
 ) -> TrailerInfo:
-    """Serialize ``state`` with ``torch.save`` into ``output``, then append the trailer.
+    """Serialize ``state`` as ``torch.save`` does into ``output``, then append the trailer.
+
+    The archive is written by ``torch_zip.save`` (torch's pickling, stepstone's zip writer: each byte
+    hashed once, on ``_PIECE_THREADS`` threads, while this thread writes), or by ``torch.save`` itself on a
+    torch version whose layout ``torch_zip`` does not reproduce (or under ``skip_data``).
 
     Args:
         state: the (already validated) object to save.
@@ -203,12 +212,13 @@ def write_checkpoint(
         CheckpointError: if torch produced a stream stepstone cannot add a trailer to.
     """
     crc = ChunkedCrc32()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-crc") as pool:
-        # The executor's exit joins the worker, so no CRC job outlives the state's memory.
-        sink = ChecksummingSink(output, crc, pool, StableMemory(state))
+    pieces = ThreadPoolExecutor(max_workers=_PIECE_THREADS, thread_name_prefix="stepstone-crc-piece")
+    with pieces, ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-crc") as pool:
+        # The executors' exit joins the workers, so no CRC job outlives the state's memory.
+        sink = ChecksummingSink(output, crc, pool, StableMemory(state), pieces)
         try:
             target = sink if gate is None or gate.is_open else GatedSink(sink, gate)
-            torch.save(state, target)  # type: ignore[arg-type]  # torch only needs write() and flush()
+            torch_zip.save(state, target)
             tail = sink.finish()
         except BaseException as error:
             if sink.error is not None and sink.error is not error:

@@ -6,8 +6,8 @@ the training thread waits (``LiveGate.wait``) until the writer no longer needs t
 storage's bytes were written to the file and checksummed. Only then may training change the weights, so
 the file still holds the state as it was at the save call (snapshot isolation), in the same format.
 
-The gate recognizes a live storage by the address of the buffer ``torch.save`` hands the sink (CPU
-storages are passed without a copy). It opens on the first write after the last live byte was seen -- torch
+The gate recognizes a live storage by the address of the buffer the zip writer hands the sink (CPU
+storages are passed without a copy, by ``torch_zip`` as by ``torch.save``). It opens on the first write after the last live byte was seen -- torch
 has then moved on to the next record -- or, whatever happens, when the save ends (``open``), so a storage
 torch copies first (CUDA) or any surprise costs time, never isolation.
 """
@@ -124,6 +124,27 @@ class GatedSink:
             # before the training thread is let go.
             self._sink.drain()
         return count
+
+    def write_member(self, data: bytes | bytearray | memoryview) -> int:
+        """Pass a zip member's data on (``ChecksummingSink.write_member``: written and hashed on return).
+
+        Args:
+            data: the member's bytes.
+
+        Returns:
+            Their CRC32.
+
+        Raises:
+            OSError: if writing fails.
+        """
+        self._gate.before_write()
+        crc = self._sink.write_member(data)
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if self._gate.covers(view):
+            self._sink.drain()  # a small member may have been staged, its chunk CRC still queued
+        return crc
 
     def flush(self) -> None:
         """Nothing to do (torch calls this)."""

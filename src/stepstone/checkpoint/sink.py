@@ -1,4 +1,9 @@
-"""The file-like object ``torch.save`` writes into: it writes and checksums every byte in one pass.
+"""The file-like object the zip writer writes into: it writes and checksums every byte in one pass.
+
+``torch_zip`` hands it zip headers with ``write`` and each record's data with ``write_member``, which
+writes the data straight from the tensor's memory while the pieces' CRCs are computed on other threads,
+and returns the member's CRC combined from them (each byte hashed once; see ``write_member``). The rest
+of this docstring describes ``write``, which is also what ``torch.save`` calls (the fallback):
 
 ``torch.save(obj, sink)`` hands the sink memoryviews of its buffers (tensor storages without a copy).
 The chunk CRCs are computed on one worker thread, in stream order (a one-thread executor runs its jobs
@@ -21,9 +26,10 @@ of patching them afterwards (``pwrite``) also works for streams that cannot seek
 from __future__ import annotations
 
 import concurrent.futures
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from stepstone.checkpoint.checksum import ChunkedCrc32
+from stepstone.checkpoint.checksum import ChunkedCrc32, crc32_combine
 from stepstone.checkpoint.outputs import RawOutput
 from stepstone.checkpoint.stable_memory import StableMemory
 
@@ -45,6 +51,8 @@ class ChecksummingSink:
         crc: the chunked checksum accumulator; only the worker touches it until ``finish`` returns.
         pool: a one-thread executor running the CRC jobs (FIFO); None computes CRCs inline.
         stable: the buffers that stay valid until the end of the save (None: none does).
+        pieces_pool: threads hashing the pieces of a zip member in parallel (``write_member``); None: the
+            member's pieces are hashed on ``pool``, or inline without one.
     """
 
     def __init__(
@@ -53,10 +61,12 @@ class ChecksummingSink:
         crc: ChunkedCrc32,
         pool: ThreadPoolExecutor | None,
         stable: StableMemory | None,
+        pieces_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self._output = output
         self._crc = crc
         self._pool = pool
+        self._pieces_pool = pieces_pool or pool
         self._stable = stable
         self._stage = bytearray()
         self._pending: list[Future[None]] = []
@@ -104,6 +114,59 @@ class ChecksummingSink:
             self._checksum_during_write(body)
         self._stage += view[size - HOLD :]
         return size
+
+    def write_member(self, data: bytes | bytearray | memoryview) -> int:
+        """Append the data of one zip member and return its CRC32, hashing every byte once.
+
+        A large member is split at the trailer's chunk boundaries; the pieces are hashed on the pieces pool
+        while this thread writes the member, and each piece's CRC is then folded both into its chunk and
+        into the member's CRC (``crc32_combine``). Returns once the bytes are written and hashed: ``data``
+        may be reused afterwards. A small member is hashed twice (staged like any small write), which
+        costs less than combining.
+
+        Args:
+            data: the member's bytes (any buffer; not the end of the stream, the zip directory follows).
+
+        Returns:
+            ``zlib.crc32`` of ``data``.
+
+        Raises:
+            OSError: if writing to the output fails.
+        """
+        assert not self._finished, "write after finish"
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if view.nbytes < _DIRECT_MIN:
+            self.write(view)
+            return zlib.crc32(view)
+        self._emit_stage(keep=0)
+        self.drain()  # the accumulator is this thread's until the next queued job
+        self._total += view.nbytes
+        lengths = self._crc.pieces(view.nbytes)
+        jobs: list[Future[int]] = []
+        offset = 0
+        for length in lengths:
+            piece = view[offset : offset + length]
+            offset += length
+            if self._pieces_pool is None:
+                jobs.append(_done(zlib.crc32(piece)))
+            else:
+                jobs.append(self._pieces_pool.submit(zlib.crc32, piece))
+        try:
+            self._write(view)
+        finally:
+            concurrent.futures.wait(jobs)  # no job may outlive the call: ``data`` is only valid during it
+        return self._fold(jobs, lengths)
+
+    def _fold(self, jobs: list[Future[int]], lengths: list[int]) -> int:
+        member = jobs[0].result()
+        self._crc.add(member, lengths[0])
+        for job, length in zip(jobs[1:], lengths[1:], strict=True):
+            piece = job.result()
+            self._crc.add(piece, length)
+            member = crc32_combine(member, piece, length)
+        return member
 
     def flush(self) -> None:
         """Nothing to do: data reaches the output in ``write``/``finish`` (torch calls this)."""
@@ -172,3 +235,9 @@ class ChecksummingSink:
             if self.error is None:
                 self.error = error
             raise
+
+
+def _done(value: int) -> Future[int]:
+    future: Future[int] = Future()
+    future.set_result(value)
+    return future

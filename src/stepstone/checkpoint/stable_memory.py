@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
-__all__ = ["StableMemory", "buffer_address"]
+__all__ = ["StableMemory", "buffer_address", "memory_view"]
 
 
 class _PyBuffer(ctypes.Structure):
@@ -75,6 +75,42 @@ def buffer_address(view: memoryview) -> int | None:
         return info.buf
     finally:
         release(ctypes.byref(info))  # type: ignore[operator]
+
+
+def _memory_api() -> object | None:
+    try:
+        from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
+    except (AttributeError, OSError):  # not CPython
+        return None
+    from_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+    from_memory.restype = ctypes.py_object
+    return from_memory
+
+
+_FROM_MEMORY = _memory_api()
+_PYBUF_READ = 0x100
+
+
+def memory_view(address: int, nbytes: int) -> memoryview:
+    """A read-only byte memoryview of ``nbytes`` at ``address``, without a copy.
+
+    The view does not own the memory: the caller keeps its owner (a tensor storage) alive while it is used.
+
+    Args:
+        address: the first byte (e.g. ``UntypedStorage.data_ptr()`` of a CPU storage).
+        nbytes: the length (> 0).
+
+    Returns:
+        The view, format ``"B"``.
+
+    Raises:
+        RuntimeError: on a Python without ``PyMemoryView_FromMemory`` (not CPython).
+    """
+    if _FROM_MEMORY is None:
+        raise RuntimeError("PyMemoryView_FromMemory is not available on this Python")
+    view = _FROM_MEMORY(address, nbytes, _PYBUF_READ)  # type: ignore[operator]
+    assert isinstance(view, memoryview)
+    return view
 
 
 def _storage_range(tensor: torch.Tensor) -> tuple[int, int] | None:

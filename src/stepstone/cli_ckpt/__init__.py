@@ -52,7 +52,12 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     ls.add_argument("--no-verify", action="store_true", help="read trailers only, skip the checksum pass")
     ls.add_argument("--metric", help="mark the best by this metric (default: ModelCheckpoint's own best)")
     ls.add_argument("--mode", choices=("min", "max"), default="min", help="with --metric (default: min)")
-    show = _add(sub, "show", run_show, "show one checkpoint: keys, tensors, hparams, loops, callback state")
+    show = _add(
+        sub,
+        "show",
+        run_show,
+        "show one checkpoint (file or sharded dir): keys, tensors, hparams, loops, callbacks",
+    )
     show.add_argument("file")
     show.add_argument("--all", action="store_true", help="list every tensor, not only the state_dict's")
     verify = _add(
@@ -71,7 +76,9 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     )
     diff.add_argument("a")
     diff.add_argument("b")
-    export = _add(sub, "export", run_export, "write the weights (state_dict) as safetensors")
+    export = _add(
+        sub, "export", run_export, "write the weights (state_dict) of a file or sharded dir as safetensors"
+    )
     export.add_argument("file")
     export.add_argument("out", help="the output .safetensors file")
     convert = _add(sub, "convert", run_convert, "gather a sharded (FSDP) checkpoint directory into one file")
