@@ -89,3 +89,36 @@ def test_a_snapshot_saves_and_loads_like_the_state(
     path = str(tmp_path / "a.ckpt")
     save_file(path, HostStaging().snapshot(state))
     same(load_file(path), state)
+
+
+def test_large_storages_are_copied_in_pieces_by_several_threads_and_land_whole() -> None:
+    import threading
+
+    from stepstone.checkpoint import staging
+
+    # Odd sizes (not a multiple of the piece size), a view into the middle, and a small tensor beside them.
+    big = torch.arange(staging._SPLIT_MIN // 4 * 3 + 7, dtype=torch.float32)
+    state = {
+        "big": big,
+        "view": big[1000:5000],
+        "odd": torch.randn(staging._SPLIT_MIN // 2 + 3),
+        "small": torch.ones(3),
+    }
+    seen: set[str] = set()
+    copy_ = torch.Tensor.copy_
+
+    def spy(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.add(threading.current_thread().name)
+        return copy_(self, *args, **kwargs)
+
+    torch.Tensor.copy_ = spy  # type: ignore[method-assign]
+    try:
+        staged = HostStaging().snapshot(state)
+    finally:
+        torch.Tensor.copy_ = copy_  # type: ignore[method-assign]
+    for name, value in state.items():
+        assert torch.equal(staged[name], value), name
+    assert staged["view"].untyped_storage().data_ptr() == staged["big"].untyped_storage().data_ptr()
+    if staging._COPY_THREADS > 1:
+        assert any(name.startswith("stepstone-snapshot") for name in seen)
+    assert not any(t.name.startswith("stepstone-snapshot") for t in threading.enumerate())

@@ -639,6 +639,8 @@ class ModelCheckpoint(Callback):
             from stepstone.checkpoint.sharded import remove_sharded
 
             remove_sharded(path)  # a sharded (FSDP) checkpoint directory
+        elif self._uses_async(trainer) and is_local(path):
+            trainer._runner.async_saves.remove_later(path)  # off the training thread, like the write
         else:
             remove_file(path)
 

@@ -30,9 +30,12 @@ overwritten. The async writer guarantees this (one save in flight; ``reserve`` w
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -41,6 +44,22 @@ from stepstone.checkpoint.live import LiveGate
 from stepstone.errors import MisconfigurationException
 
 __all__ = ["HostStaging"]
+
+#: Threads that copy a snapshot's large CPU storages (memory bandwidth saturates around 4).
+_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Storages from this size on are copied in pieces by those threads.
+_SPLIT_MIN = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _copy_pool() -> Iterator[ThreadPoolExecutor | None]:
+    # Per snapshot, so no thread outlives it (a snapshot takes tens of ms; starting 2-4 threads, ~0.1 ms).
+    if _COPY_THREADS == 1:
+        yield None
+        return
+    with ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="stepstone-snapshot") as pool:
+        yield pool
+
 
 _Key = tuple[Any, ...]
 _Identity = tuple[int, int, str]
@@ -97,6 +116,8 @@ class HostStaging:
         self._live_opaque = False
         self._held = 0
         self._cuda_copies = False
+        self._pool: ThreadPoolExecutor | None = None  # during a snapshot: the threads copying large storages
+        self._pieces: list[Future[Any]] = []
         #: How many buffers were allocated over the object's life (a steady state allocates none).
         self.allocations = 0
         #: The most bytes the buffers ever held at once.
@@ -190,12 +211,16 @@ class HostStaging:
         self._cuda_copies = False
         try:
             self._make_plan(state)
-            staged = self._copy(state, ())
+            with _copy_pool() as self._pool:
+                staged = self._copy(state, ())
+                for piece in self._pieces:
+                    piece.result()  # every host copy has landed (and a failed one raises here)
             if self._cuda_copies:
                 torch.cuda.synchronize()  # the non_blocking copies must have landed before anyone reads
         finally:
             self._copies = {}
             self._plan = {}
+            self._pool, self._pieces = None, []
         # Buffers for positions the state no longer has would only waste memory.
         for key in [key for key in self._buffers if key not in self._used]:
             self._drop(key)
@@ -261,6 +286,13 @@ class HostStaging:
             self.peak_nbytes = max(self.peak_nbytes, self._held)
         source = torch.empty(0, dtype=torch.uint8, device=device).set_(storage)
         non_blocking = device.type == "cuda" and buffer.is_pinned()
+        if self._pool is not None and device.type == "cpu" and buffer.numel() >= _SPLIT_MIN:
+            # The training loop waits for this copy: all cores copy (copy_ releases the GIL).
+            step = max(_SPLIT_MIN // 2, -(-buffer.numel() // _COPY_THREADS))
+            for start in range(0, buffer.numel(), step):
+                piece = slice(start, start + step)
+                self._pieces.append(self._pool.submit(buffer[piece].copy_, source[piece]))
+            return buffer
         buffer.copy_(source, non_blocking=non_blocking)
         self._cuda_copies |= non_blocking
         return buffer

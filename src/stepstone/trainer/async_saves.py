@@ -8,9 +8,10 @@ save is completed -- or its failure raised -- before the next one is taken and b
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from stepstone.checkpoint import AsyncWriter, HostStaging, SaveHandle, save_file_async
+from stepstone.checkpoint import AsyncWriter, HostStaging, SaveHandle, remove_file, save_file_async
 
 if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
@@ -26,6 +27,8 @@ class AsyncSaves:
         self._staging: HostStaging | None = None
         #: Budget of the host buffers for the next save (None: one full copy); set by the saving callback.
         self.max_staging_bytes: int | None = None
+        self._deleter: ThreadPoolExecutor | None = None
+        self._deletions: dict[str, Future[None]] = {}  # path -> its background deletion
 
     @property
     def writer(self) -> AsyncWriter | None:
@@ -52,12 +55,50 @@ class AsyncSaves:
             TypeError: if the checkpoint is not weights_only-safe.
             Exception: a previous save's failure nobody was told about yet.
         """
+        self.settle_deletions(path)  # a file being deleted is not written again under its name meanwhile
         if self._writer is None or self._staging is None:
             self._writer, self._staging = AsyncWriter(), HostStaging()
         self._staging.max_staging_bytes = self.max_staging_bytes
         return save_file_async(
             path, checkpoint, writer=self._writer, staging=self._staging, metadata=metadata
         )
+
+    def remove_later(self, path: str) -> None:
+        """Delete a committed checkpoint file that nothing names any more, on a background thread.
+
+        Unlinking a large file takes the kernel a while (about 90 ms for 512 MiB on the development VM), which
+        would otherwise stall the training step that completes a background save. The caller has already
+        dropped the file from the index and from its state. A failure is raised, not dropped: by the next
+        call of this method, by a save of the same path, or at the end of ``fit``.
+
+        Args:
+            path: a local checkpoint file.
+
+        Raises:
+            OSError: an earlier background deletion failed.
+        """
+        self._raise_failed([p for p, future in self._deletions.items() if future.done()])
+        if self._deleter is None:
+            self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-delete")
+        self._deletions[path] = self._deleter.submit(remove_file, path)
+
+    def settle_deletions(self, path: str | None = None) -> None:
+        """Wait for the background deletion of ``path`` (None: of every file).
+
+        Args:
+            path: a file about to be written (its pending deletion must not remove the new file).
+
+        Raises:
+            OSError: a deletion waited for failed.
+        """
+        self._raise_failed(
+            list(self._deletions) if path is None else [path] if path in self._deletions else []
+        )
+
+    def _raise_failed(self, paths: list[str]) -> None:
+        errors = [error for error in (self._deletions.pop(p).exception() for p in paths) if error is not None]
+        if errors:
+            raise errors[0]
 
     def wait_turn(self) -> None:
         """Backpressure before a new save: wait for the save in flight and report the wait (raises nothing)."""
@@ -97,6 +138,13 @@ class AsyncSaves:
                 self._writer.wait()
             except BaseException as error:
                 failure = failure or error
+        try:
+            self.settle_deletions()
+        except BaseException as error:
+            failure = failure or error
+        if self._deleter is not None:
+            self._deleter.shutdown(wait=True)
+            self._deleter = None
         if self._staging is not None:
             self._staging.release()
         return failure

@@ -420,6 +420,7 @@ class Runner:
         from stepstone.checkpoint import save_file
         from stepstone.checkpoint.format import estimate_size
 
+        self.async_saves.settle_deletions(path)  # a background deletion never removes the file written here
         checkpoint = dump_checkpoint(self.t, weights_only)
         metadata = self._checkpoint_metadata()
         # A free-space preflight: a full disk fails before writing, with a message giving both sizes.
