@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import stepstone as L
+from models import BoringModel
+from stepstone.callbacks import ModelCheckpoint
 from stepstone.callbacks.checkpoint_selection import newest_checkpoint
 from stepstone.checkpoint.sharded import is_sharded_checkpoint, verify_sharded
+from stepstone.errors import MisconfigurationException
+from stepstone.strategies import FSDPStrategy
 from strategies.script_runs import run_script
 
 EPOCH0 = "epoch=0-rank_metric=0.ckpt"
@@ -59,3 +64,18 @@ def test_fsdp_sharded_directories_reshard_2_to_1_and_1_to_2(tmp_path: Path) -> N
     zero, one = run_script(tmp_path / "one", 4, "resume", 2, kind="fsdp_sharded")
     _assert_weights(zero["weights"], single["weights"])
     _assert_weights(one["weights"], single["weights"])
+
+
+def test_async_saves_of_sharded_checkpoints_are_refused_before_training(tmp_path: Path) -> None:
+    trainer = L.Trainer(
+        strategy=FSDPStrategy(state_dict_type="sharded"),
+        accelerator="cpu",
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, async_save=True)],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        max_epochs=1,
+    )
+    with pytest.raises(MisconfigurationException, match="async_save=False, or state_dict_type='full'"):
+        trainer.fit(BoringModel())
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -190,6 +190,12 @@ class ModelCheckpoint(Callback):
     # --- hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        if self._uses_async(trainer) and _writes_directories(trainer):
+            raise MisconfigurationException(
+                "Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) cannot write "
+                "FSDPStrategy(state_dict_type='sharded') checkpoints: every rank writes its shards in the "
+                "save. Use async_save=False, or state_dict_type='full' (rank 0 then writes in the background)."
+            )
         if self.dirpath is None:
             self.dirpath = default_dirpath(trainer)
         # Rank 0's folder everywhere: a logger's next version number may differ between ranks that look at
