@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 
@@ -135,19 +133,3 @@ def test_closed_async_writer_refuses_jobs_and_leaves_no_thread() -> None:
     assert not any(t.name == "stepstone-test-writer" for t in threading.enumerate())
     with pytest.raises(CheckpointError, match="closed"):
         writer.submit(lambda: RECORD)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_the_writer_thread_runs_at_a_lower_cpu_priority() -> None:
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    seen: list[int] = []
-
-    def job() -> CheckpointRecord:
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return RECORD
-
-    writer = AsyncWriter(niceness=5)
-    writer.submit(job).result(5)
-    writer.close()
-    assert seen == [min(19, base + 5)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import warnings
 
-from stepstone.checkpoint import CheckpointRecord, RunIndex, verify_file
-from stepstone.checkpoint.sharded import is_sharded_checkpoint, verify_sharded
+from stepstone.checkpoint import RunIndex
 from stepstone.errors import CheckpointCorruptError, CheckpointError, CheckpointNotFoundError
 
 __all__ = ["newest_checkpoint"]
-
-
-def _verify(path: str) -> CheckpointRecord:
-    return verify_sharded(path) if is_sharded_checkpoint(path) else verify_file(path)
 
 
 def newest_checkpoint(dirpath: str, last_name: str) -> tuple[str, int, float] | None:
@@ -31,14 +26,15 @@ def newest_checkpoint(dirpath: str, last_name: str) -> tuple[str, int, float] | 
     Returns:
         ``(path, step, created)``, or None when no checkpoint verifies.
     """
+    index = RunIndex(dirpath)
     records = sorted(
-        RunIndex(dirpath).entries(),
+        index.entries(),
         key=lambda r: (r.step is not None, r.step or 0, r.name.startswith(last_name), r.created, r.name),
         reverse=True,
     )
     for candidate in records:
         try:
-            record = _verify(candidate.path)
+            record = index.verify(candidate.name)  # a file or a sharded directory
         except CheckpointNotFoundError:
             continue
         except CheckpointCorruptError as error:

@@ -19,8 +19,6 @@ handle's ``result()`` already raised it to the owner; ``result()`` itself always
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,28 +29,9 @@ from stepstone.checkpoint.progress import stderr_line
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.errors import CheckpointError
 
-__all__ = ["WRITER_NICENESS", "AsyncWriter", "SaveHandle", "SyncWriter", "Writer"]
+__all__ = ["AsyncWriter", "SaveHandle", "SyncWriter", "Writer"]
 
 SaveJob = Callable[[], CheckpointRecord]
-
-#: Default of ``AsyncWriter(niceness=...)``: how far the writer thread lowers its CPU priority (a nice
-#: increment; the CRC threads it starts inherit it), so that a save competing with CPU-bound training takes
-#: the cycles training leaves idle. Off by default: on the shared 2-vCPU VM, +10 cut the time lost per
-#: checkpoint in one interleaved A/B (2.06 -> 1.17 s) but not in the next (1.06 vs 1.08 s), and there other
-#: processes then starve the save (a backpressure wait appeared). Worth trying on a dedicated machine.
-WRITER_NICENESS = 0
-
-
-def _lower_priority(niceness: int) -> None:
-    """Lower the calling thread's CPU priority by ``niceness`` (Linux only: nice values are per thread)."""
-    if niceness <= 0 or not sys.platform.startswith("linux"):
-        return
-    thread_id = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, thread_id)
-        os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + niceness))
-    except OSError:  # not permitted in some sandboxes: the save just runs at normal priority
-        pass
 
 
 class SaveHandle:
@@ -172,7 +151,6 @@ class AsyncWriter:
         report: where backpressure reports go (one line).
         report_min_wait_s: waits shorter than this are not reported.
         report_every_s: at most one report per this many seconds (the totals are in each line).
-        niceness: how far the writer thread lowers its CPU priority (0: not at all; see ``WRITER_NICENESS``).
     """
 
     def __init__(
@@ -182,10 +160,8 @@ class AsyncWriter:
         report: Callable[[str], None] = stderr_line,
         report_min_wait_s: float = 0.1,
         report_every_s: float = 30.0,
-        niceness: int = WRITER_NICENESS,
     ) -> None:
         self._name = name
-        self._niceness = niceness
         self._report = report
         self._report_min = report_min_wait_s
         self._report_every = report_every_s
@@ -280,7 +256,6 @@ class AsyncWriter:
 
         def run() -> None:
             try:
-                _lower_priority(self._niceness)
                 future.set_result(job())
             except BaseException as error:  # stored, raised to the training thread later
                 future.set_exception(error)

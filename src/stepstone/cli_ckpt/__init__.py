@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable
 
 from stepstone.cli_ckpt.contents import run_diff, run_export, run_show
-from stepstone.cli_ckpt.convert import run_convert, run_verify_any
-from stepstone.cli_ckpt.listing import UsageError, run_ls, run_prune
+from stepstone.cli_ckpt.convert import run_convert
+from stepstone.cli_ckpt.listing import UsageError, run_ls, run_prune, run_verify
 from stepstone.errors import CheckpointError, MisconfigurationException
 
 __all__ = ["add_ckpt_parser", "run_ckpt"]
@@ -60,9 +60,7 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     )
     show.add_argument("file")
     show.add_argument("--all", action="store_true", help="list every tensor, not only the state_dict's")
-    verify = _add(
-        sub, "verify", run_verify_any, "check every checksum of files, sharded dirs or *.ckpt in dirs"
-    )
+    verify = _add(sub, "verify", run_verify, "check every checksum of files, sharded dirs or *.ckpt in dirs")
     verify.add_argument("paths", nargs="+", metavar="PATH")
     prune = _add(sub, "prune", run_prune, "delete the checkpoints a retention policy drops (never last*)")
     prune.add_argument("dir")

@@ -202,35 +202,34 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0 if all(entry.status == "ok" for entry in entries) else 1
 
 
-def run_verify(args: argparse.Namespace) -> int:
-    """``stepstone ckpt verify PATH...``: check every checksum of files and of the ``*.ckpt`` files in folders.
+def _verify_one(path: str) -> dict[str, Any]:
+    try:
+        record = verify_sharded(path) if is_sharded_checkpoint(path) else verify_file(path)
+    except CheckpointError as error:
+        return {"path": path, "ok": False, "size": None, "step": None, "error": str(error)}
+    return {"path": path, "ok": True, "size": record.size, "step": record.step, "error": None}
 
-    Sharded directories are routed to ``convert.run_verify_any`` before this runs.
+
+def run_verify(args: argparse.Namespace) -> int:
+    """``stepstone ckpt verify PATH...``: check every checksum of files, of sharded checkpoint directories (against
+    their marker) and of the checkpoints inside other folders.
 
     Args:
         args: the parsed command line.
 
     Returns:
-        0 only if at least one file was checked and all verified; else 1.
+        0 only if at least one checkpoint was checked and all verified; else 1.
     """
     paths: list[str] = []
     for path in args.paths:
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not is_sharded_checkpoint(path):
             found = checkpoint_paths(path)
             if not found:
                 print(f"FAILED    {path}: no *.ckpt files in this directory")
             paths += found or [""]
         else:
             paths.append(path)
-    results: list[dict[str, Any]] = []
-    for path in filter(None, paths):
-        try:
-            record = verify_file(path)
-            results.append(
-                {"path": path, "ok": True, "size": record.size, "step": record.step, "error": None}
-            )
-        except CheckpointError as error:
-            results.append({"path": path, "ok": False, "size": None, "step": None, "error": str(error)})
+    results = [_verify_one(path) for path in filter(None, paths)]
     ok = bool(results) and all(r["ok"] for r in results) and "" not in paths
     if args.json:
         emit_json({"ok": ok, "files": results})
@@ -238,7 +237,8 @@ def run_verify(args: argparse.Namespace) -> int:
     for r in results:
         detail = f"({human_size(r['size'])}, step {r['step']})" if r["ok"] else r["error"]
         print(f"{'OK' if r['ok'] else 'FAILED':<8}  {r['path']}  {detail}")
-    print(f"{sum(r['ok'] for r in results)} of {len(results)} file(s) verified")
+    noun = "checkpoint(s)" if any(is_sharded_checkpoint(r["path"]) for r in results) else "file(s)"
+    print(f"{sum(r['ok'] for r in results)} of {len(results)} {noun} verified")
     return 0 if ok else 1
 
 

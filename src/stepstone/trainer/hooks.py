@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from stepstone.callbacks.callback import Callback
 from stepstone.core.hooks import ModelHooks
 from stepstone.core.module import LightningModule
+from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.fsdp import FSDPStrategy
 
 if TYPE_CHECKING:
@@ -148,17 +149,11 @@ class HookRunner:
             state["_current_fx_name"] = previous
 
     def training_step(self, *args: Any) -> Any:
-        """``module.training_step(*args)``, through the DDP wrapper when there is one (so backward syncs)."""
+        """``module.training_step(*args)``, through the DDP/FSDP wrapper when there is one (so backward syncs)."""
         strategy = self._trainer._strategy
         if strategy is None or strategy.model is None:
             return self.module("training_step", *args)
-        state = self._trainer._model.__dict__
-        previous = state.get("_current_fx_name")
-        state["_current_fx_name"] = "training_step"
-        try:
-            return strategy.call("training_step", *args)
-        finally:
-            state["_current_fx_name"] = previous
+        return self._through(strategy, "training_step", args)
 
     def step(self, name: str, *args: Any) -> Any:
         """``module.<name>(*args)`` for an evaluation/prediction step; under FSDP through the strategy.
@@ -169,6 +164,10 @@ class HookRunner:
         strategy = self._trainer._strategy
         if not isinstance(strategy, FSDPStrategy) or strategy._module is None:
             return self.module(name, *args)
+        return self._through(strategy, name, args)
+
+    def _through(self, strategy: DDPStrategy, name: str, args: tuple[Any, ...]) -> Any:
+        # As ``module`` does: the hook's name is current while it runs (self.log reads it).
         state = self._trainer._model.__dict__
         previous = state.get("_current_fx_name")
         state["_current_fx_name"] = name
