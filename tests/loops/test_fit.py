@@ -320,3 +320,49 @@ def test_sampler_epoch_is_set(tmp_path: Path) -> None:
     data = torch.utils.data.DataLoader(loader(8).dataset, batch_size=4, sampler=Sampler())
     make_trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(BoringModel(), data)
     assert epochs == [0, 1, 2]
+
+
+# --- where a resumed fit continues (compared with Lightning 2.6.6) ----------------------------------------------
+
+RESUME_CASES = {
+    # A finished fit continued with a higher max_epochs (the final file, or the ModelCheckpoint's epoch-end file).
+    "after-fit": {"save_at": ("final",)},
+    "after-fit-with-validation": {"save_at": ("final",), "validate": True},
+    "model-checkpoint-file": {"checkpoint": {}, "resume_file": "epoch=1-step=8.ckpt"},
+    "on-train-epoch-end": {"save_at": ("epoch", 1)},
+    "on-validation-end-at-epoch-end": {"save_at": ("val", 1), "validate": True},
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_a_finished_epoch_resumes_with_the_next_epoch_as_in_lightning(tmp_path: Path, case: str) -> None:
+    from both_frameworks import resume
+
+    options = {"first": {"max_epochs": 2}, "second": {"max_epochs": 4}, **RESUME_CASES[case]}
+    if options.get("validate"):
+        for key in ("first", "second"):
+            options[key] = {**options[key], "num_sanity_val_steps": 0}
+    runs = {name: resume(name, tmp_path / name, **options) for name in ("lightning", "stepstone")}
+    assert runs["stepstone"] == runs["lightning"]
+    assert runs["stepstone"]["second"] == (16, 4)
+
+
+MAX_STEPS_CASES = {
+    # max_steps=6 stops the first run in epoch 1 after 2 of its 4 batches.
+    "epoch-end-then-max-steps": ({"save_at": ("epoch", 1)}, {"max_epochs": 5, "max_steps": 100}),
+    "epoch-end-then-max-epochs": ({"save_at": ("epoch", 1)}, {"max_epochs": 3}),
+    "after-fit-then-max-steps": ({"save_at": ("final",)}, {"max_epochs": 4, "max_steps": 100}),
+    "after-fit-then-max-epochs": ({"save_at": ("final",)}, {"max_epochs": 4}),
+}
+
+
+@pytest.mark.parametrize("case", list(MAX_STEPS_CASES))
+def test_an_epoch_cut_short_by_max_steps_resumes_as_in_lightning(tmp_path: Path, case: str) -> None:
+    from both_frameworks import resume
+
+    options, second = MAX_STEPS_CASES[case]
+    first = {"max_epochs": 5, "max_steps": 6}
+    runs = {
+        name: resume(name, tmp_path / name, first, second, **options) for name in ("lightning", "stepstone")
+    }
+    assert runs["stepstone"] == runs["lightning"]

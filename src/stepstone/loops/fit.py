@@ -46,7 +46,12 @@ class FitLoop:
         self.val_batch_progress = BatchProgress()
         self.batches_that_stepped = 0
         self._resume_batch: int | None = None
+        self._resume_starts_epoch = (
+            False  # the resumed batches begin a new epoch (see _restore_finished_epoch)
+        )
         self._stepped_on_load = False
+        # Restored from a checkpoint written in on_train_batch_end (see _restore_mid_epoch).
+        self.resumed_after_batch_end = False
         # What remains of the current batch when a checkpoint is written: "validate" (its validation check and
         # bookkeeping), "after_validation" (only the bookkeeping), "epoch_end" (the end of the epoch's
         # callbacks), or None. A resumed run finishes exactly that part first (see resume_exactly).
@@ -92,12 +97,14 @@ class FitLoop:
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the counters and work out where training continues (next epoch or the next batch).
+        """Restore the counters and work out where training continues (Lightning 2.6's rules).
 
-        The rules match Lightning 2.5+: a checkpoint written in ``on_train_epoch_end`` continues with the next
-        epoch; one written after a batch was processed (``on_train_batch_end``, mid-epoch validation) continues with
-        the following batch, counting that batch in ``_batches_that_stepped`` (which Lightning increments only after
-        those hooks); one written before a batch was processed repeats that batch.
+        A checkpoint written once the epoch's training finished (in ``on_train_epoch_end`` or after ``fit``)
+        continues with the next epoch, except that iteration-based training (``max_steps`` set) first runs the
+        batches that ``max_steps`` cut from that epoch, as Lightning does. One written after a batch was processed
+        (``on_train_batch_end``, mid-epoch validation) continues with the following batch, counting that batch in
+        ``_batches_that_stepped`` (which Lightning increments only after those hooks); one written before a batch
+        was processed repeats that batch.
         """
         self.batches_that_stepped = restore_fit_loop(
             state,
@@ -108,34 +115,62 @@ class FitLoop:
             self.manual_progress,
             self.val_batch_progress,
         )
-        epoch, batch = self.epoch_progress, self.batch_progress.current
         self._resume_batch = None
+        self._resume_starts_epoch = False
         self._stepped_on_load = False
-        if epoch.current.processed > epoch.current.completed:
-            # Saved after the epoch's training finished (e.g. in on_train_epoch_end): that epoch is done.
-            epoch.current.completed = epoch.current.processed
-            epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
-        elif batch.processed > 0:
-            done = batch.processed
-            if batch.ready == done:
-                # Saved between the batch's processing and the end of its bookkeeping.
-                is_last = self.batch_progress.is_last_batch or done == self.trainer.num_training_batches
-                if done % self.trainer.accumulate_grad_batches == 0 or is_last:
-                    self.batches_that_stepped += 1
-                    self._stepped_on_load = True
+        self.resumed_after_batch_end = False
+        epoch = self.epoch_progress.current
+        if epoch.ready == epoch.started == epoch.processed:
+            self._restore_finished_epoch()
+        elif epoch.started == epoch.ready and self.batch_progress.current.processed > 0:
+            self._restore_mid_epoch()
+        else:  # saved before the epoch's first batch was processed (or in on_train_epoch_start): it starts again
+            self._settle(self.epoch_progress, self.batch_progress)
+
+    @staticmethod
+    def _settle(*progresses: Progress) -> None:
+        """Drop the stages a checkpoint caught half-way: every tracker back to its completed count."""
+        for progress in progresses:
+            for tracker in (progress.current, progress.total):
+                tracker.ready = tracker.started = tracker.processed = tracker.completed
+
+    def _restore_finished_epoch(self) -> None:
+        epoch, batch = self.epoch_progress, self.batch_progress
+        done = batch.current.processed
+        cut_short = 0 < done < self.trainer.num_training_batches and not batch.is_last_batch
+        if self.max_steps != -1 and cut_short:
+            # Lightning's iteration-based training goes on with the batches max_steps left out of the epoch. Saved
+            # in on_train_epoch_end, they finish that epoch (its end hooks run again); saved after it, they make
+            # up a new epoch (on_train_epoch_start runs first).
             self._resume_batch = done
-            for tracker in (batch, self.batch_progress.total):
+            self._resume_starts_epoch = epoch.current.completed == epoch.current.processed
+            for tracker in (batch.current, batch.total):
                 tracker.ready = tracker.started = tracker.completed = tracker.processed
-            # The epoch is running: it was started, not processed.
-            for tracker in (epoch.current, epoch.total):
-                tracker.processed = tracker.completed
-                tracker.ready = tracker.started = tracker.completed + 1
             return
+        # The epoch is done (saved in on_train_epoch_end it is only missing its completed count): the next starts.
+        epoch.current.completed = epoch.current.processed
+        epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
+        self._settle(batch)
+
+    def _restore_mid_epoch(self) -> None:
+        epoch, batch = self.epoch_progress, self.batch_progress.current
+        done = batch.processed
+        if batch.ready == done:
+            # Saved after the batch was processed, before _batches_that_stepped counted it. In on_train_batch_end
+            # (not yet completed) Lightning runs no validation or epoch end for that batch on resume, so no
+            # checkpoint trigger fires at the restored step.
+            self.resumed_after_batch_end = batch.completed < done
+            is_last = self.batch_progress.is_last_batch or done == self.trainer.num_training_batches
+            if done % self.trainer.accumulate_grad_batches == 0 or is_last:
+                self.batches_that_stepped += 1
+                self._stepped_on_load = True
+        self._resume_batch = done
+        for tracker in (batch, self.batch_progress.total):
+            tracker.ready = tracker.started = tracker.completed = tracker.processed
+        # The epoch is running: it was started, not processed.
         for tracker in (epoch.current, epoch.total):
-            tracker.ready = tracker.started = tracker.processed = tracker.completed
-        batch.ready = batch.started = batch.processed = batch.completed
-        total = self.batch_progress.total
-        total.ready = total.started = total.processed = total.completed
+            tracker.processed = tracker.completed
+            tracker.ready = tracker.started = tracker.completed + 1
 
     # --- stopping -----------------------------------------------------------------------------------
     def _can_stop_early(self) -> bool:
@@ -208,16 +243,18 @@ class FitLoop:
         trainer = self.trainer
         hooks = trainer._hooks
         start, self._resume_batch = self._resume_batch, None
+        starts_epoch, self._resume_starts_epoch = start is None or self._resume_starts_epoch, False
         trainer._set_sampler_epoch(self.epoch_progress.current.processed)
         if start is None:
             start = 0
             self.batch_progress.current.reset()
             self.batch_progress.is_last_batch = False
             self.val_batch_progress.total.reset()
+        if starts_epoch:
             self.epoch_progress.increment("ready")
             hooks.both("on_train_epoch_start")
             self.epoch_progress.increment("started")
-        # A run resumed mid-epoch continues it: Lightning does not call on_train_epoch_start again.
+        # A run resumed mid-epoch continues it without calling on_train_epoch_start again (Lightning's rule).
         self._run_batches(start)
         self._finish_epoch()
 

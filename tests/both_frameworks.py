@@ -1,0 +1,168 @@
+"""The same tiny program under Lightning 2.6.6 and stepstone, returning what a user observes of each.
+
+Tests call a function here once with ``"lightning"`` and once with ``"stepstone"`` and compare the results:
+the oracle is Lightning's behaviour, not a hand-written expectation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import lightning as PL
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as PLModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+import stepstone as SS
+from stepstone.callbacks import ModelCheckpoint as SSModelCheckpoint
+
+FRAMEWORKS = ("lightning", "stepstone")
+
+
+def framework(name: str) -> tuple[ModuleType, type]:
+    """The package (``lightning`` or ``stepstone``) and its ModelCheckpoint class."""
+    return (PL, PLModelCheckpoint) if name == "lightning" else (SS, SSModelCheckpoint)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence both frameworks' warnings and Lightning's info logging."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def data(batches: int, seed: int = 0) -> DataLoader[Any]:
+    """``batches`` batches of 4 random samples."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(batches * 4, 4, generator=gen)), batch_size=4)
+
+
+def module_class(name: str, validate: bool = False) -> type:
+    """A linear model recording its hooks in ``self.events``; ``save_at`` = (hook, epoch[, batch], path).
+
+    ``hook`` is ``"batch"`` (on_train_batch_end), ``"epoch"`` (on_train_epoch_end) or ``"val"``
+    (on_validation_end outside the sanity check).
+    """
+    pl, _ = framework(name)
+
+    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self, save_at: tuple[Any, ...] | None = None) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.save_at = save_at
+            self.events: list[tuple[Any, ...]] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.events.append(("train", self.current_epoch, batch_idx))
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def _maybe_save(self, hook: str, batch_idx: int | None = None) -> None:
+            spot = self.save_at
+            if spot is None or spot[0] != hook or spot[1] != self.current_epoch:
+                return
+            if batch_idx is None or spot[2] == batch_idx:
+                self.trainer.save_checkpoint(spot[-1])
+
+        def on_train_start(self) -> None:
+            self.events.append(("train_start", self.global_step))
+
+        def on_train_epoch_start(self) -> None:
+            self.events.append(("epoch_start", self.current_epoch))
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self._maybe_save("batch", batch_idx)
+
+        def on_train_epoch_end(self) -> None:
+            self.events.append(("epoch_end", self.current_epoch))
+            self._maybe_save("epoch")
+
+        def on_validation_end(self) -> None:
+            self.events.append(("validation", self.current_epoch, self.trainer.sanity_checking))
+            if not self.trainer.sanity_checking:
+                self._maybe_save("val")
+
+    if validate:
+
+        def validation_step(self: Any, batch: Any, batch_idx: int) -> None:
+            self.log("v", self.layer(batch[0]).sum())
+
+        def val_dataloader(self: Any) -> DataLoader[Any]:
+            return data(2, seed=1)
+
+        Model.validation_step = validation_step
+        Model.val_dataloader = val_dataloader
+    return Model
+
+
+def resume(
+    name: str,
+    root: Path,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    save_at: tuple[Any, ...] | None = None,
+    validate: bool = False,
+    checkpoint: dict[str, Any] | None = None,
+    resume_file: str | None = None,
+    batches: int = 4,
+) -> dict[str, Any]:
+    """Fit with Trainer(**first), then fit a new model with Trainer(**second) from a checkpoint of the first.
+
+    The checkpoint is the one the first run's model wrote at ``save_at`` (``("final",)``: after fit), or
+    ``resume_file`` written by a ModelCheckpoint(dirpath=root/"ckpt", **checkpoint).
+
+    Returns:
+        ``first``/``second``: (global_step, current_epoch) after each fit; ``events`` of the resumed run;
+        ``files``: the ModelCheckpoint's files after the first and after the second run.
+    """
+    pl, model_checkpoint = framework(name)
+    model_class = module_class(name, validate)
+    dirpath = root / "ckpt"
+    path = str(root / "resume.ckpt")
+
+    def trainer(kwargs: dict[str, Any]) -> Any:
+        callbacks = [model_checkpoint(dirpath=dirpath, **checkpoint)] if checkpoint is not None else []
+        options = {"enable_checkpointing": checkpoint is not None, **kwargs}
+        return pl.Trainer(
+            default_root_dir=root,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            callbacks=callbacks,
+            **options,
+        )
+
+    def files() -> list[str]:
+        return sorted(f for f in os.listdir(dirpath) if not f.startswith(".")) if dirpath.is_dir() else []
+
+    with quiet():
+        torch.manual_seed(0)
+        spot = (*save_at, path) if save_at and save_at[0] != "final" else None
+        trainer1 = trainer(first)
+        trainer1.fit(model_class(spot), data(batches))
+        if save_at and save_at[0] == "final":
+            trainer1.save_checkpoint(path)
+        files1 = files()
+        model = model_class()
+        trainer2 = trainer(second)
+        trainer2.fit(model, data(batches), ckpt_path=path if save_at else str(dirpath / str(resume_file)))
+    return {
+        "first": (trainer1.global_step, trainer1.current_epoch),
+        "second": (trainer2.global_step, trainer2.current_epoch),
+        "events": model.events,
+        "files": (files1, files()),
+    }
