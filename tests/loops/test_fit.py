@@ -366,3 +366,29 @@ def test_an_epoch_cut_short_by_max_steps_resumes_as_in_lightning(tmp_path: Path,
         name: resume(name, tmp_path / name, first, second, **options) for name in ("lightning", "stepstone")
     }
     assert runs["stepstone"] == runs["lightning"]
+
+
+@pytest.mark.parametrize("validate", [False, True])
+def test_resuming_from_the_last_batch_writes_no_second_file_for_its_step(
+    tmp_path: Path, validate: bool
+) -> None:
+    from both_frameworks import resume
+
+    options: dict[str, Any] = {
+        "first": {"max_epochs": 2, "num_sanity_val_steps": 0},
+        "second": {"max_epochs": 3, "num_sanity_val_steps": 0},
+        "save_at": ("batch", 1, 3),  # on_train_batch_end of epoch 1's last batch
+        "checkpoint": {"every_n_epochs": 1, "save_top_k": -1},
+        "validate": validate,
+    }
+    runs = {name: resume(name, tmp_path / name, **options) for name in ("lightning", "stepstone")}
+    assert runs["stepstone"]["files"] == runs["lightning"]["files"]
+    assert runs["stepstone"]["files"][1] == [
+        "epoch=0-step=4.ckpt",
+        "epoch=1-step=8.ckpt",
+        "epoch=2-step=12.ckpt",
+    ]
+    assert runs["stepstone"]["second"] == runs["lightning"]["second"] == (12, 3)
+    # Deliberate difference: stepstone finishes the interrupted epoch (its validation and on_train_epoch_end).
+    assert ("epoch_end", 1) in runs["stepstone"]["events"]
+    assert ("epoch_end", 1) not in runs["lightning"]["events"]

@@ -177,6 +177,12 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
     if trainer._placement.scaler is not None and "MixedPrecision" in checkpoint:
         trainer._placement.scaler.load_state_dict(checkpoint["MixedPrecision"])
     load_resume_state(trainer, checkpoint.get("stepstone") or {})
+    if trainer.fit_loop.resumed_after_batch_end:
+        # Written in on_train_batch_end: Lightning's resume skips that batch's validation and epoch end, so no
+        # ModelCheckpoint saves at the restored step. stepstone runs them (an exact resume), yet likewise writes no
+        # second file for that step (the interrupted run may have written it already).
+        for callback in trainer.checkpoint_callbacks:
+            callback._last_global_step_saved = trainer.global_step
     max_epochs = trainer.fit_loop.max_epochs
     if max_epochs != -1 and trainer.current_epoch > max_epochs:
         raise MisconfigurationException(
