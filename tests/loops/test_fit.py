@@ -392,3 +392,47 @@ def test_resuming_from_the_last_batch_writes_no_second_file_for_its_step(
     # Deliberate difference: stepstone finishes the interrupted epoch (its validation and on_train_epoch_end).
     assert ("epoch_end", 1) in runs["stepstone"]["events"]
     assert ("epoch_end", 1) not in runs["lightning"]["events"]
+
+
+SANITY_CASES = {
+    "after-fit": ({"save_at": ("final",)}, {"max_epochs": 4}),
+    "on-train-epoch-end": ({"save_at": ("epoch", 1)}, {"max_epochs": 4}),
+    "mid-epoch": ({"save_at": ("batch", 1, 1)}, {"max_epochs": 4}),
+    "iteration-based": ({"save_at": ("final",)}, {"max_epochs": 4, "max_steps": 100}),
+}
+
+
+@pytest.mark.parametrize("case", list(SANITY_CASES))
+def test_a_resumed_fit_runs_the_sanity_check_when_lightning_does(tmp_path: Path, case: str) -> None:
+    from both_frameworks import resume
+
+    options, second = SANITY_CASES[case]
+    runs = {
+        name: resume(name, tmp_path / name, {"max_epochs": 2}, second, validate=True, **options)
+        for name in ("lightning", "stepstone")
+    }
+    sanity = {name: [e for e in run["events"] if e[0] == "validation" and e[2]] for name, run in runs.items()}
+    assert sanity["stepstone"] == sanity["lightning"]
+    assert bool(sanity["stepstone"]) == (case in ("after-fit", "on-train-epoch-end"))
+    if case in ("after-fit", "on-train-epoch-end"):
+        # (Elsewhere the runs differ on purpose: stepstone continues mid-epoch with the unseen batches, and with
+        # max_steps set Lightning trains an extra batch labelled batch_idx=4 of a 4-batch epoch.)
+        assert runs["stepstone"] == runs["lightning"]
+
+
+def test_the_sanity_check_of_a_resumed_fit_keeps_the_restored_metrics(tmp_path: Path) -> None:
+    from both_frameworks import data, module_class
+
+    model_class = module_class("stepstone", validate=True)
+    seen: dict[str, float] = {}
+
+    class Resumed(model_class):  # type: ignore[misc, valid-type]
+        def on_train_start(self) -> None:
+            seen.update({k: float(v) for k, v in self.trainer.callback_metrics.items()})
+
+    first = make_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    first.fit(model_class(), data(4))
+    first.save_checkpoint(tmp_path / "a.ckpt")
+    second = make_trainer(tmp_path, max_epochs=2)
+    second.fit(Resumed(), data(4), ckpt_path=tmp_path / "a.ckpt")
+    assert seen == {"v": pytest.approx(float(first.callback_metrics["v"]))}

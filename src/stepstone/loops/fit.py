@@ -46,12 +46,16 @@ class FitLoop:
         self.val_batch_progress = BatchProgress()
         self.batches_that_stepped = 0
         self._resume_batch: int | None = None
-        self._resume_starts_epoch = (
-            False  # the resumed batches begin a new epoch (see _restore_finished_epoch)
-        )
+        # The resumed batches begin a new epoch / the restored epoch is completed at run start (see
+        # _restore_finished_epoch).
+        self._resume_starts_epoch = False
+        self._complete_epoch_on_run = False
         self._stepped_on_load = False
         # Restored from a checkpoint written in on_train_batch_end (see _restore_mid_epoch).
         self.resumed_after_batch_end = False
+        # Lightning's ``restarting``: restored inside an epoch, or for iteration-based training (max_steps set).
+        # A restarting fit runs no sanity check. Set by load_state_dict, cleared at the start of each fit.
+        self.restarting = False
         # What remains of the current batch when a checkpoint is written: "validate" (its validation check and
         # bookkeeping), "after_validation" (only the bookkeeping), "epoch_end" (the end of the epoch's
         # callbacks), or None. A resumed run finishes exactly that part first (see resume_exactly).
@@ -117,10 +121,13 @@ class FitLoop:
         )
         self._resume_batch = None
         self._resume_starts_epoch = False
+        self._complete_epoch_on_run = False
         self._stepped_on_load = False
         self.resumed_after_batch_end = False
         epoch = self.epoch_progress.current
-        if epoch.ready == epoch.started == epoch.processed:
+        finished = epoch.ready == epoch.started == epoch.processed
+        self.restarting = not finished or self.max_steps != -1
+        if finished:
             self._restore_finished_epoch()
         elif epoch.started == epoch.ready and self.batch_progress.current.processed > 0:
             self._restore_mid_epoch()
@@ -148,8 +155,9 @@ class FitLoop:
                 tracker.ready = tracker.started = tracker.completed = tracker.processed
             return
         # The epoch is done (saved in on_train_epoch_end it is only missing its completed count): the next starts.
-        epoch.current.completed = epoch.current.processed
-        epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
+        # As in Lightning, the count is completed when training starts: until then (the sanity check,
+        # on_fit_start) current_epoch is the checkpoint's.
+        self._complete_epoch_on_run = True
         self._settle(batch)
 
     def _restore_mid_epoch(self) -> None:
@@ -228,6 +236,11 @@ class FitLoop:
         hooks = self.trainer._hooks
         self._started_at = time.monotonic()
         try:
+            if self._complete_epoch_on_run:
+                self._complete_epoch_on_run = False
+                epoch = self.epoch_progress
+                epoch.current.completed = epoch.current.processed
+                epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
             if self.done():
                 return
             hooks.both("on_train_start")

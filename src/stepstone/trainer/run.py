@@ -38,6 +38,7 @@ from stepstone.trainer.checks import (
 )
 from stepstone.trainer.data import find_loaders, limited_batches, loader_length
 from stepstone.trainer.hooks import is_overridden
+from stepstone.trainer.rng import capture_rng, restore_rng
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
@@ -224,6 +225,7 @@ class Runner:
         check_fit_methods(module)
         path = resolve_ckpt_path(self.t, TrainerFn.FITTING, ckpt_path)
         t.ckpt_path = path
+        t.fit_loop.restarting = False  # until a checkpoint's loop state says otherwise
         self._prepare_fit_data(train_loaders, val_loaders)
         if isinstance(t._strategy, FSDPStrategy):
             # FSDP shards the parameters first: the optimizers, then the checkpoint, are made for the shards.
@@ -253,8 +255,8 @@ class Runner:
             print_summary(module)
         t._metrics.eval_steps_seen.clear()
         t._hooks.both("on_fit_start")
-        if path is None:
-            self._sanity_check()
+        if not t.fit_loop.restarting:  # Lightning's rule: a run resumed between epochs checks too
+            self._sanity_check(keep_metrics=path is not None)
         t.state.stage = RunningStage.TRAINING
         warn_eval_modules(module)  # Lightning 2.2+ keeps the user's train/eval modes and warns instead
         t.fit_loop.run()
@@ -294,10 +296,21 @@ class Runner:
         t._val_loaders, t.num_val_batches = val, val_counts
         t.val_check_batch = val_check_batch(t)
 
-    def _sanity_check(self) -> None:
+    def _sanity_check(self, keep_metrics: bool) -> None:
+        """A few validation batches before training; the generators are left as they were (Lightning's rule).
+
+        Args:
+            keep_metrics: keep the metrics a checkpoint restored (the check's own values are forgotten).
+        """
         t = self.t
         if not t._val_enabled() or t.num_sanity_val_steps == 0 or t._val_loaders is None:
             return
+        hub = t._metrics
+        kept = [
+            dict(d) if keep_metrics else {}
+            for d in (hub.callback_metrics, hub.logged_metrics, hub.progress_bar)
+        ]
+        rng = capture_rng()
         t.num_sanity_val_batches = [min(t.num_sanity_val_steps, n) for n in t.num_val_batches]
         t.state.stage = RunningStage.SANITY_CHECKING
         t._hooks.callbacks("on_sanity_check_start")
@@ -305,7 +318,12 @@ class Runner:
             t, "validation", t._val_loaders, t.num_sanity_val_batches, log_step=None, inference_mode=False
         )
         t._hooks.callbacks("on_sanity_check_end")
-        t._metrics.reset_all()
+        hub.reset_all()
+        for published, saved in zip(
+            (hub.callback_metrics, hub.logged_metrics, hub.progress_bar), kept, strict=True
+        ):
+            published.update(saved)
+        restore_rng(rng)
         t.state.stage = RunningStage.TRAINING
 
     def fit_validation(self) -> None:
