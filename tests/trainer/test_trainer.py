@@ -385,3 +385,59 @@ def test_hyperparameters_reach_the_logger(tmp_path: Path) -> None:
 def test_model_summary_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_trainer(tmp_path, enable_model_summary=True, max_steps=1, limit_val_batches=0).fit(BoringModel())
     assert "BoringModel: 10 trainable params" in capsys.readouterr().err
+
+
+def _restored_by(name: str, fn: str, tmp_path: Path) -> tuple[list[str], int]:
+    """What ``trainer.<fn>(ckpt_path=...)`` restores of a callback's state, under ``name``'s framework."""
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+    events: list[str] = []
+
+    class Counter(pl.Callback):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            self.epochs = 0
+
+        def state_dict(self) -> dict[str, int]:
+            return {"epochs": self.epochs}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            events.append("load_state_dict")
+            self.epochs = state["epochs"]
+
+        def on_load_checkpoint(self, *args: Any) -> None:
+            events.append("on_load_checkpoint")
+
+        def on_train_epoch_end(self, *args: Any) -> None:
+            self.epochs += 1
+
+    class Model(module_class(name)):  # type: ignore[misc]
+        def validation_step(self, batch: Any, batch_idx: int) -> None: ...
+
+        def test_step(self, batch: Any, batch_idx: int) -> None: ...
+
+        def predict_step(self, batch: Any, batch_idx: int) -> Any:
+            return self.layer(batch[0])
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            events.append("module.on_load_checkpoint")
+
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    path = tmp_path / name / "a.ckpt"
+    with quiet():
+        first = pl.Trainer(
+            max_epochs=3, callbacks=[Counter()], default_root_dir=tmp_path / name, **quiet_args
+        )
+        first.fit(Model(), data(1))
+        first.save_checkpoint(path)
+        counter = Counter()
+        second = pl.Trainer(callbacks=[counter], default_root_dir=tmp_path / name, **quiet_args)
+        getattr(second, fn)(Model(), data(1), ckpt_path=path)
+    return events, counter.epochs
+
+
+@pytest.mark.parametrize("fn", ["validate", "test", "predict"])
+def test_evaluating_from_a_checkpoint_restores_callbacks_as_lightning_does(tmp_path: Path, fn: str) -> None:
+    lightning = _restored_by("lightning", fn, tmp_path)
+    assert _restored_by("stepstone", fn, tmp_path) == lightning
+    assert lightning == (["module.on_load_checkpoint", "on_load_checkpoint", "load_state_dict"], 3)

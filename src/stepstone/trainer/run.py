@@ -357,7 +357,10 @@ class Runner:
         path = resolve_ckpt_path(self.t, fn, ckpt_path)
         t.ckpt_path = path
         if path is not None:
-            restore_model_state(t, read_checkpoint(path, map_location="cpu"), path)
+            # As in Lightning: the module, datamodule and callbacks are restored (optimizers and loops only by fit).
+            checkpoint = read_checkpoint(path, map_location="cpu")
+            restore_model_state(t, checkpoint, path)
+            restore_callbacks(t, checkpoint)
 
     def evaluate(
         self, fn: TrainerFn, model: Any, dataloaders: Any, ckpt_path: Any, verbose: bool, datamodule: Any
