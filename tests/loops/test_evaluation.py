@@ -180,3 +180,62 @@ def test_validation_metrics_do_not_leak_into_the_next_run(tmp_path: Path) -> Non
     trainer = make_trainer(tmp_path, max_epochs=3, logger=logger, num_sanity_val_steps=0)
     trainer.fit(Model())
     assert logger.values_of("v") == [0.0, 1.0, 2.0]  # each run's mean, not a running mean across runs
+
+
+def _metrics_seen(name: str, tmp_path: Path) -> list[tuple[str, dict[str, float]]]:
+    """Published metrics at each evaluation-end hook, in fit then in a second ``validate``, under ``name``."""
+    from both_frameworks import data, framework, quiet
+
+    pl, _ = framework(name)
+    seen: list[tuple[str, dict[str, float]]] = []
+
+    def record(where: str, trainer: Any) -> None:
+        for kind in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
+            seen.append((f"{where}/{kind}", {k: float(v) for k, v in getattr(trainer, kind).items()}))
+
+    class Watch(pl.Callback):  # type: ignore[misc, name-defined]
+        def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+            record("callback.on_validation_epoch_end", trainer)
+
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            record("callback.on_validation_end", trainer)
+
+    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("epoch_only", float(batch_idx + 1), on_step=False, on_epoch=True)
+            self.log("step_only", float(batch_idx + 1), on_step=True, on_epoch=False)
+            self.log("both", float(batch_idx + 1), on_step=True, on_epoch=True, prog_bar=True)
+
+        def on_validation_epoch_end(self) -> None:
+            record("module.on_validation_epoch_end", self.trainer)
+            self.log("at_epoch_end", 5.0)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    with quiet():
+        trainer = pl.Trainer(
+            max_epochs=1,
+            num_sanity_val_steps=0,
+            callbacks=[Watch()],
+            default_root_dir=tmp_path / name,
+            enable_checkpointing=False,
+            **quiet_args,
+        )
+        trainer.fit(Model(), data(2), data(2, seed=1))
+        trainer.validate(Model(), data(2, seed=1), verbose=False)
+    return seen
+
+
+def test_validation_epoch_metrics_are_published_before_on_validation_epoch_end(tmp_path: Path) -> None:
+    lightning = _metrics_seen("lightning", tmp_path)
+    assert _metrics_seen("stepstone", tmp_path) == lightning
+    assert dict(lightning)["module.on_validation_epoch_end/callback_metrics"]["epoch_only"] == 1.5

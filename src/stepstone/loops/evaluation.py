@@ -122,6 +122,8 @@ def run_evaluation(
             for dl_idx, (loader, limit) in enumerate(zip(loaders, limits, strict=True)):
                 hub.eval_dataloader_idx = dl_idx if several else None
                 _run_loader(trainer, name, loader, limit, dl_idx if several else None, progress)
+                # Lightning publishes each loader's epoch values when it ends: on_*_epoch_end already sees them.
+                hub.publish_epoch(hub.eval_results)
             hub.eval_dataloader_idx = None
             hooks.both(f"on_{name}_epoch_end")
             logged = hub.epoch_outputs(hub.eval_results)

@@ -144,6 +144,8 @@ class Runner:
         hooks.callbacks("setup", fn.value)
         hooks.module("setup", fn.value)
         hooks.module("configure_model")
+        # Each entry point starts with no published metrics (Lightning's); fit(ckpt_path) restores its own later.
+        t._metrics.reset_all()
 
     def _teardown(self, fn: TrainerFn, status: str) -> BaseException | None:
         t = self.t
