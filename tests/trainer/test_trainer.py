@@ -441,3 +441,43 @@ def test_evaluating_from_a_checkpoint_restores_callbacks_as_lightning_does(tmp_p
     lightning = _restored_by("lightning", fn, tmp_path)
     assert _restored_by("stepstone", fn, tmp_path) == lightning
     assert lightning == (["module.on_load_checkpoint", "on_load_checkpoint", "load_state_dict"], 3)
+
+
+def _fit_with_too_small_val_limit(name: str, tmp_path: Path, **options: Any) -> tuple[str, int]:
+    """fit() with limit_val_batches=0.1 of 4 batches: ("raised: <message>" or "finished", global_step)."""
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    trainer = pl.Trainer(
+        max_epochs=2,
+        limit_val_batches=0.1,
+        default_root_dir=tmp_path / name,
+        enable_checkpointing=False,
+        **quiet_args,
+        **options,
+    )
+    with quiet():
+        try:
+            trainer.fit(module_class(name, validate=True)(), data(4), data(4, seed=1))
+        except Exception as exc:  # the outcome is compared between the frameworks
+            return f"raised: {'limit_val_batches=0.25' in str(exc)}", trainer.global_step
+    return "finished", trainer.global_step
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"num_sanity_val_steps": 0},
+        {"num_sanity_val_steps": 0, "check_val_every_n_epoch": 2},
+        {
+            "num_sanity_val_steps": 0,
+            "check_val_every_n_epoch": 5,
+        },
+    ],
+)
+def test_a_val_limit_below_one_batch_fails_when_validation_first_runs(tmp_path: Path, options: Any) -> None:
+    lightning = _fit_with_too_small_val_limit("lightning", tmp_path, **options)
+    assert _fit_with_too_small_val_limit("stepstone", tmp_path, **options) == lightning
+    assert lightning[0] == ("finished" if options.get("check_val_every_n_epoch") == 5 else "raised: True")

@@ -243,6 +243,9 @@ class FitLoop:
                 epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
             if self.done():
                 return
+            every = self.trainer.check_val_every_n_epoch
+            if self.trainer._val_enabled() and (every is None or (self.current_epoch + 1) % every == 0):
+                self.trainer._raise_val_limit_error()  # Lightning sets up this epoch's validation data here
             hooks.both("on_train_start")
             self._continue_exactly()
             while not self.done():

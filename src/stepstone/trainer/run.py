@@ -185,16 +185,22 @@ class Runner:
             logger.log_hyperparams(params)
             logger.save()
 
-    def _loaders(
-        self, kind: str, explicit: Any, limit: int | float, name: str
-    ) -> tuple[list[Iterable[Any]] | None, list[int | float]]:
+    def _find(self, kind: str, explicit: Any) -> list[Iterable[Any]] | None:
         t = self.t
         loaders = find_loaders(kind, explicit, self._datamodule, t.lightning_module)
         if loaders is None:
-            return None, []
+            return None
         if t._strategy is not None and t.world_size > 1:
             # Each rank reads its own share (DistributedSampler); the loader's other settings are kept.
             loaders = [t._strategy.replace_sampler(loader) for loader in loaders]
+        return loaders
+
+    def _loaders(
+        self, kind: str, explicit: Any, limit: int | float, name: str
+    ) -> tuple[list[Iterable[Any]] | None, list[int | float]]:
+        loaders = self._find(kind, explicit)
+        if loaders is None:
+            return None, []
         return loaders, [limited_batches(name, loader_length(loader), limit) for loader in loaders]
 
     # --- fit ----------------------------------------------------------------------------------------
@@ -287,14 +293,24 @@ class Runner:
                 "train_dataloader() in the LightningModule."
             )
         t._train_loader, t.num_training_batches = train[0], train_counts[0]
-        val, val_counts = self._loaders("val", val_loaders, t.limit_val_batches, "limit_val_batches")
+        val = self._find("val", val_loaders)
+        val_counts: list[int | float] = []
+        t._val_limit_error = None
         if val is not None and not is_overridden("validation_step", t.lightning_module, LightningModule):
             warnings.warn(
                 "Validation data was given but the module has no validation_step; validation is skipped.",
                 UserWarning,
                 stacklevel=7,
             )
-            val, val_counts = None, []
+            val = None
+        try:
+            val_counts = [
+                limited_batches("limit_val_batches", loader_length(v), t.limit_val_batches) for v in val or []
+            ]
+        except MisconfigurationException as exc:
+            # Lightning checks the limit when validation first needs its data (the sanity check, or the first
+            # epoch that validates): a fit that never validates does not fail.
+            t._val_limit_error = exc
         t._val_loaders, t.num_val_batches = val, val_counts
         t.val_check_batch = val_check_batch(t)
 
@@ -307,6 +323,7 @@ class Runner:
         t = self.t
         if not t._val_enabled() or t.num_sanity_val_steps == 0 or t._val_loaders is None:
             return
+        t._raise_val_limit_error()
         hub = t._metrics
         kept = [
             dict(d) if keep_metrics else {}
@@ -332,6 +349,7 @@ class Runner:
         """A validation run inside fit (called by the fit loop)."""
         t = self.t
         assert t._val_loaders is not None
+        t._raise_val_limit_error()
         t.state.stage = RunningStage.VALIDATING
         loop = t.fit_loop
         run_evaluation(

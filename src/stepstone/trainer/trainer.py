@@ -214,6 +214,7 @@ class Trainer:
         self._resume_requested = False
         self._train_loader: Iterable[Any] | None = None
         self._val_loaders: list[Iterable[Any]] | None = None
+        self._val_limit_error: MisconfigurationException | None = None  # raised when validation first runs
         self._lightning_optimizer_cache: list[LightningOptimizer] = []
 
     def _configure_determinism(self, deterministic: bool | str | None, benchmark: bool | None) -> None:
@@ -547,7 +548,14 @@ class Trainer:
 
     # --- internals used by loops and the module -------------------------------------------------------
     def _val_enabled(self) -> bool:
+        if self._val_limit_error is not None:
+            return bool(self._val_loaders)
         return bool(self._val_loaders) and any(n > 0 for n in self.num_val_batches)
+
+    def _raise_val_limit_error(self) -> None:
+        """Raise the deferred ``limit_val_batches`` error when validation needs its data (Lightning's timing)."""
+        if self._val_limit_error is not None:
+            raise self._val_limit_error
 
     def _run_fit_validation(self) -> None:
         self._runner.fit_validation()
