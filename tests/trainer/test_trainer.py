@@ -481,3 +481,45 @@ def test_a_val_limit_below_one_batch_fails_when_validation_first_runs(tmp_path: 
     lightning = _fit_with_too_small_val_limit("lightning", tmp_path, **options)
     assert _fit_with_too_small_val_limit("stepstone", tmp_path, **options) == lightning
     assert lightning[0] == ("finished" if options.get("check_val_every_n_epoch") == 5 else "raised: True")
+
+
+def _evaluate_nothing(name: str, fn: str, tmp_path: Path) -> tuple[Any, list[str]]:
+    """``trainer.<fn>`` with its limit at 0: (what it returns, the evaluation hooks called)."""
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+    called: list[str] = []
+    stage = {"validate": "validation", "test": "test", "predict": "predict"}[fn]
+
+    class Watch(pl.Callback):  # type: ignore[misc, name-defined]
+        pass
+
+    for hook in ("start", "epoch_start", "epoch_end", "end"):
+        hook_name = f"on_{stage}_{hook}"
+        setattr(Watch, hook_name, lambda self, *args, hook_name=hook_name: called.append(hook_name))
+
+    class Model(module_class(name)):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None: ...
+
+        def test_step(self, batch: Any, batch_idx: int) -> None: ...
+
+    limit = {
+        "validate": "limit_val_batches",
+        "test": "limit_test_batches",
+        "predict": "limit_predict_batches",
+    }[fn]
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    trainer = pl.Trainer(callbacks=[Watch()], default_root_dir=tmp_path / name, **{limit: 0}, **quiet_args)
+    with quiet():
+        result = getattr(trainer, fn)(Model(), data(2))
+    return result, called
+
+
+@pytest.mark.parametrize("fn", ["validate", "test", "predict"])
+def test_an_evaluation_limited_to_no_batches_is_skipped_as_in_lightning(tmp_path: Path, fn: str) -> None:
+    lightning = _evaluate_nothing("lightning", fn, tmp_path)
+    assert _evaluate_nothing("stepstone", fn, tmp_path) == lightning
+    assert lightning == (None if fn == "predict" else [], [])

@@ -411,6 +411,8 @@ class Runner:
             self._log_hyperparams()
             t.state.stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
             t._metrics.eval_steps_seen.clear()
+            if not any(counts):
+                return []  # Lightning skips an evaluation with no batches: no hooks, no results
             results = run_evaluation(
                 t,
                 name,
@@ -449,6 +451,8 @@ class Runner:
             t.num_predict_batches = counts
             t.lightning_module.to(t._placement.device)
             t.state.stage = RunningStage.PREDICTING
+            if not any(counts):
+                return None  # Lightning skips a prediction with no batches: no hooks, no predictions
             return run_prediction(t, loaders, counts, return_predictions is not False)
 
         return self._guarded(TrainerFn.PREDICTING, body)
