@@ -523,3 +523,36 @@ def test_an_evaluation_limited_to_no_batches_is_skipped_as_in_lightning(tmp_path
     lightning = _evaluate_nothing("lightning", fn, tmp_path)
     assert _evaluate_nothing("stepstone", fn, tmp_path) == lightning
     assert lightning == (None if fn == "predict" else [], [])
+
+
+def _best_without_a_best_file(name: str, fn: str, checkpointing: bool, tmp_path: Path) -> str:
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+
+    class Model(module_class(name)):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None: ...
+
+        def test_step(self, batch: Any, batch_idx: int) -> None: ...
+
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    trainer = pl.Trainer(enable_checkpointing=checkpointing, default_root_dir=tmp_path / name, **quiet_args)
+    with quiet(), pytest.raises(ValueError) as caught:
+        getattr(trainer, fn)(Model(), data(1), ckpt_path="best")
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("fn", ["validate", "test", "predict"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_best_without_a_best_checkpoint_raises_a_value_error_as_lightning(
+    tmp_path: Path, fn: str, checkpointing: bool
+) -> None:
+    lightning = _best_without_a_best_file("lightning", fn, checkpointing, tmp_path)
+    stepstone = _best_without_a_best_file("stepstone", fn, checkpointing, tmp_path)
+    assert f'{fn}(ckpt_path="best")` is set but' in lightning
+    assert f'{fn}(ckpt_path="best") is set but' in stepstone
+    # The same reason: no ModelCheckpoint at all, or one that has no best model.
+    assert ("configured to save the best model" in stepstone) == ("to save the best model" in lightning)

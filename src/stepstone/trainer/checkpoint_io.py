@@ -201,20 +201,15 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
     verification, loading raises (the user asked for that file).
 
     Raises:
-        MisconfigurationException: ``"best"`` without a best model, or an unsupported selector.
+        MisconfigurationException: (a ``ValueError``, as Lightning raises) ``"best"`` without a ModelCheckpoint or
+            a best model, or an unsupported selector.
         CheckpointNotFoundError: a local path that does not exist.
     """
     if ckpt_path is None:
         return None
     path = os.fspath(ckpt_path)
     if path == "best":
-        cb = t.checkpoint_callback
-        if cb is None or not cb.best_model_path:
-            raise MisconfigurationException(
-                f'trainer.{fn.value}(ckpt_path="best") needs a ModelCheckpoint that has saved a best model in '
-                "this Trainer; pass a checkpoint path instead."
-            )
-        return cb.best_model_path
+        return _best_path(t, fn.value)
     if path in ("last", "auto"):
         candidates = [p for p in (cb._newest_checkpoint() for cb in t.checkpoint_callbacks) if p]
         if not candidates and path == "auto":
@@ -244,6 +239,34 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
     if is_local(path) and not os.path.isfile(path) and not is_sharded_checkpoint(path):
         raise CheckpointNotFoundError(f"Checkpoint file not found: {path}")
     return path
+
+
+def _best_path(t: Trainer, fn: str) -> str:
+    """The first ModelCheckpoint's best file, with Lightning's checks (MisconfigurationException is a ValueError)."""
+    if len(t.checkpoint_callbacks) > 1:
+        warnings.warn(
+            f'trainer.{fn}(ckpt_path="best") is called with several ModelCheckpoint callbacks; the best checkpoint '
+            "of the first one is used.",
+            UserWarning,
+            stacklevel=5,
+        )
+    cb = t.checkpoint_callback
+    if cb is None:
+        raise MisconfigurationException(
+            f'trainer.{fn}(ckpt_path="best") is set but no ModelCheckpoint is configured; add one (or '
+            "enable_checkpointing=True) or pass a checkpoint path."
+        )
+    if not cb.best_model_path:
+        if t.fast_dev_run:
+            raise MisconfigurationException(
+                f'You cannot execute trainer.{fn}(ckpt_path="best") with fast_dev_run=True (it saves no '
+                "checkpoint); pass an exact checkpoint path to ckpt_path."
+            )
+        raise MisconfigurationException(
+            f'trainer.{fn}(ckpt_path="best") is set but the ModelCheckpoint is not configured to save the best '
+            "model, or has saved none in this Trainer yet; fit first or pass a checkpoint path."
+        )
+    return cb.best_model_path
 
 
 def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
