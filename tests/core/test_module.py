@@ -256,3 +256,45 @@ def test_toggle_and_untoggle_explicitly(tmp_path: Path) -> None:
     during, after = model.grad_flags
     assert not during["layer.weight"] and during["other.weight"]
     assert all(after.values())
+
+
+def _loading_with(name: str, strict_loading: Any, tmp_path: Path) -> list[str]:
+    """How a module with ``strict_loading`` set to this value loads a checkpoint missing one of its buffers."""
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+    base = module_class(name)
+
+    class Wider(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("extra", torch.zeros(2))
+            self.strict_loading = strict_loading
+
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    path = tmp_path / name / "a.ckpt"
+    outcomes = []
+    with quiet():
+        trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path / name, **quiet_args)
+        trainer.fit(base(), data(1))
+        trainer.save_checkpoint(path)
+        for load in (
+            lambda: pl.Trainer(max_epochs=2, default_root_dir=tmp_path / name, **quiet_args).fit(
+                Wider(), data(1), ckpt_path=path
+            ),
+            lambda: Wider.load_from_checkpoint(path),
+            lambda: Wider.load_from_checkpoint(path, strict=False),
+        ):
+            try:
+                load()
+                outcomes.append("loaded")
+            except (RuntimeError, ValueError) as exc:  # missing keys / strict conflicting with strict_loading
+                outcomes.append("ValueError" if isinstance(exc, ValueError) else "RuntimeError")
+    return outcomes
+
+
+@pytest.mark.parametrize("strict_loading", [None, True, False])
+def test_strict_loading_none_means_strict_as_in_lightning(tmp_path: Path, strict_loading: Any) -> None:
+    lightning = _loading_with("lightning", strict_loading, tmp_path)
+    assert _loading_with("stepstone", strict_loading, tmp_path) == lightning
+    assert lightning[0] == ("loaded" if strict_loading is False else "RuntimeError")

@@ -44,7 +44,7 @@ class LightningModule(ModelHooks, nn.Module):
         self._trainer: Trainer | None = None
         self._current_fx_name: str | None = None
         self.automatic_optimization: bool = True
-        self.strict_loading: bool = True
+        self._strict_loading: bool | None = None  # None: not set by the user (strict)
         self.prepare_data_per_node: bool = True
         self._hparams: AttributeDict | None = None
         self._hparams_initial: AttributeDict | None = None
@@ -54,6 +54,15 @@ class LightningModule(ModelHooks, nn.Module):
         self._param_requires_grad_state: dict[nn.Parameter, bool] = {}
 
     # --- wiring -------------------------------------------------------------------------------------
+    @property
+    def strict_loading(self) -> bool:
+        """Whether checkpoints load with ``load_state_dict(strict=True)``; unset (or None) means True, as in Lightning."""
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, strict_loading: bool | None) -> None:
+        self._strict_loading = strict_loading
+
     @property
     def trainer(self) -> Trainer:
         """The Trainer this module is attached to.

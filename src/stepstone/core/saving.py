@@ -129,6 +129,11 @@ def load_module_from_checkpoint(
             f"load_from_checkpoint({str(checkpoint_path)!r}): the file has no 'state_dict' entry (keys: "
             f"{sorted(checkpoint)}); it is not a model checkpoint."
         )
+    if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+        raise MisconfigurationException(
+            f"load_from_checkpoint(strict={strict!r}) conflicts with {cls.__name__}.strict_loading="
+            f"{model.strict_loading!r}; set the same value for both (or leave one unset)."
+        )
     model.configure_model()
     model.on_load_checkpoint(checkpoint)
     _load_weights(model, checkpoint["state_dict"], model.strict_loading if strict is None else strict)
