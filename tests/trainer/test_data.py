@@ -157,3 +157,56 @@ def test_iterable_dataset_with_int_limit(tmp_path: Path) -> None:
 def test_iterable_dataset_with_fraction_raises(tmp_path: Path) -> None:
     with pytest.raises(MisconfigurationException, match="no length"):
         make_trainer(tmp_path, limit_train_batches=0.5).fit(BoringModel(), iterable_loader(16))
+
+
+def _with_hook_set_to_none(name: str, hook: str, fn: str, tmp_path: Path) -> tuple[Any, ...]:
+    """Call ``trainer.<fn>(model)`` after ``setattr(model, hook, None)``: (outcome, global_step, eval batches)."""
+    from both_frameworks import data, framework, module_class, quiet
+
+    pl, _ = framework(name)
+    evaluated: list[int] = []
+
+    class Model(module_class(name)):  # type: ignore[misc]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            evaluated.append(batch_idx)
+
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            evaluated.append(batch_idx)
+
+        def train_dataloader(self) -> Any:
+            return data(2)
+
+        val_dataloader = test_dataloader = predict_dataloader = train_dataloader
+
+    model = Model()
+    setattr(model, hook, None)
+    quiet_args = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    trainer = pl.Trainer(
+        max_epochs=1, default_root_dir=tmp_path / name, enable_checkpointing=False, **quiet_args
+    )
+    with quiet():
+        try:
+            getattr(trainer, fn)(model)
+        except TypeError as exc:
+            return "TypeError", "Found None" in str(exc) or "found None" in str(exc)
+    return "ran", trainer.global_step, len(evaluated)
+
+
+@pytest.mark.parametrize(
+    ("hook", "fn"),
+    [
+        ("val_dataloader", "fit"),
+        ("val_dataloader", "validate"),
+        ("train_dataloader", "fit"),
+        ("test_dataloader", "test"),
+        ("predict_dataloader", "predict"),
+    ],
+)
+def test_a_dataloader_hook_set_to_none_is_handled_as_in_lightning(tmp_path: Path, hook: str, fn: str) -> None:
+    lightning = _with_hook_set_to_none("lightning", hook, fn, tmp_path)
+    assert _with_hook_set_to_none("stepstone", hook, fn, tmp_path) == lightning
+    # Only validation inside fit is switched off that way; elsewhere the missing data is an error.
+    assert lightning == (("ran", 2, 0) if fn == "fit" and hook == "val_dataloader" else ("TypeError", True))

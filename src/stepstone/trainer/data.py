@@ -85,6 +85,24 @@ def find_loaders(
     return items
 
 
+def check_hook_not_none(
+    kind: str, fn: str, argument: str, datamodule: LightningDataModule | None, module: LightningModule
+) -> None:
+    """Raise Lightning's TypeError when the data source's ``<kind>_dataloader`` was set to None and is needed.
+
+    Raises:
+        TypeError: the hook is None (only validation inside fit is simply switched off that way).
+    """
+    owner: object = datamodule if datamodule is not None else module
+    method = f"{kind}_dataloader"
+    if method in getattr(owner, "__dict__", {}) and getattr(owner, method) is None:
+        raise TypeError(
+            f"An invalid dataloader was passed to trainer.{fn}({argument}=...): found None, because "
+            f"{type(owner).__name__}.{method} is set to None. Either pass the dataloader to trainer.{fn}() or "
+            f"define {method}(self) in your LightningModule/LightningDataModule."
+        )
+
+
 def _base_of(owner: object) -> type:
     for base, _ in _OWNER_BASES:
         if isinstance(owner, base):

@@ -63,7 +63,12 @@ def step_arguments(
 
 
 def is_overridden(name: str, instance: object, parent: type) -> bool:
-    """Whether ``type(instance)`` (or the instance itself) defines ``name`` differently from ``parent``."""
+    """Whether ``type(instance)`` (or the instance itself) defines ``name`` differently from ``parent``.
+
+    A hook set to None (``model.val_dataloader = None``) is not overridden: Lightning's way to switch one off.
+    """
+    if getattr(instance, name, None) is None:
+        return False
     if name in getattr(instance, "__dict__", {}):
         return True
     own = getattr(type(instance), name, None)

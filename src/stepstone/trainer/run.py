@@ -36,7 +36,7 @@ from stepstone.trainer.checks import (
     val_check_batch,
     warn_eval_modules,
 )
-from stepstone.trainer.data import find_loaders, limited_batches, loader_length
+from stepstone.trainer.data import check_hook_not_none, find_loaders, limited_batches, loader_length
 from stepstone.trainer.hooks import is_overridden
 from stepstone.trainer.rng import capture_rng, restore_rng
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
@@ -288,6 +288,7 @@ class Runner:
             "train", train_loaders, t.limit_train_batches, "limit_train_batches"
         )
         if train is None:
+            check_hook_not_none("train", "fit", "train_dataloaders", self._datamodule, t.lightning_module)
             raise MisconfigurationException(
                 "fit() found no training data: pass train_dataloaders=..., a datamodule, or define "
                 "train_dataloader() in the LightningModule."
@@ -402,6 +403,7 @@ class Runner:
             self._restore_weights(fn, model is not None, ckpt_path)
             loaders, counts = self._loaders(kind, dataloaders, getattr(t, limit_name), limit_name)
             if loaders is None:
+                check_hook_not_none(kind, fn.value, "dataloaders", self._datamodule, t.lightning_module)
                 raise MisconfigurationException(
                     f"trainer.{fn.value}() found no data: pass dataloaders=..., a datamodule, or define "
                     f"{kind}_dataloader() in the LightningModule."
@@ -444,6 +446,7 @@ class Runner:
                 "predict", dataloaders, t.limit_predict_batches, "limit_predict_batches"
             )
             if loaders is None:
+                check_hook_not_none("predict", "predict", "dataloaders", self._datamodule, t.lightning_module)
                 raise MisconfigurationException(
                     "trainer.predict() found no data: pass dataloaders=..., a datamodule, or define "
                     "predict_dataloader() in the LightningModule."
