@@ -361,7 +361,8 @@ class ModelCheckpoint(Callback):
         try:
             if top_k:
                 written = self._save_topk(trainer, candidates, to_delete)
-            self._save_last(trainer, candidates, written, to_delete)
+            # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
+            self._save_last(trainer, candidates, written, to_delete, snapshot["last_model_path"])
         except BaseException as error:
             self._trigger_deletions = []
             for name, value in snapshot.items():
@@ -495,13 +496,17 @@ class ModelCheckpoint(Callback):
             self.last_model_path = self._pending_last
 
     def _save_last(
-        self, trainer: Trainer, candidates: dict[str, torch.Tensor], written: str, to_delete: list[str]
+        self,
+        trainer: Trainer,
+        candidates: dict[str, torch.Tensor],
+        written: str,
+        to_delete: list[str],
+        previous: str,
     ) -> None:
         if not self.save_last:
             return
         from stepstone.checkpoint import copy_file, link_file
 
-        previous = self.last_model_path
         if written:
             filepath = self._pending_last
         else:

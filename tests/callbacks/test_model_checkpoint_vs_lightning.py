@@ -1,0 +1,123 @@
+"""ModelCheckpoint against Lightning 2.6.6: the same tiny program under both, same files, best and last.
+
+Where stepstone differs on purpose (``last`` refreshed at every trigger), the test says so and checks
+stepstone's own rule instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import lightning as PL
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint as PLModelCheckpoint
+
+import stepstone as L
+from scripted import loader
+from stepstone.callbacks import ModelCheckpoint
+
+VAL_LOSSES = [0.5, 0.3, 0.4, 0.35]
+
+
+def _module(framework: ModuleType) -> Any:
+    """The same LightningModule for either framework: ``val_loss`` follows ``VAL_LOSSES``."""
+
+    class Scripted(framework.LightningModule):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", torch.tensor(VAL_LOSSES[min(self.current_epoch, len(VAL_LOSSES) - 1)]))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Scripted()
+
+
+def run(framework: ModuleType, root: Path, cb: Any, *, validate: bool = True, **kwargs: Any) -> Any:
+    """Fit the scripted module with ``cb`` under ``framework`` (``PL`` or ``L``); returns the trainer."""
+    kwargs.setdefault("max_epochs", 3)
+    trainer = framework.Trainer(
+        default_root_dir=root,
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+    trainer.fit(_module(framework), loader(), loader() if validate else None)
+    return trainer
+
+
+def on_disk(directory: Path) -> dict[str, int]:
+    """Checkpoint name -> the global step stored in it (links followed; a dangling link is -1)."""
+    found = {}
+    for path in sorted(directory.rglob("*.ckpt")):
+        step = torch.load(path, weights_only=False)["global_step"] if path.exists() else -1
+        found[path.relative_to(directory).as_posix()] = step
+    return found
+
+
+def names(cb: Any, directory: Path) -> tuple[str, str]:
+    rel = lambda p: os.path.relpath(p, directory) if p else ""  # noqa: E731
+    return rel(cb.best_model_path), rel(cb.last_model_path)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", message=".*(treespec|num_workers|LeafSpec).*")
+        yield
+
+
+# --- templated ``last`` names ----------------------------------------------------------------------------
+@pytest.mark.parametrize("save_last", [True, "link"])
+@pytest.mark.parametrize("last_name", ["{epoch}-last", "last-{epoch}"])
+def test_templated_last_name_keeps_one_file_like_lightning(
+    tmp_path: Path, save_last: Any, last_name: str
+) -> None:
+    # save_top_k=-1: Lightning refreshes last at every epoch too, so both frameworks must agree exactly.
+    observed = []
+    for framework, cls in ((PL, PLModelCheckpoint), (L, ModelCheckpoint)):
+        directory = tmp_path / framework.__name__
+        cb = cls(dirpath=directory, monitor="val_loss", save_top_k=-1, save_last=save_last)
+        cb.CHECKPOINT_NAME_LAST = last_name
+        run(framework, tmp_path / f"root-{framework.__name__}", cb)
+        observed.append((on_disk(directory), names(cb, directory)))
+    assert observed[0] == observed[1]
+    last = observed[1][1][1]
+    assert last == last_name.replace("{epoch}", "epoch=2") + ".ckpt"
+    assert [n for n in observed[1][0] if "last" in n] == [last]
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+@pytest.mark.parametrize("async_save", [False, True])
+def test_templated_last_name_never_piles_up_when_top_k_skips(
+    tmp_path: Path, save_last: Any, async_save: bool
+) -> None:
+    # Epoch 2 is not in the top 1: stepstone still refreshes last (deliberately), and the earlier
+    # '{epoch}-last' files go (Lightning keeps epoch=1-last with save_last=True, and with 'link' leaves a
+    # dangling epoch=0-last link behind).
+    cb = ModelCheckpoint(
+        dirpath=tmp_path / "c", monitor="val_loss", save_top_k=1, save_last=save_last, async_save=async_save
+    )
+    cb.CHECKPOINT_NAME_LAST = "{epoch}-last"
+    run(L, tmp_path, cb, max_epochs=4)
+    assert on_disk(tmp_path / "c") == {"epoch=1-step=8.ckpt": 8, "epoch=3-last.ckpt": 16}
+    assert names(cb, tmp_path / "c") == ("epoch=1-step=8.ckpt", "epoch=3-last.ckpt")
