@@ -289,11 +289,14 @@ def test_monitor_typo_after_validation_is_an_error(tmp_path: Path) -> None:
         fit(tmp_path, cb, [1.0])
 
 
-def test_monitor_typo_without_validation_is_an_error(tmp_path: Path) -> None:
-    cb = ModelCheckpoint(dirpath=tmp_path, monitor="train_los")
+def test_monitor_missing_without_validation_warns_and_trains_on(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="train_los", save_last=True)
     t = trainer(tmp_path, [cb])
-    with pytest.raises(MisconfigurationException, match="HINT: Did you call log"):
+    with pytest.warns(
+        UserWarning, match=r"monitor='train_los'.*\['train_loss', 'epoch', 'step'\].*'last' is still"
+    ):
         t.fit(ScriptedModel(), loader())
+    assert t.global_step == 12 and ckpts(tmp_path) == ["last.ckpt"] and cb.best_model_path == ""
 
 
 # --- state and resume ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import lightning as PL
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint as PLModelCheckpoint
+from lightning.pytorch.callbacks.model_checkpoint import warning_cache as pl_warning_cache
 
 import stepstone as L
 from scripted import loader
@@ -121,3 +122,47 @@ def test_templated_last_name_never_piles_up_when_top_k_skips(
     run(L, tmp_path, cb, max_epochs=4)
     assert on_disk(tmp_path / "c") == {"epoch=1-step=8.ckpt": 8, "epoch=3-last.ckpt": 16}
     assert names(cb, tmp_path / "c") == ("epoch=1-step=8.ckpt", "epoch=3-last.ckpt")
+
+
+# --- a monitored key that is not logged ------------------------------------------------------------------
+def _fit_observing(framework: ModuleType, cls: Any, root: Path, **kwargs: Any) -> dict[str, Any]:
+    """What a user sees: the error raised (or None), steps trained, warnings about the monitor, files."""
+    trainer_kwargs = {k: kwargs.pop(k) for k in ("limit_val_batches", "val_check_interval") if k in kwargs}
+    validate = kwargs.pop("validate", True)
+    cb = cls(dirpath=root / "c", save_top_k=1, **kwargs)
+    pl_warning_cache.clear()  # Lightning warns once per message per process
+    trainer = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer = run(framework, root, cb, validate=validate, **trainer_kwargs)
+            error = None
+        except Exception as raised:
+            error = type(raised).__name__
+    monitor_warnings = {str(w.message).replace("`", "") for w in caught if "monitored key" in str(w.message)}
+    return {
+        "error": error,
+        "global_step": trainer.global_step if trainer is not None else None,
+        "warned": sorted(m.split(" HINT")[0] for m in monitor_warnings),
+        "files": sorted(on_disk(root / "c")) if (root / "c").exists() else [],
+        "best": cb.best_model_path,
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"monitor": "val_loss", "limit_val_batches": 0, "save_last": True},  # validation disabled
+        {"monitor": "val_loss", "validate": False},  # no validation data
+        {"monitor": "val_lss", "save_on_train_epoch_end": False},  # typo: raised after the first validation
+        {"monitor": "val_lss", "val_check_interval": 0.5},  # typo: raised after the first (mid-epoch) one
+        {"monitor": "val_lss"},  # typo: raised at the first training-epoch-end check, after validation
+    ],
+)
+def test_missing_monitor_warns_or_raises_where_lightning_does(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    pl = _fit_observing(PL, PLModelCheckpoint, tmp_path / "pl", **dict(kwargs))
+    ss = _fit_observing(L, ModelCheckpoint, tmp_path / "ss", **dict(kwargs))
+    assert ss == pl
+    assert (pl["error"] is None) == (kwargs["monitor"] == "val_loss")
+    if pl["error"] is None:
+        assert ss["global_step"] == 12 and ss["warned"]

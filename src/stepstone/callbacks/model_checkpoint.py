@@ -432,12 +432,18 @@ class ModelCheckpoint(Callback):
             f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned metrics: "
             f"{list(candidates)}. HINT: Did you call log({self.monitor!r}, value) in the LightningModule?"
         )
-        if trainer._validation_has_run or not trainer._val_enabled():
-            # Validation already ran (or never will), so the key cannot appear later: this is a typo, not a delay.
+        # Lightning's rule: once validation has run, the key had its chance (a typo); before that, it may be a
+        # validation metric still to come, or validation is disabled: warn and train on without a top k.
+        if trainer._validation_has_run or trainer.validating:
             raise MisconfigurationException(message)
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message + " No checkpoint was saved.", UserWarning, stacklevel=2)
+            kept = f" {self.CHECKPOINT_NAME_LAST!r} is still saved." if self.save_last else ""
+            warnings.warn(
+                f"{message} No top-k checkpoint is saved until {self.monitor!r} is logged.{kept}",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _update_best_and_save(
         self,
