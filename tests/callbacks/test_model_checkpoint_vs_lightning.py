@@ -166,3 +166,45 @@ def test_missing_monitor_warns_or_raises_where_lightning_does(tmp_path: Path, kw
     assert (pl["error"] is None) == (kwargs["monitor"] == "val_loss")
     if pl["error"] is None:
         assert ss["global_step"] == 12 and ss["warned"]
+
+
+# --- two callbacks with one state_key --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("first", "second", "refused"),
+    [
+        ({"monitor": "val_loss", "dirpath": "a"}, {"monitor": "val_loss", "dirpath": "b"}, True),
+        ({"dirpath": "a"}, {"dirpath": "b", "save_top_k": -1}, True),  # save_top_k is not in the key
+        ({"monitor": "val_loss"}, {"monitor": "val_loss", "mode": "max"}, False),
+        ({"every_n_epochs": 1}, {"every_n_train_steps": 2}, False),
+    ],
+)
+def test_same_state_key_is_refused_at_construction_like_lightning(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], refused: bool
+) -> None:
+    outcomes = []
+    for framework, cls in ((PL, PLModelCheckpoint), (L, ModelCheckpoint)):
+        callbacks = [
+            cls(**{**kw, "dirpath": tmp_path / kw["dirpath"]} if "dirpath" in kw else kw)
+            for kw in (first, second)
+        ]
+        try:
+            framework.Trainer(callbacks=callbacks, logger=False, default_root_dir=tmp_path)
+            outcomes.append(None)
+        except RuntimeError as error:
+            outcomes.append(str(error))
+    assert (outcomes[0] is not None) == (outcomes[1] is not None) == refused
+    if refused:
+        assert outcomes[1] is not None and "callbacks[0] and callbacks[1]" in outcomes[1]
+        assert (
+            "HINT: The `callback.state_key` must be unique among all callbacks in the Trainer." in outcomes[1]
+        )
+
+
+def test_same_state_key_check_covers_any_stateful_callback_but_not_stateless_ones() -> None:
+    class Stateful(L.Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {"n": 1}
+
+    with pytest.raises(RuntimeError, match=r"type `Stateful`: callbacks\[0\] and callbacks\[2\]"):
+        L.Trainer(callbacks=[Stateful(), L.Callback(), Stateful()], logger=False)
+    L.Trainer(callbacks=[L.Callback(), L.Callback()], logger=False)  # nothing stored: no clash
