@@ -112,8 +112,8 @@ def test_max_mode_and_nan_is_worst(tmp_path: Path) -> None:
 def test_save_top_k_all_and_none(tmp_path: Path) -> None:
     cb_all = ModelCheckpoint(dirpath=tmp_path / "all", monitor="val_loss", save_top_k=-1)
     cb_none = ModelCheckpoint(dirpath=tmp_path / "none", monitor="val_loss", save_top_k=0, filename="x")
-    t = trainer(tmp_path, [cb_all, cb_none])
-    t.fit(ScriptedModel([0.3, 0.2, 0.1]), loader(), loader())
+    for cb in (cb_all, cb_none):  # one Trainer each: both have the same state_key
+        trainer(tmp_path, [cb]).fit(ScriptedModel([0.3, 0.2, 0.1]), loader(), loader())
     assert len(ckpts(tmp_path / "all")) == 3
     assert not (tmp_path / "none").exists() or ckpts(tmp_path / "none") == []
     assert cb_none.best_model_path == ""
