@@ -299,6 +299,34 @@ def test_monitor_missing_without_validation_warns_and_trains_on(tmp_path: Path) 
     assert t.global_step == 12 and ckpts(tmp_path) == ["last.ckpt"] and cb.best_model_path == ""
 
 
+class PtCheckpoint(ModelCheckpoint):
+    FILE_EXTENSION = ".pt"
+
+
+@pytest.mark.parametrize("how", ["instance", "subclass", "hidden last"])
+def test_unsupported_names_are_refused_before_anything_is_written(tmp_path: Path, how: str) -> None:
+    cb = (
+        PtCheckpoint(dirpath=tmp_path / "c") if how == "subclass" else ModelCheckpoint(dirpath=tmp_path / "c")
+    )
+    if how == "instance":
+        cb.FILE_EXTENSION = ".pt"
+    if how == "hidden last":
+        cb.CHECKPOINT_NAME_LAST = ".last"
+    with pytest.raises(
+        MisconfigurationException, match=r"FILE_EXTENSION='\.pt'|CHECKPOINT_NAME_LAST='\.last'"
+    ):
+        fit(tmp_path, cb, [1.0])
+    assert not (tmp_path / "c").exists() or not os.listdir(tmp_path / "c")
+
+
+def test_extension_ending_in_ckpt_is_used(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb.FILE_EXTENSION = ".model.ckpt"
+    fit(tmp_path, cb, [1.0], max_epochs=2)
+    assert ckpts(tmp_path) == ["epoch=1-step=8.model.ckpt", "last.model.ckpt"]
+    assert cb.best_model_path == str(tmp_path / "epoch=1-step=8.model.ckpt")
+
+
 # --- state and resume ------------------------------------------------------------------------------------
 def test_state_key_matches_lightning() -> None:
     cb = ModelCheckpoint(monitor="val_loss")

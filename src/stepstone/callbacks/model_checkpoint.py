@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from stepstone.callbacks.callback import Callback
-from stepstone.callbacks.checkpoint_naming import format_name
+from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
@@ -189,7 +189,10 @@ class ModelCheckpoint(Callback):
 
     # --- hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        """Check the file names, resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        if stage == "fit":  # before anything is written
+            names = {"filename": self.filename, "CHECKPOINT_NAME_LAST": self.CHECKPOINT_NAME_LAST}
+            check_names(names, self.FILE_EXTENSION)
         if self._uses_async(trainer) and _writes_directories(trainer):
             raise MisconfigurationException(
                 "Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) cannot write "
