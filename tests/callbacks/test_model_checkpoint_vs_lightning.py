@@ -208,3 +208,22 @@ def test_same_state_key_check_covers_any_stateful_callback_but_not_stateless_one
     with pytest.raises(RuntimeError, match=r"type `Stateful`: callbacks\[0\] and callbacks\[2\]"):
         L.Trainer(callbacks=[Stateful(), L.Callback(), Stateful()], logger=False)
     L.Trainer(callbacks=[L.Callback(), L.Callback()], logger=False)  # nothing stored: no clash
+
+
+# --- dirpath="" ------------------------------------------------------------------------------------------
+def test_empty_dirpath_gives_bare_names_in_the_working_directory_like_lightning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observed = []
+    for framework, cls in ((PL, PLModelCheckpoint), (L, ModelCheckpoint)):
+        cwd = tmp_path / framework.__name__
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        cb = cls(dirpath="", monitor="val_loss")
+        metrics = {"epoch": torch.tensor(1), "step": torch.tensor(2)}
+        assert cb.format_checkpoint_name(metrics) == "epoch=1-step=2.ckpt"
+        run(framework, tmp_path / f"root-{framework.__name__}", cb)
+        # Lightning keeps best_model_path relative ('epoch=1-step=8.ckpt'); stepstone names the same file
+        # absolutely (see ModelCheckpoint.setup).
+        observed.append((on_disk(cwd), os.path.relpath(os.path.abspath(cb.best_model_path), cwd)))
+    assert observed[0] == observed[1] == ({"epoch=1-step=8.ckpt": 8}, "epoch=1-step=8.ckpt")

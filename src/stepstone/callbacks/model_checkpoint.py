@@ -201,6 +201,10 @@ class ModelCheckpoint(Callback):
             )
         if self.dirpath is None:
             self.dirpath = default_dirpath(trainer)
+        elif self.dirpath == "":
+            # Lightning writes bare names into the working directory; the same folder, named absolutely
+            # (the run index needs a folder path).
+            self.dirpath = os.path.realpath(os.curdir)
         # Rank 0's folder everywhere: a logger's next version number may differ between ranks that look at
         # the disk at different moments (Lightning broadcasts it too).
         self.dirpath = broadcast_object(self.dirpath)
