@@ -227,3 +227,40 @@ def test_empty_dirpath_gives_bare_names_in_the_working_directory_like_lightning(
         # absolutely (see ModelCheckpoint.setup).
         observed.append((on_disk(cwd), os.path.relpath(os.path.abspath(cb.best_model_path), cwd)))
     assert observed[0] == observed[1] == ({"epoch=1-step=8.ckpt": 8}, "epoch=1-step=8.ckpt")
+
+
+# --- what last.ckpt holds with save_top_k=0 --------------------------------------------------------------
+def test_last_with_top_k_zero_resumes_like_lightning(tmp_path: Path) -> None:
+    # Deliberate difference: stepstone writes last at every trigger, so after max_epochs=4 it holds the state
+    # of the last epoch-end trigger ("epoch": 3, the epoch that produced it). Lightning writes it only in
+    # on_train_end, once the epoch counter has moved on ("epoch": 4). Same step, same state: a resume
+    # continues identically.
+    stored, resumed = [], []
+    save_last = "link"  # True gives the same files (there is no top-k file to link to)
+    for framework, cls in ((PL, PLModelCheckpoint), (L, ModelCheckpoint)):
+        directory = tmp_path / framework.__name__
+        run(framework, tmp_path, cls(dirpath=directory, save_top_k=0, save_last=save_last), max_epochs=4)
+        stored.append(torch.load(directory / "last.ckpt", weights_only=False)["epoch"])
+        assert on_disk(directory) == {"last.ckpt": 16}
+
+        class Batches(framework.Callback):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                self.seen: list[tuple[int, int]] = []
+
+            def on_train_batch_end(self, trainer: Any, module: Any, out: Any, batch: Any, idx: int) -> None:
+                self.seen.append((trainer.current_epoch, idx))
+
+        batches = Batches()
+        trainer = framework.Trainer(
+            default_root_dir=tmp_path,
+            callbacks=[cls(dirpath=directory, save_top_k=0, save_last=save_last), batches],
+            max_epochs=5,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(_module(framework), loader(), loader(), ckpt_path=directory / "last.ckpt")
+        resumed.append((batches.seen, trainer.global_step, trainer.current_epoch))
+    assert stored == [4, 3]
+    assert resumed[0] == resumed[1] == ([(4, 0), (4, 1), (4, 2), (4, 3)], 20, 5)
