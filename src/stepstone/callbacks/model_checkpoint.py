@@ -24,6 +24,7 @@ import yaml
 from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
+from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
@@ -376,7 +377,7 @@ class ModelCheckpoint(Callback):
                 setattr(self, name, value)
             if self._scheduled is not None:  # rare: failed after scheduling; the file stays untracked
                 self._scheduled[0].exception()
-            if not self._tolerate(trainer, error):
+            if not tolerate(trainer, self, error):
                 raise
             return
         if self._scheduled is not None:
@@ -387,34 +388,6 @@ class ModelCheckpoint(Callback):
             self._pending = PendingSave(handle, path, updated, to_delete, self._deferred_last)
             return
         self._delete(trainer, to_delete)
-
-    def _tolerate(self, trainer: Trainer, error: BaseException, path: str | None = None) -> bool:
-        """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning.
-
-        Args:
-            trainer: the Trainer.
-            error: what the save raised.
-            path: the file that was not written, when known (background saves fail after their trigger).
-
-        Returns:
-            True when training should continue.
-        """
-        from stepstone.errors import CheckpointError
-
-        if self.on_save_error != "warn" or not isinstance(error, (OSError, CheckpointError)):
-            return (
-                False  # programming errors (e.g. an unsafe object in the state) and interrupts always raise
-            )
-        kept = self.last_model_path or self.best_model_path or "none yet"
-        warnings.warn(
-            f"CHECKPOINT NOT SAVED{f' ({path})' if path else ''} at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}: {error}. "
-            f"Training continues (ModelCheckpoint(on_save_error='warn')); the checkpoints already committed are "
-            f"intact (newest: {kept}). Free disk space or fix the error, or pass on_save_error='raise' to stop.",
-            UserWarning,
-            stacklevel=2,
-        )
-        return True
 
     def _save_topk(self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]) -> str:
         if self.save_top_k == 0:
@@ -603,10 +576,10 @@ class ModelCheckpoint(Callback):
             failure = None
         except BaseException as error:
             record, failure = None, error
-        failure = _agree_on_outcome(trainer, pending.filepath, failure)
+        failure = agree_on_outcome(trainer, pending.filepath, failure)
         if failure is not None:
             self._trigger_deletions = []  # that trigger never happened: it owes no deletions
-            if self._tolerate(trainer, failure, pending.filepath):
+            if tolerate(trainer, self, failure, pending.filepath):
                 return
             raise failure
         if pending.last is not None and trainer.is_global_zero:
@@ -760,15 +733,3 @@ def _writes_directories(trainer: Trainer) -> bool:
 
     strategy = trainer._strategy
     return isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded"
-
-
-def _agree_on_outcome(trainer: Trainer, filepath: str, failure: BaseException | None) -> BaseException | None:
-    """Under DDP only rank 0 writes in the background: every rank learns whether its save committed."""
-    if trainer.world_size == 1:
-        return failure
-    told = exchange(f"background save {filepath}", None if failure is None else repr(failure))
-    if told is not None and failure is None:
-        from stepstone.errors import CheckpointError
-
-        return CheckpointError(f"rank 0's background save of {filepath} failed: {told}")
-    return failure
