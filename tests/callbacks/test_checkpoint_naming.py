@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from stepstone.callbacks.checkpoint_naming import format_name, template_fields
+from stepstone.callbacks.checkpoint_naming import check_names, format_name, template_fields
+from stepstone.errors import MisconfigurationException
 
 
 def test_default_template_is_epoch_step() -> None:
@@ -49,3 +51,24 @@ def test_prefix_and_custom_characters() -> None:
 
 def test_template_fields() -> None:
     assert template_fields("a-{epoch:02d}-{val/loss:.2f}-{step}") == ["epoch", "val/loss", "step"]
+
+
+@pytest.mark.parametrize("extension", [".ckpt", ".model.ckpt"])
+def test_check_names_accepts_ckpt_endings(extension: str) -> None:
+    check_names({"filename": None, "CHECKPOINT_NAME_LAST": "last-{epoch}", "sub": "runs/{epoch}"}, extension)
+
+
+@pytest.mark.parametrize(
+    ("templates", "extension", "match"),
+    [
+        ({"filename": None}, ".pt", r"FILE_EXTENSION='.pt' is not supported.*Keep FILE_EXTENSION='.ckpt'"),
+        ({"filename": None}, "", r"FILE_EXTENSION='' is not supported"),
+        ({"CHECKPOINT_NAME_LAST": ".last"}, ".ckpt", r"CHECKPOINT_NAME_LAST='.last' gives hidden file names"),
+        ({"filename": "runs/.{epoch}"}, ".ckpt", r"filename='runs/.{epoch}' gives hidden.*'.epoch=0.ckpt'"),
+    ],
+)
+def test_check_names_refuses_names_the_folder_would_not_recognise(
+    templates: dict[str, str | None], extension: str, match: str
+) -> None:
+    with pytest.raises(MisconfigurationException, match=match):
+        check_names(templates, extension)

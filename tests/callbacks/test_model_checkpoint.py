@@ -112,8 +112,8 @@ def test_max_mode_and_nan_is_worst(tmp_path: Path) -> None:
 def test_save_top_k_all_and_none(tmp_path: Path) -> None:
     cb_all = ModelCheckpoint(dirpath=tmp_path / "all", monitor="val_loss", save_top_k=-1)
     cb_none = ModelCheckpoint(dirpath=tmp_path / "none", monitor="val_loss", save_top_k=0, filename="x")
-    t = trainer(tmp_path, [cb_all, cb_none])
-    t.fit(ScriptedModel([0.3, 0.2, 0.1]), loader(), loader())
+    for cb in (cb_all, cb_none):  # one Trainer each: both have the same state_key
+        trainer(tmp_path, [cb]).fit(ScriptedModel([0.3, 0.2, 0.1]), loader(), loader())
     assert len(ckpts(tmp_path / "all")) == 3
     assert not (tmp_path / "none").exists() or ckpts(tmp_path / "none") == []
     assert cb_none.best_model_path == ""
@@ -289,11 +289,42 @@ def test_monitor_typo_after_validation_is_an_error(tmp_path: Path) -> None:
         fit(tmp_path, cb, [1.0])
 
 
-def test_monitor_typo_without_validation_is_an_error(tmp_path: Path) -> None:
-    cb = ModelCheckpoint(dirpath=tmp_path, monitor="train_los")
+def test_monitor_missing_without_validation_warns_and_trains_on(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, monitor="train_los", save_last=True)
     t = trainer(tmp_path, [cb])
-    with pytest.raises(MisconfigurationException, match="HINT: Did you call log"):
+    with pytest.warns(
+        UserWarning, match=r"monitor='train_los'.*\['train_loss', 'epoch', 'step'\].*'last' is still"
+    ):
         t.fit(ScriptedModel(), loader())
+    assert t.global_step == 12 and ckpts(tmp_path) == ["last.ckpt"] and cb.best_model_path == ""
+
+
+class PtCheckpoint(ModelCheckpoint):
+    FILE_EXTENSION = ".pt"
+
+
+@pytest.mark.parametrize("how", ["instance", "subclass", "hidden last"])
+def test_unsupported_names_are_refused_before_anything_is_written(tmp_path: Path, how: str) -> None:
+    cb = (
+        PtCheckpoint(dirpath=tmp_path / "c") if how == "subclass" else ModelCheckpoint(dirpath=tmp_path / "c")
+    )
+    if how == "instance":
+        cb.FILE_EXTENSION = ".pt"
+    if how == "hidden last":
+        cb.CHECKPOINT_NAME_LAST = ".last"
+    with pytest.raises(
+        MisconfigurationException, match=r"FILE_EXTENSION='\.pt'|CHECKPOINT_NAME_LAST='\.last'"
+    ):
+        fit(tmp_path, cb, [1.0])
+    assert not (tmp_path / "c").exists() or not os.listdir(tmp_path / "c")
+
+
+def test_extension_ending_in_ckpt_is_used(tmp_path: Path) -> None:
+    cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    cb.FILE_EXTENSION = ".model.ckpt"
+    fit(tmp_path, cb, [1.0], max_epochs=2)
+    assert ckpts(tmp_path) == ["epoch=1-step=8.model.ckpt", "last.model.ckpt"]
+    assert cb.best_model_path == str(tmp_path / "epoch=1-step=8.model.ckpt")
 
 
 # --- state and resume ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from stepstone.core.module import LightningModule
     from stepstone.trainer.trainer import Trainer
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "check_state_keys"]
 
 
 class Callback:
@@ -220,3 +220,33 @@ class Callback:
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Called when a checkpoint is restored, before :meth:`load_state_dict`."""
+
+
+def check_state_keys(callbacks: list[Callback]) -> None:
+    """Refuse two stateful callbacks with the same ``state_key`` (Lightning's check, at ``Trainer(...)``).
+
+    Their states would share one entry of ``checkpoint["callbacks"]``: one would overwrite the other in every
+    checkpoint, and a resume would give both the same state.
+
+    Args:
+        callbacks: the Trainer's callbacks, in the order the user passed them.
+
+    Raises:
+        RuntimeError: two callbacks that override ``state_dict`` share a ``state_key`` (Lightning's type).
+    """
+    seen: dict[str, int] = {}
+    for index, callback in enumerate(callbacks):
+        if type(callback).state_dict is Callback.state_dict:
+            continue  # stateless: nothing is stored under its key
+        key = callback.state_key
+        if key not in seen:
+            seen[key] = index
+            continue
+        kind = type(callback).__name__
+        raise RuntimeError(
+            f"Found more than one stateful callback of type `{kind}`: callbacks[{seen[key]}] and "
+            f"callbacks[{index}] both have state_key {key!r}, so their states would overwrite each other in the "
+            f"checkpoint. Give them settings that differ in the state_key (for ModelCheckpoint: monitor, mode, "
+            "every_n_train_steps, every_n_epochs or train_time_interval), or drop one of them. "
+            "HINT: The `callback.state_key` must be unique among all callbacks in the Trainer."
+        )

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_TEMPLATE", "format_name", "template_fields"]
+from stepstone.errors import MisconfigurationException
+
+__all__ = ["DEFAULT_TEMPLATE", "check_names", "format_name", "template_fields"]
 
 DEFAULT_TEMPLATE = "{epoch}-{step}"
 _FIELD = re.compile(r"\{([^:{}]*)(:[^{}]*)?\}")
@@ -59,3 +61,32 @@ def format_name(
 
     name = _FIELD.sub(fill, template)
     return join.join((prefix, name)) if prefix else name
+
+
+def check_names(templates: Mapping[str, str | None], extension: str) -> None:
+    """Refuse, before anything is written, names that the checkpoint folder would not recognise.
+
+    stepstone finds a run's checkpoints (``fit(ckpt_path="last")``, the ``stepstone ckpt`` tools) by their
+    ``.ckpt`` ending, and hidden names are its temporary files: a checkpoint written under another name would
+    be left untracked.
+
+    Args:
+        templates: where each template comes from (e.g. ``"filename"``) -> the template (None: the default).
+        extension: ``ModelCheckpoint.FILE_EXTENSION``.
+
+    Raises:
+        MisconfigurationException: the extension does not end in ``.ckpt``, or a name would start with ``.``.
+    """
+    if not isinstance(extension, str) or not extension.endswith(".ckpt"):
+        raise MisconfigurationException(
+            f"ModelCheckpoint.FILE_EXTENSION={extension!r} is not supported: stepstone recognises checkpoints "
+            "by their '.ckpt' ending (resuming with ckpt_path='last', the `stepstone ckpt` tools). Keep "
+            "FILE_EXTENSION='.ckpt' (or an extension ending in '.ckpt', e.g. '.model.ckpt')."
+        )
+    for source, template in templates.items():
+        name = format_name(template, {}).rsplit("/", 1)[-1]
+        if name.startswith("."):
+            raise MisconfigurationException(
+                f"ModelCheckpoint {source}={template!r} gives hidden file names ({name + extension!r}); names "
+                "starting with '.' are stepstone's temporary files. Use a template that does not start with '.'."
+            )

@@ -37,8 +37,8 @@ def exists(path: str) -> bool:
 
 
 def resolve_dirpath(dirpath: str | os.PathLike[str] | None) -> str | None:
-    if dirpath is None:
-        return None
+    if dirpath is None or dirpath == "":
+        return dirpath  # "" stays "": bare names, relative to the working directory (as in Lightning)
     path = os.fspath(dirpath)
     return os.path.realpath(os.path.expanduser(path)) if is_local(path) else path
 

@@ -22,8 +22,9 @@ import torch
 import yaml
 
 from stepstone.callbacks.callback import Callback
-from stepstone.callbacks.checkpoint_naming import format_name
+from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
+from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
@@ -189,7 +190,10 @@ class ModelCheckpoint(Callback):
 
     # --- hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        """Check the file names, resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
+        if stage == "fit":  # before anything is written
+            names = {"filename": self.filename, "CHECKPOINT_NAME_LAST": self.CHECKPOINT_NAME_LAST}
+            check_names(names, self.FILE_EXTENSION)
         if self._uses_async(trainer) and _writes_directories(trainer):
             raise MisconfigurationException(
                 "Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) cannot write "
@@ -198,6 +202,10 @@ class ModelCheckpoint(Callback):
             )
         if self.dirpath is None:
             self.dirpath = default_dirpath(trainer)
+        elif self.dirpath == "":
+            # Lightning writes bare names into the working directory; the same folder, named absolutely
+            # (the run index needs a folder path).
+            self.dirpath = os.path.realpath(os.curdir)
         # Rank 0's folder everywhere: a logger's next version number may differ between ranks that look at
         # the disk at different moments (Lightning broadcasts it too).
         self.dirpath = broadcast_object(self.dirpath)
@@ -361,14 +369,15 @@ class ModelCheckpoint(Callback):
         try:
             if top_k:
                 written = self._save_topk(trainer, candidates, to_delete)
-            self._save_last(trainer, candidates, written, to_delete)
+            # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
+            self._save_last(trainer, candidates, written, to_delete, snapshot["last_model_path"])
         except BaseException as error:
             self._trigger_deletions = []
             for name, value in snapshot.items():
                 setattr(self, name, value)
             if self._scheduled is not None:  # rare: failed after scheduling; the file stays untracked
                 self._scheduled[0].exception()
-            if not self._tolerate(trainer, error):
+            if not tolerate(trainer, self, error):
                 raise
             return
         if self._scheduled is not None:
@@ -379,34 +388,6 @@ class ModelCheckpoint(Callback):
             self._pending = PendingSave(handle, path, updated, to_delete, self._deferred_last)
             return
         self._delete(trainer, to_delete)
-
-    def _tolerate(self, trainer: Trainer, error: BaseException, path: str | None = None) -> bool:
-        """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning.
-
-        Args:
-            trainer: the Trainer.
-            error: what the save raised.
-            path: the file that was not written, when known (background saves fail after their trigger).
-
-        Returns:
-            True when training should continue.
-        """
-        from stepstone.errors import CheckpointError
-
-        if self.on_save_error != "warn" or not isinstance(error, (OSError, CheckpointError)):
-            return (
-                False  # programming errors (e.g. an unsafe object in the state) and interrupts always raise
-            )
-        kept = self.last_model_path or self.best_model_path or "none yet"
-        warnings.warn(
-            f"CHECKPOINT NOT SAVED{f' ({path})' if path else ''} at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}: {error}. "
-            f"Training continues (ModelCheckpoint(on_save_error='warn')); the checkpoints already committed are "
-            f"intact (newest: {kept}). Free disk space or fix the error, or pass on_save_error='raise' to stop.",
-            UserWarning,
-            stacklevel=2,
-        )
-        return True
 
     def _save_topk(self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]) -> str:
         if self.save_top_k == 0:
@@ -431,12 +412,18 @@ class ModelCheckpoint(Callback):
             f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned metrics: "
             f"{list(candidates)}. HINT: Did you call log({self.monitor!r}, value) in the LightningModule?"
         )
-        if trainer._validation_has_run or not trainer._val_enabled():
-            # Validation already ran (or never will), so the key cannot appear later: this is a typo, not a delay.
+        # Lightning's rule: once validation has run, the key had its chance (a typo); before that, it may be a
+        # validation metric still to come, or validation is disabled: warn and train on without a top k.
+        if trainer._validation_has_run or trainer.validating:
             raise MisconfigurationException(message)
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message + " No checkpoint was saved.", UserWarning, stacklevel=2)
+            kept = f" {self.CHECKPOINT_NAME_LAST!r} is still saved." if self.save_last else ""
+            warnings.warn(
+                f"{message} No top-k checkpoint is saved until {self.monitor!r} is logged.{kept}",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _update_best_and_save(
         self,
@@ -495,13 +482,17 @@ class ModelCheckpoint(Callback):
             self.last_model_path = self._pending_last
 
     def _save_last(
-        self, trainer: Trainer, candidates: dict[str, torch.Tensor], written: str, to_delete: list[str]
+        self,
+        trainer: Trainer,
+        candidates: dict[str, torch.Tensor],
+        written: str,
+        to_delete: list[str],
+        previous: str,
     ) -> None:
         if not self.save_last:
             return
         from stepstone.checkpoint import copy_file, link_file
 
-        previous = self.last_model_path
         if written:
             filepath = self._pending_last
         else:
@@ -585,10 +576,10 @@ class ModelCheckpoint(Callback):
             failure = None
         except BaseException as error:
             record, failure = None, error
-        failure = _agree_on_outcome(trainer, pending.filepath, failure)
+        failure = agree_on_outcome(trainer, pending.filepath, failure)
         if failure is not None:
             self._trigger_deletions = []  # that trigger never happened: it owes no deletions
-            if self._tolerate(trainer, failure, pending.filepath):
+            if tolerate(trainer, self, failure, pending.filepath):
                 return
             raise failure
         if pending.last is not None and trainer.is_global_zero:
@@ -742,15 +733,3 @@ def _writes_directories(trainer: Trainer) -> bool:
 
     strategy = trainer._strategy
     return isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded"
-
-
-def _agree_on_outcome(trainer: Trainer, filepath: str, failure: BaseException | None) -> BaseException | None:
-    """Under DDP only rank 0 writes in the background: every rank learns whether its save committed."""
-    if trainer.world_size == 1:
-        return failure
-    told = exchange(f"background save {filepath}", None if failure is None else repr(failure))
-    if told is not None and failure is None:
-        from stepstone.errors import CheckpointError
-
-        return CheckpointError(f"rank 0's background save of {filepath} failed: {told}")
-    return failure

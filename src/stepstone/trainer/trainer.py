@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.callback import Callback, check_state_keys
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
 from stepstone.core.datamodule import LightningDataModule
@@ -88,6 +88,7 @@ class Trainer:
 
     Raises:
         MisconfigurationException: any invalid argument.
+        RuntimeError: two stateful callbacks share a ``state_key`` (Lightning's type and check).
     """
 
     def __init__(
@@ -730,6 +731,7 @@ def _resolve_callbacks(
         raise MisconfigurationException(
             f"Trainer(callbacks=...) contains {bad}, which are not stepstone Callback instances."
         )
+    check_state_keys(items)
     has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in items)
     if enable_checkpointing is False and has_checkpoint:
         raise MisconfigurationException(
