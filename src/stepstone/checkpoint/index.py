@@ -4,8 +4,9 @@ Nothing is stored in the directory: a checkpoint folder holds the checkpoints an
 flight, hidden temporaries -- Lightning users list folders and load every file. The directory listing is
 the truth and each checkpoint describes itself: a ``*.ckpt`` file by its trailer (a read at its end, a
 range request for remote files), a sharded (FSDP) checkpoint directory by its commit marker. What was read
-is remembered in this process only, per path and file version (size, inode and modification time, or the
-backend's ETag/generation), so a replaced file -- even one of the same size -- is read again.
+is remembered in this process only, per file version (size, inode, modification time and the trailer's own
+CRC at the file's end; remote: the backend's ETag/generation), so a replaced file -- even one of the same
+size -- is read again.
 
 Temporary files (hidden, ``.tmp-`` names), symlinks (aliases such as a ``last.ckpt`` link) and any other
 hidden file (such as the ``.stepstone-index.json`` earlier versions wrote, now ignored) are never listed.
@@ -41,12 +42,31 @@ __all__ = ["CHECKPOINT_SUFFIX", "LEGACY_INDEX_NAME", "RunIndex"]
 CHECKPOINT_SUFFIX = ".ckpt"
 #: The index file earlier versions wrote into checkpoint folders: ignored; ``stepstone ckpt prune`` removes it.
 LEGACY_INDEX_NAME = ".stepstone-index.json"
-_SHARDED_VERSION = "sharded:"  # prefix of a directory's version (its marker's inode, mtime and size)
+_END_BYTES = 16  # a trailer's footer (JSON length and CRC) and its magic
 _REMOTE_READERS = 8  # trailers of remote files read at once
 _CACHE_LIMIT = 8192  # records remembered per process (a few hundred bytes each)
 _Version = tuple[int | None, str]  # (file size or None for a directory, version string)
 _cache: dict[str, tuple[_Version, CheckpointRecord]] = {}  # URL -> what it was when last described
 _cache_lock = threading.Lock()  # the async writer thread lists too
+
+
+def _end_of(path: str, size: int) -> str:
+    """The last bytes of a local file ("" if unreadable): a stepstone trailer's length and CRC, new with each save.
+
+    The inode and the modification time alone do not tell a replaced file from the one cached: inodes are
+    reused at once and the clock stamping files ticks every few milliseconds, so two same-size saves of
+    ``last.ckpt`` in one tick look identical.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return ""
+    try:
+        return os.pread(fd, _END_BYTES, max(0, size - _END_BYTES)).hex()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _remember(path: str, version: _Version, record: CheckpointRecord) -> None:
@@ -91,31 +111,32 @@ class RunIndex:
     def _path(self, name: str) -> str:
         return self._storage.join(self._directory, name)
 
-    def _sharded_dirs(self) -> dict[str, str]:
-        """Committed sharded checkpoint directories (local only): name -> version of their marker."""
+    def _sharded_dirs(self) -> list[str]:
+        """Committed sharded checkpoint directories (local only)."""
         if not self._storage.is_local:
-            return {}
-        found: dict[str, str] = {}
+            return []
+        found: list[str] = []
         with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(self._directory) as items:
             for item in items:
                 if item.name.startswith(".") or not item.is_dir(follow_symlinks=False):
                     continue  # hidden: temporary (.NAME.shardtmp-*) or replaced (.NAME.shardold-*) directories
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    info = os.stat(os.path.join(item.path, MARKER_NAME))
-                    if stat.S_ISREG(info.st_mode):
-                        found[item.name] = (
-                            f"{_SHARDED_VERSION}{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
-                        )
+                    if stat.S_ISREG(os.stat(os.path.join(item.path, MARKER_NAME)).st_mode):
+                        found.append(item.name)
         return found
 
     def _listing(self) -> dict[str, _Version]:
-        """``*.ckpt`` files (name -> size, version) and sharded directories (name -> None, version)."""
-        found: dict[str, _Version] = {
-            name: (size, version)
-            for name, (size, version) in self._storage.list_files(self._directory).items()
-            if not name.startswith(".") and name.endswith(CHECKPOINT_SUFFIX)
-        }
-        found.update((name, (None, version)) for name, version in self._sharded_dirs().items())
+        """``*.ckpt`` files (name -> size, version) and sharded directories (name -> None, "").
+
+        A sharded directory has no version: its marker is read every time (it is small, and a cached record
+        could not be told apart from a new commit's).
+        """
+        found: dict[str, _Version] = {}
+        for name, (size, version) in self._storage.list_files(self._directory).items():
+            if not name.startswith(".") and name.endswith(CHECKPOINT_SUFFIX):
+                local = self._storage.is_local and version
+                found[name] = (size, f"{version}:{_end_of(self._path(name), size)}" if local else version)
+        found.update((name, (None, "")) for name in self._sharded_dirs())
         return found
 
     def _describe(self, name: str, version: _Version) -> CheckpointRecord | CheckpointCorruptError | None:
@@ -141,7 +162,7 @@ class RunIndex:
                 record = read_sharded_info(path)
             except (ValueError, KeyError, TypeError, AttributeError) as error:  # a marker of the wrong shape
                 raise CheckpointCorruptError(path, f"its commit marker is malformed ({error!r})") from None
-        if version[1] and (version[0] is None or record.size == version[0]):
+        if version[1] and record.size == version[0]:
             _remember(self._url(name), version, record)  # a file replaced since the listing is not remembered
         return record
 
