@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from stepstone.checkpoint import (
-    INDEX_FILENAME,
     AnyOf,
     CheckpointManager,
     KeepBest,
@@ -51,8 +50,23 @@ def test_save_restore_latest_and_by_step(tmp_path: Path) -> None:
         assert manager.last_restored is not None and manager.last_restored.verified
         assert manager.restore(20)["step"] == 20
         assert [r.step for r in manager.all_checkpoints()] == [10, 20, 30]
-    assert _ckpts(tmp_path) == ["step=10.ckpt", "step=20.ckpt", "step=30.ckpt"]
-    assert os.path.exists(tmp_path / INDEX_FILENAME)
+    assert sorted(os.listdir(tmp_path)) == ["step=10.ckpt", "step=20.ckpt", "step=30.ckpt"]  # nothing else
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_the_folder_holds_nothing_but_loadable_checkpoints(tmp_path: Path, async_save: bool) -> None:
+    with CheckpointManager(tmp_path, retention=KeepLatest(2), async_save=async_save) as manager:
+        for step in range(1, 6):
+            manager.save(step, _state(step), metrics={"loss": 1.0 / step})
+    assert sorted(os.listdir(tmp_path)) == ["step=4.ckpt", "step=5.ckpt"]
+    for name in os.listdir(tmp_path):  # what users do with a folder of checkpoints
+        assert torch.load(tmp_path / name, weights_only=True)["step"] == int(name[5:-5])
+    with CheckpointManager(tmp_path) as reopened:  # a new manager (and process) sees the same run
+        assert [(r.step, r.metrics) for r in reopened.all_checkpoints()] == [
+            (4, {"loss": 0.25}),
+            (5, {"loss": 0.2}),
+        ]
+        assert reopened.restore()["step"] == 5
 
 
 def test_retention_deletes_only_after_the_new_checkpoint_is_committed(tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ PUBLIC_API = {
     "KeepBest",
     "KeepEveryNSteps",
     "AnyOf",
-    "INDEX_FILENAME",
 }
 
 

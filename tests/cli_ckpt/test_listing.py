@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stepstone.checkpoint import RunIndex
+from stepstone.checkpoint.index import LEGACY_INDEX_NAME
 from stepstone.cli import main
 
 TOP = ["epoch=1-val_loss=1.00.ckpt", "epoch=3-val_loss=0.50.ckpt"]
@@ -92,13 +93,31 @@ def test_prune_dry_run_deletes_nothing(run_dir: Path, capsys: pytest.CaptureFixt
     assert sorted(os.listdir(run_dir)) == before
 
 
-def test_prune_keeps_best_and_last_and_updates_the_index(
+def test_prune_keeps_best_and_last(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-best", "1", "--metric", "val_loss", "--json")
+    assert code == 0 and json.loads(out)["deleted"] == [TOP[0]] and json.loads(out)["legacy_index"] is None
+    assert sorted(os.listdir(run_dir)) == [TOP[1], "last.ckpt"]
+    assert [r.name for r in RunIndex(run_dir).entries()] == [TOP[1], "last.ckpt"]
+
+
+def test_prune_removes_the_index_file_of_earlier_versions(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-best", "1", "--metric", "val_loss", "--json")
-    assert code == 0 and json.loads(out)["deleted"] == [TOP[0]]
-    assert sorted(n for n in os.listdir(run_dir) if n.endswith(".ckpt")) == [TOP[1], "last.ckpt"]
-    assert [r.name for r in RunIndex(run_dir).entries()] == [TOP[1], "last.ckpt"]
+    (run_dir / LEGACY_INDEX_NAME).write_text('{"format": "stepstone-index", "version": 1, "entries": []}')
+    code, out, _ = _run(capsys, "ls", "--no-verify", str(run_dir))
+    assert code == 0 and LEGACY_INDEX_NAME not in out  # ignored by everything that reads
+    code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-last", "5", "--dry-run")
+    assert (
+        code == 0 and f"would delete: {LEGACY_INDEX_NAME}" in out and (run_dir / LEGACY_INDEX_NAME).exists()
+    )
+    code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-last", "5", "--json")
+    assert code == 0 and json.loads(out) == {
+        "dry_run": False,
+        "deleted": [],
+        "kept": sorted([*TOP, "last.ckpt"]),
+        "legacy_index": LEGACY_INDEX_NAME,
+    }
+    assert sorted(os.listdir(run_dir)) == sorted([*TOP, "last.ckpt"])
 
 
 def test_prune_never_deletes_the_target_of_a_last_link(

@@ -148,7 +148,7 @@ def test_prune_deletes_directories_with_remove_sharded(
     code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-best", "1", "--metric", "loss", "--json")
     assert code == 0 and json.loads(out)["deleted"] == ["step=15.ckpt", "step=20.ckpt"]
     assert removed == [str(run_dir / "step=20.ckpt")]
-    assert sorted(os.listdir(run_dir)) == [".stepstone-index.json", "last.ckpt", "step=10.ckpt"]
+    assert sorted(os.listdir(run_dir)) == ["last.ckpt", "step=10.ckpt"]
     assert [r.name for r in RunIndex(run_dir).entries()] == ["step=10.ckpt"]
 
 

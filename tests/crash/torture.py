@@ -7,7 +7,8 @@ Used by ``test_torture.py`` (a bounded number of kills in the suite) and runnabl
 The invariant checked after every kill (``check_directory``):
 
 - every ``*.ckpt`` under its final name verifies (no partial file ever carries a final name);
-- every checkpoint the index lists exists, verifies and loads;
+- every checkpoint the run index lists exists, verifies and loads, and the folder holds nothing but checkpoints
+  and hidden temporaries (of the write the kill interrupted);
 - at most ``top_k`` committed top-k files plus one (the file the run resumed from, or the one a kill
   caught between committing a newer file and deleting the one it replaces), ``last*`` not counted;
 - the next child, started with ``ckpt_path="last"``, resumes from the newest committed step.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import stepstone
-from stepstone.checkpoint import INDEX_FILENAME, RunIndex, load_file, verify_file
+from stepstone.checkpoint import RunIndex, load_file, verify_file
 from stepstone.checkpoint.commit import is_temp_name
 from stepstone.errors import CheckpointError
 
@@ -170,25 +171,27 @@ def check_directory(directory: Path, top_k: int) -> tuple[list[str], int]:
             steps[name] = _step_of(directory, name) or 0
         except AssertionError as error:
             violations.append(str(error))
-    if INDEX_FILENAME in names:
-        listed = {row["name"] for row in json.loads((directory / INDEX_FILENAME).read_text())["entries"]}
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a damaged trailer would only warn while scanning
-            try:
-                listed |= {record.name for record in RunIndex(directory).entries()}
-            except Warning as warning:
-                violations.append(f"the index scan warned: {warning}")
-        for name in sorted(listed):
-            if name not in steps:
-                violations.append(f"the index lists {name}, which is missing or does not verify")
-                continue
-            try:
-                state = load_file(directory / name)
-            except CheckpointError as error:
-                violations.append(f"{name} is listed and verifies but does not load: {error}")
-                continue
-            if state["global_step"] != steps[name]:
-                violations.append(f"{name}: trailer step {steps[name]} != global_step {state['global_step']}")
+    others = [n for n in names if n not in final and not is_temp_name(n)]
+    if others:
+        violations.append(f"the folder holds files that are neither checkpoints nor temporaries: {others}")
+    listed: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a damaged trailer would only warn while scanning
+        try:
+            listed = {record.name for record in RunIndex(directory).entries()}
+        except Warning as warning:
+            violations.append(f"the index scan warned: {warning}")
+    for name in sorted(listed):
+        if name not in steps:
+            violations.append(f"the index lists {name}, which is missing or does not verify")
+            continue
+        try:
+            state = load_file(directory / name)
+        except CheckpointError as error:
+            violations.append(f"{name} is listed and verifies but does not load: {error}")
+            continue
+        if state["global_step"] != steps[name]:
+            violations.append(f"{name}: trailer step {steps[name]} != global_step {state['global_step']}")
     top = [n for n in final if not n.startswith("last")]
     if len(top) > top_k + 1:
         violations.append(f"{len(top)} top-k files ({top}) for save_top_k={top_k} (+1 allowed)")

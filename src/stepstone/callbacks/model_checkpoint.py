@@ -547,10 +547,7 @@ class ModelCheckpoint(Callback):
         self._after_commit(trainer, filepath, record)
 
     def _after_commit(self, trainer: Trainer, filepath: str, record: CheckpointRecord | None) -> None:
-        from stepstone.checkpoint import RunIndex
-
-        if record is not None and self.dirpath is not None and os.path.dirname(filepath) == self.dirpath:
-            RunIndex(self.dirpath).record(record)
+        del filepath, record  # nothing to record: the folder's listing and the files' trailers are the index
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
@@ -624,14 +621,10 @@ class ModelCheckpoint(Callback):
         return True
 
     def _remove_checkpoint(self, trainer: Trainer, path: str) -> None:
-        from stepstone.checkpoint import RunIndex, remove_file
+        from stepstone.checkpoint import remove_file
 
         if not trainer.is_global_zero:
             return
-        # Forget first: a kill in between leaves an unlisted file (found again by the index scan), never
-        # an index entry naming a deleted file.
-        if self.dirpath is not None and os.path.dirname(path) == self.dirpath:
-            RunIndex(self.dirpath).forget(os.path.basename(path))
         if os.path.isdir(path) and not os.path.islink(path):
             from stepstone.checkpoint.sharded import remove_sharded
 

@@ -28,7 +28,7 @@ from stepstone.checkpoint.files import (
     sweep_stale_temps,
     verify_file,
 )
-from stepstone.checkpoint.index import INDEX_FILENAME, RunIndex
+from stepstone.checkpoint.index import RunIndex
 from stepstone.checkpoint.manager import CheckpointManager
 from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord
@@ -37,7 +37,6 @@ from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.writer import AsyncWriter, SaveHandle
 
 __all__ = [
-    "INDEX_FILENAME",
     "AnyOf",
     "AsyncWriter",
     "CheckpointManager",

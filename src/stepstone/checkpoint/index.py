@@ -1,30 +1,28 @@
 """The run index: the committed checkpoints of a directory, with step, metrics, size and digest.
 
-The index file (``.stepstone-index.json``) is only a cache that saves reading every trailer. The
-directory listing is the truth: entries whose file is gone are dropped, ``*.ckpt`` files the index does
-not know (or whose size changed) are described from their trailers, and a missing or damaged index is
-rebuilt by scanning. Temporary files (hidden, ``.tmp-`` names) and symlinks (aliases such as a
-``last.ckpt`` link) are never listed. The index is written
-through the same commit protocol as checkpoints, so it is never seen half-written.
+Nothing is stored in the directory: a checkpoint folder holds the checkpoints and, while a write is in
+flight, hidden temporaries -- Lightning users list folders and load every file. The directory listing is
+the truth and each checkpoint describes itself: a ``*.ckpt`` file by its trailer (a read at its end, a
+range request for remote files), a sharded (FSDP) checkpoint directory by its commit marker. What was read
+is remembered in this process only, per file version (size, inode, modification time and the trailer's own
+CRC at the file's end; remote: the backend's ETag/generation), so a replaced file -- even one of the same
+size -- is read again.
 
-Sharded (FSDP) checkpoints are directories: a local directory holding the commit marker
-(``.stepstone-committed``, written last) is listed whatever its name, described from its marker
-(:func:`read_sharded_info`), verified with :func:`verify_sharded` and deleted with :func:`remove_sharded`.
-Directories without the marker (unfinished saves) and hidden ones (``.NAME.shardtmp-*``/``.NAME.shardold-*``)
-are never listed. Their cached records are reused while the marker file is the same (a new commit replaces it).
-
-One writer per directory: two processes recording into the same index at once may lose each other's
-entries (they would be re-discovered from the listing on the next read).
+Temporary files (hidden, ``.tmp-`` names), symlinks (aliases such as a ``last.ckpt`` link) and any other
+hidden file (such as the ``.stepstone-index.json`` earlier versions wrote, now ignored) are never listed.
+A local directory holding the commit marker (``.stepstone-committed``, written last) is listed whatever its
+name, verified with :func:`verify_sharded` and deleted with :func:`remove_sharded`. Directories without the
+marker (unfinished saves) and hidden ones (``.NAME.shardtmp-*``/``.NAME.shardold-*``) are never listed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
+import threading
 import warnings
-from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from stepstone.checkpoint.inspection import describe, verify
@@ -39,18 +37,54 @@ from stepstone.errors import (
     MisconfigurationException,
 )
 
-__all__ = ["CHECKPOINT_SUFFIX", "INDEX_FILENAME", "RunIndex"]
+__all__ = ["CHECKPOINT_SUFFIX", "LEGACY_INDEX_NAME", "RunIndex"]
 
-INDEX_FILENAME = ".stepstone-index.json"
 CHECKPOINT_SUFFIX = ".ckpt"
-_SCHEMA = "stepstone-index"
-_VERSION = 1
-_Entry = tuple[CheckpointRecord, str]  # a record and the version of the file it describes
-_SHARDED_VERSION = "sharded:"  # prefix of a directory's version (its marker's inode, mtime and size)
+#: The index file earlier versions wrote into checkpoint folders: ignored; ``stepstone ckpt prune`` removes it.
+LEGACY_INDEX_NAME = ".stepstone-index.json"
+_END_BYTES = 16  # a trailer's footer (JSON length and CRC) and its magic
+_REMOTE_READERS = 8  # trailers of remote files read at once
+_CACHE_LIMIT = 8192  # records remembered per process (a few hundred bytes each)
+_Version = tuple[int | None, str]  # (file size or None for a directory, version string)
+_cache: dict[str, tuple[_Version, CheckpointRecord]] = {}  # URL -> what it was when last described
+_cache_lock = threading.Lock()  # the async writer thread lists too
+
+
+def _end_of(path: str, size: int) -> str:
+    """The last bytes of a local file ("" if unreadable): a stepstone trailer's length and CRC, new with each save.
+
+    The inode and the modification time alone do not tell a replaced file from the one cached: inodes are
+    reused at once and the clock stamping files ticks every few milliseconds, so two same-size saves of
+    ``last.ckpt`` in one tick look identical.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return ""
+    try:
+        return os.pread(fd, _END_BYTES, max(0, size - _END_BYTES)).hex()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _remember(path: str, version: _Version, record: CheckpointRecord) -> None:
+    with _cache_lock:
+        _cache.pop(path, None)
+        _cache[path] = (version, record)
+        while len(_cache) > _CACHE_LIMIT:
+            del _cache[next(iter(_cache))]  # the longest unseen
+
+
+def _recall(path: str, version: _Version) -> CheckpointRecord | None:
+    with _cache_lock:
+        known = _cache.get(path)
+    return known[1] if known is not None and known[0] == version else None
 
 
 class RunIndex:
-    """The index of the checkpoints in one directory.
+    """The checkpoints of one directory, read from their trailers (or sharded commit markers).
 
     Args:
         directory: the checkpoint directory (local path or URL).
@@ -68,7 +102,6 @@ class RunIndex:
                 f"RunIndex(directory={directory!r}): pass a directory path or URL"
             )
         self._storage, self._directory = split_url(os.fspath(directory), storage_options)
-        self._index_path = self._storage.join(self._directory, INDEX_FILENAME)
 
     @property
     def directory(self) -> str:
@@ -78,128 +111,88 @@ class RunIndex:
     def _path(self, name: str) -> str:
         return self._storage.join(self._directory, name)
 
-    def _read_cache(self) -> dict[str, _Entry] | None:
-        """The index file's entries, or None when it is missing or damaged."""
-        try:
-            data = json.loads(self._storage.read_bytes(self._index_path))
-            if not isinstance(data, dict) or data.get("format") != _SCHEMA or data.get("version") != _VERSION:
-                raise ValueError("not a stepstone index (version 1)")
-            entries = data["entries"]
-            if not isinstance(entries, list):
-                raise ValueError("'entries' is not a list")
-            cache: dict[str, _Entry] = {}
-            for entry in entries:
-                record = CheckpointRecord.from_json(entry, self._storage.url(self._path(entry["name"])))
-                cache[record.name] = (record, str(entry.get("file_version", "")))
-            return cache
-        except CheckpointNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as error:
-            warnings.warn(
-                f"The checkpoint index {self._storage.url(self._index_path)!r} is damaged ({error}); it is "
-                "rebuilt from the checkpoint files' trailers.",
-                stacklevel=4,
-            )
-            return None
-
-    def _sharded_dirs(self) -> dict[str, str]:
-        """Committed sharded checkpoint directories (local only): name -> version of their marker."""
+    def _sharded_dirs(self) -> list[str]:
+        """Committed sharded checkpoint directories (local only)."""
         if not self._storage.is_local:
-            return {}
-        found: dict[str, str] = {}
+            return []
+        found: list[str] = []
         with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(self._directory) as items:
             for item in items:
                 if item.name.startswith(".") or not item.is_dir(follow_symlinks=False):
                     continue  # hidden: temporary (.NAME.shardtmp-*) or replaced (.NAME.shardold-*) directories
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    info = os.stat(os.path.join(item.path, MARKER_NAME))
-                    if stat.S_ISREG(info.st_mode):
-                        found[item.name] = (
-                            f"{_SHARDED_VERSION}{info.st_ino}:{info.st_mtime_ns}:{info.st_size}"
-                        )
+                    if stat.S_ISREG(os.stat(os.path.join(item.path, MARKER_NAME)).st_mode):
+                        found.append(item.name)
         return found
 
-    def _listing(self) -> dict[str, tuple[int | None, str]]:
-        """``*.ckpt`` files (name -> size, version) and sharded directories (name -> None, version)."""
-        found: dict[str, tuple[int | None, str]] = {
-            name: (size, version)
-            for name, (size, version) in self._storage.list_files(self._directory).items()
-            if not name.startswith(".") and name.endswith(CHECKPOINT_SUFFIX)
-        }
-        found.update((name, (None, version)) for name, version in self._sharded_dirs().items())
+    def _listing(self) -> dict[str, _Version]:
+        """``*.ckpt`` files (name -> size, version) and sharded directories (name -> None, "").
+
+        A sharded directory has no version: its marker is read every time (it is small, and a cached record
+        could not be told apart from a new commit's).
+        """
+        found: dict[str, _Version] = {}
+        for name, (size, version) in self._storage.list_files(self._directory).items():
+            if not name.startswith(".") and name.endswith(CHECKPOINT_SUFFIX):
+                local = self._storage.is_local and version
+                found[name] = (size, f"{version}:{_end_of(self._path(name), size)}" if local else version)
+        found.update((name, (None, "")) for name in self._sharded_dirs())
         return found
 
-    def _describe(self, name: str, sharded: bool) -> CheckpointRecord:
-        path = self._path(name)
-        if not sharded:
-            return describe(self._storage, path)
+    def _describe(self, name: str, version: _Version) -> CheckpointRecord | CheckpointCorruptError | None:
+        """The record of one listed entry; the error of a damaged one; None for one removed since the listing."""
         try:
-            return read_sharded_info(path)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:  # a marker of the wrong shape
-            raise CheckpointCorruptError(path, f"its commit marker is malformed ({error!r})") from None
+            return self._read(name, version)
+        except CheckpointNotFoundError:
+            return None
+        except CheckpointCorruptError as error:
+            return error
 
-    def _scan(self, cached: dict[str, _Entry]) -> dict[str, _Entry]:
-        """Reconcile ``cached`` with the directory listing: name -> (record, file version)."""
-        found: dict[str, _Entry] = {}
-        for name, (size, version) in self._listing().items():
-            known = cached.get(name)
-            # A cached record is reused only for the very same file (or marker): a commit that replaced it
-            # (even with a file of the same size) changes its version.
-            if known is not None and version and known[1] == version and size in (None, known[0].size):
-                found[name] = known
-                continue
+    def _url(self, name: str) -> str:
+        return self._storage.url(
+            self._path(name)
+        )  # the cache key: a storage path does not name the filesystem
+
+    def _read(self, name: str, version: _Version) -> CheckpointRecord:
+        path = self._path(name)
+        if version[0] is not None:
+            record = describe(self._storage, path)
+        else:
             try:
-                found[name] = (self._describe(name, sharded=size is None), version)
-            except CheckpointNotFoundError:
-                continue  # removed since the listing
-            except CheckpointCorruptError as error:
-                warnings.warn(f"Ignoring {error}", stacklevel=4)
-        return found
+                record = read_sharded_info(path)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # a marker of the wrong shape
+                raise CheckpointCorruptError(path, f"its commit marker is malformed ({error!r})") from None
+        if version[1] and record.size == version[0]:
+            _remember(self._url(name), version, record)  # a file replaced since the listing is not remembered
+        return record
 
     def entries(self) -> list[CheckpointRecord]:
-        """The committed checkpoints, oldest first (index reconciled with the directory).
+        """The committed checkpoints, oldest first; a damaged one is skipped with a warning.
 
         Returns:
             The records (``verified=False``).
         """
-        return sorted((record for record, _ in self._scan(self._read_cache() or {}).values()), key=age_key)
-
-    def _write(self, entries: Iterable[_Entry]) -> None:
-        rows = [{**record.to_json(), "file_version": version} for record, version in entries]
-        body = {"format": _SCHEMA, "version": _VERSION, "entries": sorted(rows, key=lambda row: row["name"])}
-        data = json.dumps(body, indent=1, allow_nan=False).encode()
-        self._storage.write(self._index_path, lambda output: output.write_all(memoryview(data)))
-
-    def record(self, record: CheckpointRecord) -> None:
-        """Add (or replace) a committed checkpoint and write the index.
-
-        Args:
-            record: the record of a ``*.ckpt`` file, or of a committed sharded checkpoint directory, in this
-                directory.
-
-        Raises:
-            MisconfigurationException: if the record's name is hidden, or neither a ``*.ckpt`` file name nor
-                a committed sharded directory.
-        """
-        name = record.name
-        if name.startswith(".") or not (name.endswith(CHECKPOINT_SUFFIX) or self.is_sharded(name)):
-            raise MisconfigurationException(
-                f"RunIndex.record: {name!r} is not indexed; checkpoint names must end in {CHECKPOINT_SUFFIX!r} "
-                "(or be a committed sharded checkpoint directory) and not start with '.'"
-            )
-        entries = self._scan(self._read_cache() or {})
-        version = entries[name][1] if name in entries else ""
-        entries[name] = (record, version)
-        self._write(entries.values())
-
-    def forget(self, *names: str) -> None:
-        """Remove entries and write the index (the files themselves are not touched).
-
-        Args:
-            *names: file names to forget; unknown names are ignored.
-        """
-        entries = self._scan(self._read_cache() or {})
-        self._write(entry for name, entry in entries.items() if name not in names)
+        listing = self._listing()
+        outcomes: list[CheckpointRecord | CheckpointCorruptError | None] = []
+        unread: list[tuple[str, _Version]] = []
+        for name, version in listing.items():
+            known = _recall(self._url(name), version) if version[1] else None  # no version: read every time
+            if known is None:
+                unread.append((name, version))
+            else:
+                outcomes.append(known)
+        if self._storage.is_local or len(unread) < 2:
+            outcomes += [self._describe(name, version) for name, version in unread]
+        else:  # remote: each trailer costs round trips; overlap them
+            with ThreadPoolExecutor(min(_REMOTE_READERS, len(unread)), "stepstone-index") as pool:
+                outcomes += pool.map(lambda item: self._describe(*item), unread)
+        found = []
+        for outcome in outcomes:
+            if isinstance(outcome, CheckpointCorruptError):
+                warnings.warn(f"Ignoring {outcome}", stacklevel=2)  # here, in the caller's thread
+            elif outcome is not None:
+                found.append(outcome)
+        return sorted(found, key=age_key)
 
     def is_sharded(self, name: str) -> bool:
         """Whether ``name`` is a committed sharded checkpoint directory of this (local) directory.
@@ -231,9 +224,7 @@ class RunIndex:
         return verify(self._storage, self._path(name))
 
     def delete(self, *names: str) -> None:
-        """Forget entries, then delete them: files durably, sharded directories with :func:`remove_sharded`.
-
-        The index is written first, so that it never lists a deleted checkpoint.
+        """Delete checkpoints: files durably, sharded directories with :func:`remove_sharded`.
 
         Args:
             *names: entry names; missing ones are ignored.
@@ -255,22 +246,11 @@ class RunIndex:
                     f"RunIndex.delete({name!r}): {path!r} is a directory without the {MARKER_NAME} marker, not a "
                     "committed checkpoint; it was not deleted (remove it yourself if it is an unfinished save)"
                 )
-        self.forget(*names)
         for name in names:
             if self.is_sharded(name):
                 remove_sharded(self._path(name))
             else:
                 self._storage.remove(self._path(name))
-
-    def rebuild(self) -> list[CheckpointRecord]:
-        """Rebuild the index from the checkpoint files' trailers and write it.
-
-        Returns:
-            The records found, oldest first.
-        """
-        entries = self._scan({})
-        self._write(entries.values())
-        return sorted((record for record, _ in entries.values()), key=age_key)
 
     def newest_first(self) -> list[CheckpointRecord]:
         """Candidates for "latest": newest first (by step, then creation time), files and directories alike.

@@ -1,10 +1,11 @@
 """CheckpointManager: save / restore / list the checkpoints of one run directory.
 
-It composes the engine: ``files.save_file`` writes and commits one file, ``RunIndex`` records it, the
-retention policy decides what to keep, and the manager deletes the rest -- the only place that deletes,
-and only after the new checkpoint is committed and indexed. Files stepstone did not write (no trailer)
-are never deleted. Restoring "latest" or "best" verifies the candidate while loading it and falls back to
-the next candidate, with a warning, when it is corrupt.
+It composes the engine: ``files.save_file`` writes and commits one file, ``RunIndex`` lists the directory
+(from the files' trailers: nothing but checkpoints is written there), the retention policy decides what to
+keep, and the manager deletes the rest -- the only place that deletes, and only after the new checkpoint is
+committed. Files stepstone did not write (no trailer) are never deleted. Restoring "latest" or "best"
+verifies the candidate while loading it and falls back to the next candidate, with a warning, when it is
+corrupt.
 
 ``restore("best")`` ranks by ``best_metric``/``best_mode`` if given, else by the metric of the
 ``KeepBest`` policy in ``retention`` (alone or inside ``AnyOf``).
@@ -94,7 +95,7 @@ class CheckpointManager:
         best_metric: metric ranking ``restore("best")`` (default: the ``KeepBest`` metric of ``retention``).
         best_mode: ``"min"`` or ``"max"`` for ``best_metric``.
         async_save: save in the background: ``save`` returns once the state is copied into reusable host
-            buffers (one copy of the state, kept between saves); the write, commit, index update and
+            buffers (one copy of the state, kept between saves); the write, commit and
             retention run on a writer thread, one save at a time. ``wait``/``close`` wait for it.
         max_staging_bytes: with ``async_save``, the most bytes of host buffers (None: one full copy of the
             state). Storages over the budget are not copied: ``save`` returns once they are written to the
@@ -176,7 +177,7 @@ class CheckpointManager:
         Args:
             step: the training step (int >= 0), unique within the directory.
             state: the checkpoint dict (weights_only-safe content).
-            metrics: metric values stored in the trailer and the index (used by ``KeepBest``).
+            metrics: metric values stored in the trailer (used by ``KeepBest``).
             epoch: the epoch, stored with the checkpoint.
 
         Returns:
@@ -193,7 +194,7 @@ class CheckpointManager:
         if self._closed:
             raise CheckpointError("CheckpointManager is closed; create a new one to save")
         if isinstance(self._writer, AsyncWriter):
-            self._writer.reserve()  # the previous save is indexed before this one's name is checked
+            self._writer.reserve()  # the previous save is committed before this one's name is checked
         meta = normalize_metadata({"step": step, "epoch": epoch, "metrics": metrics})
         if meta["step"] is None:
             raise MisconfigurationException("step must be an int >= 0, got None")
@@ -213,7 +214,6 @@ class CheckpointManager:
 
         def job(gate: LiveGate) -> CheckpointRecord:
             record = save_file(path, state, metadata=meta, storage_options=self._options, live_gate=gate)
-            self._index.record(record)
             self._apply_retention()
             return record
 
@@ -229,7 +229,6 @@ class CheckpointManager:
         dropped = [r for r in records if r.name not in keep]
         if not dropped:
             return
-        self._index.forget(*(r.name for r in dropped))  # first the index, so it never lists a deleted file
         for record in dropped:
             self._storage.remove(self._storage.join(self._directory, record.name))
 

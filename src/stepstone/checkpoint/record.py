@@ -1,9 +1,9 @@
 """What is known about one committed checkpoint, and the schema of the metadata stored with it.
 
-``CheckpointRecord`` is what every part of the engine passes around (the index stores them, retention
+``CheckpointRecord`` is what every part of the engine passes around (the run index lists them, retention
 policies decide over them, the manager returns them). The caller's metadata (step, epoch, metrics) is
 validated here, at the boundary, and converted to/from JSON. Metrics are floats; non-finite values are
-stored as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the trailer and the index stay
+stored as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` so the trailer stays
 standard JSON that any tool can read.
 """
 
@@ -85,7 +85,7 @@ class CheckpointRecord:
 
         Args:
             data: the JSON dict.
-            path: the file's path (the index stores names only).
+            path: the file's path (the JSON holds its name only).
 
         Returns:
             The record, with ``verified=False``.

@@ -1,7 +1,7 @@
 """Retention policies: pure functions from checkpoint records to the names to keep.
 
-A policy never touches files. ``CheckpointManager`` applies it only after a new checkpoint is committed
-and the index updated, and deletes what the policy did not keep (the one place that deletes).
+A policy never touches files. ``CheckpointManager`` applies it only after a new checkpoint is committed,
+and deletes what the policy did not keep (the one place that deletes).
 
 Ordering conventions shared by all policies: "newer" means a larger step, then a later ``created`` time
 (records without a step are older than any record with one). For ``KeepBest``, NaN and missing values are

@@ -1,6 +1,6 @@
 """Runs save jobs, synchronously (``SyncWriter``) or on one background thread (``AsyncWriter``).
 
-A save job is a callable that writes, commits and indexes one checkpoint and returns its record. The
+A save job is a callable that writes and commits one checkpoint (then applies retention) and returns its record. The
 manager hands jobs to a ``Writer`` and gets a ``SaveHandle`` back.
 
 The contract a writer keeps (the synchronous one trivially):

@@ -1,7 +1,7 @@
 """``stepstone ckpt ls``, ``verify`` and ``prune``: the checkpoints of a directory, their integrity, retention.
 
 Reading goes through the engine (trailers, checksums, the run index); ``prune`` deletes through the engine's
-retention policies and in the engine's order (index entry first, then the file), and never deletes a
+retention policies (and removes the ``.stepstone-index.json`` earlier versions wrote), and never deletes a
 ``last*`` file or the file a ``last`` symlink points to. Sharded (FSDP) checkpoint directories are listed and
 pruned like files: described from their commit marker, verified against it, deleted with ``remove_sharded``.
 """
@@ -26,6 +26,7 @@ from stepstone.checkpoint import (
     verify_file,
 )
 from stepstone.checkpoint.commit import is_temp_name
+from stepstone.checkpoint.index import LEGACY_INDEX_NAME
 from stepstone.checkpoint.record import age_key
 from stepstone.checkpoint.sharded import META_NAME, is_sharded_checkpoint, read_sharded_info, verify_sharded
 from stepstone.cli_ckpt.output import emit_json, human_size, human_time, metrics_text, table
@@ -281,13 +282,25 @@ def run_prune(args: argparse.Namespace) -> int:
     # The policy ranks the real checkpoints; last* copies are always kept and would otherwise take a slot.
     keep = policy([r for r in records if not r.name.startswith("last")]) | _protected(args.dir, records)
     dropped = [r for r in records if r.name not in keep]
-    if not args.dry_run and dropped:
-        # The index entries first, so it never lists a deleted checkpoint; directories via remove_sharded.
-        index.delete(*(r.name for r in dropped))
+    legacy = os.path.join(args.dir, LEGACY_INDEX_NAME)
+    has_legacy = os.path.isfile(legacy) and not os.path.islink(legacy)
+    if not args.dry_run:
+        index.delete(*(r.name for r in dropped))  # directories via remove_sharded
+        if has_legacy:
+            os.remove(legacy)
     if args.json:
-        emit_json({"dry_run": args.dry_run, "deleted": [r.name for r in dropped], "kept": sorted(keep)})
+        emit_json(
+            {
+                "dry_run": args.dry_run,
+                "deleted": [r.name for r in dropped],
+                "kept": sorted(keep),
+                "legacy_index": LEGACY_INDEX_NAME if has_legacy else None,
+            }
+        )
         return 0
     verb = "would delete" if args.dry_run else "deleted"
+    if has_legacy:
+        print(f"{verb}: {LEGACY_INDEX_NAME}  (the index file of an earlier stepstone, no longer used)")
     for record in dropped:
         print(f"{verb}: {record.name}  (step {record.step}, {metrics_text(record.metrics)})")
     kept = sorted(r.name for r in records if r.name in keep)

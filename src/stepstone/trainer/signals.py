@@ -163,22 +163,18 @@ class PreemptionHandler:
         signum = self.requested or signal.SIGTERM
         self.consumed = True
         name = signal.Signals(signum).name
-        from stepstone.checkpoint import RunIndex
-
         callback = trainer.checkpoint_callback
         path = None
         if callback is not None and callback.dirpath is not None:
             path = os.path.join(callback.dirpath, PREEMPTED_FILENAME)
             self.saving = True
             try:
-                # The full state whatever save_weights_only says, committed like every checkpoint, and indexed so
-                # that ckpt_path="last"/"auto" finds it; ModelCheckpoint's top-k and last bookkeeping are untouched.
+                # The full state whatever save_weights_only says, committed like every checkpoint, so that
+                # ckpt_path="last"/"auto" finds it; ModelCheckpoint's top-k and last bookkeeping are untouched.
                 from stepstone.trainer.distributed import save_on_all_ranks
 
                 # Under DDP every rank builds it (the per-rank RNG states are gathered) and rank 0 writes it.
-                record = save_on_all_ranks(trainer, path, weights_only=False)
-                if record is not None:
-                    RunIndex(callback.dirpath).record(record)
+                save_on_all_ranks(trainer, path, weights_only=False)
             finally:
                 self.saving = False
             where = f"saved {path} (resume with fit(ckpt_path='auto') or 'last')"
