@@ -291,7 +291,12 @@ def _encode(obj: Any, device: torch.device) -> torch.Tensor:
 
 
 def _decode(data: torch.Tensor, length: int) -> Any:
-    return pickle.loads(data[:length].cpu().numpy().tobytes())
+    # Copied into a bytearray through a tensor view of it: ``.numpy()`` would make numpy (not a dependency of
+    # stepstone, nor of torch) required by every DDP run.
+    buffer = bytearray(length)
+    if length:
+        torch.frombuffer(buffer, dtype=torch.uint8).copy_(data[:length])
+    return pickle.loads(buffer)
 
 
 def _released(*tensors: torch.Tensor) -> None:
