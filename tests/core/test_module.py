@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import stepstone as L
 from models import FEATURES, BoringModel, loader, make_trainer
 from stepstone.core.optimizers import LightningOptimizer
 from stepstone.errors import MisconfigurationException
+from twin_models import fit_twin
 
 
 def test_attributes_without_trainer() -> None:
@@ -256,3 +259,19 @@ def test_toggle_and_untoggle_explicitly(tmp_path: Path) -> None:
     during, after = model.grad_flags
     assert not during["layer.weight"] and during["other.weight"]
     assert all(after.values())
+
+
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_a_fitted_model_deep_copies_and_pickles_detached_from_its_trainer(
+    framework: str, tmp_path: Path
+) -> None:
+    trainer, model = fit_twin(framework, tmp_path)
+    assert model.trainer is trainer
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        # As in Lightning: the copy has the weights and hparams, and no Trainer (the original keeps its own).
+        assert torch.equal(copied.layer.weight, model.layer.weight)
+        assert copied.layer.weight is not model.layer.weight
+        assert dict(copied.hparams) == {"width": FEATURES}
+        with pytest.raises(RuntimeError, match="is not attached to a `Trainer`"):
+            copied.trainer  # noqa: B018
+    assert model.trainer is trainer

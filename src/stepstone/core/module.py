@@ -69,6 +69,13 @@ class LightningModule(ModelHooks, nn.Module):
     def trainer(self, trainer: Trainer | None) -> None:
         self._trainer = trainer
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy or pickle of the module is not attached to any Trainer (as in Lightning): copying the module
+        # must not copy the Trainer, its loaders and its loggers along.
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
+
     @property
     def device(self) -> torch.device:
         """The device of the module's first parameter or buffer (CPU if it has none)."""
