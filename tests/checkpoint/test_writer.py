@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import threading
 import time
 
@@ -32,6 +34,29 @@ def test_failures_are_raised_from_submit_not_stored() -> None:
 
     with pytest.raises(OSError, match="disk full"):
         SyncWriter().submit(job)
+
+
+def test_a_finished_handle_copies_and_pickles_with_its_outcome_a_running_one_refuses() -> None:
+    def failing() -> CheckpointRecord:
+        raise OSError("disk full")
+
+    done = SyncWriter().submit(lambda: RECORD)
+    copied = pickle.loads(pickle.dumps(done))
+    assert copied.done() and copied.result() == RECORD
+    writer = AsyncWriter()
+    failed = writer.submit(failing)
+    assert isinstance(failed.exception(timeout=5), OSError)
+    with pytest.raises(OSError, match="disk full"):
+        copy.deepcopy(failed).result()
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    release = threading.Event()
+    writer = AsyncWriter()
+    running = writer.submit(_blocked_job(release))
+    with pytest.raises(TypeError, match="still in progress cannot be copied; call result"):
+        copy.deepcopy(running)
+    release.set()
+    writer.close()
 
 
 def test_closed_writer_refuses_jobs() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import stepstone as L
@@ -294,3 +295,162 @@ class TestAttributeDict:
         deep.a.append(2)
         assert d.a == [1] and isinstance(deep, AttributeDict)
         assert pickle.loads(pickle.dumps(d)) == d
+
+
+# --- the same programs under Lightning 2.6.6 and stepstone ---------------------------------------------
+
+
+def _framework(name: str) -> Any:
+    import lightning
+
+    return lightning if name == "lightning" else L
+
+
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_subclasses_collect_and_ignore_like_lightning(framework: str) -> None:
+    fw = _framework(framework)
+
+    class Parent(fw.LightningModule):
+        def __init__(self, a: int = 1, b: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Child(Parent):  # its own arguments, the parent saves
+        def __init__(self, c: int = 3, d: int = 4) -> None:
+            super().__init__(a=5)
+
+    class Saving(Parent):  # saves again, ignoring one of its own: dropped from what the parent saved too
+        def __init__(self, c: int = 3, d: int = 4) -> None:
+            super().__init__(a=5)
+            self.save_hyperparameters(ignore=["d"])
+
+    class IgnoringParent(fw.LightningModule):
+        def __init__(self, a: int = 1, b: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore="b")
+
+    class IgnoringChild(IgnoringParent):  # the subclass keeps what the parent ignored, drops its own
+        def __init__(self, c: int = 3, b: int = 7) -> None:
+            super().__init__(b=b)
+            self.save_hyperparameters(ignore=["c"])
+
+    class DataParent(fw.LightningDataModule):
+        def __init__(self, size: int = 1, batch_size: int = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class DataChild(DataParent):
+        def __init__(self, workers: int = 3) -> None:
+            super().__init__(batch_size=8)
+
+    assert Child(c=8).hparams == {"a": 5, "b": 2, "c": 8, "d": 4}
+    assert Saving(c=8).hparams == {"a": 5, "b": 2, "c": 8}
+    assert Saving(c=8).hparams_initial == {"a": 5, "b": 2, "c": 8}
+    assert IgnoringChild().hparams == {"a": 1, "b": 7}
+    assert DataChild().hparams == {"size": 1, "batch_size": 8, "workers": 3}
+
+
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_first_parameter_not_named_self_and_saving_before_super_init(framework: str) -> None:
+    fw = _framework(framework)
+
+    class Obj(fw.LightningModule):
+        def __init__(obj, a: int = 1, b: str = "x") -> None:
+            super().__init__()
+            obj.save_hyperparameters()
+
+    class ObjChild(Obj):
+        def __init__(this, c: int = 3) -> None:
+            super().__init__(a=9)
+
+    class Early(fw.LightningModule):
+        def __init__(self, a: int = 1) -> None:
+            self.save_hyperparameters()  # before super().__init__(): kept
+            super().__init__()
+
+    assert Obj(a=2).hparams == {"a": 2, "b": "x"}
+    assert ObjChild().hparams == {"a": 9, "b": "x", "c": 3}
+    early = Early(a=4)
+    assert early.hparams == {"a": 4} and early.hparams_initial == {"a": 4}
+
+
+def test_a_module_built_inside_another_keeps_only_its_own_arguments() -> None:
+    # Deliberate difference: Lightning also collects the enclosing module's __init__ arguments (x below).
+    class Inner(L.LightningModule):
+        def __init__(self, y: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Outer(L.LightningModule):
+        def __init__(self, x: int = 1) -> None:
+            super().__init__()
+            self.inner = Inner(y=5)
+            self.save_hyperparameters()
+
+    outer = Outer()
+    assert outer.hparams == {"x": 1} and outer.inner.hparams == {"y": 5}
+
+
+def test_an_argument_both_named_and_ignored_is_an_error() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, a: int = 1, c: int = 3) -> None:
+            super().__init__()
+            self.save_hyperparameters("a", "c", ignore="c")
+
+    # Lightning fails with a bare KeyError: 'c'.
+    with pytest.raises(MisconfigurationException, match="'c' is both saved and ignored"):
+        Model()
+
+
+def test_logger_flag_given_before_super_init_is_kept() -> None:
+    class Model(L.LightningModule):
+        def __init__(self, a: int = 1) -> None:
+            self.save_hyperparameters(logger=False)
+            super().__init__()
+
+    assert Model()._log_hyperparams is False  # Lightning's __init__ resets it to True
+
+
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_module_and_datamodule_hparams_that_conflict_stop_the_run(framework: str, tmp_path: Path) -> None:
+    fw = _framework(framework)
+
+    class Model(fw.LightningModule):
+        def __init__(self, lr: float = 0.1, batch_size: Any = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(fw.LightningDataModule):
+        def __init__(self, batch_size: Any = 4, seed: int = 0, log: bool = True) -> None:
+            super().__init__()
+            self.save_hyperparameters(ignore="log", logger=log)
+
+        def train_dataloader(self) -> Any:
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 2)), batch_size=2)
+
+    def fit(model: Any, data: Any, **kwargs: Any) -> Any:
+        trainer = fw.Trainer(
+            default_root_dir=tmp_path,
+            max_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **kwargs,
+        )
+        trainer.fit(model, datamodule=data)
+        return trainer
+
+    for data in (Data(batch_size=8), Data(batch_size=4.0)):  # a different value, or type
+        with pytest.raises(RuntimeError, match=r"the keys \['batch_size'\] are present in both"):
+            fit(Model(), data)
+    assert fit(Model(), Data(batch_size=8), logger=False).global_step == 1  # nothing logged, nothing checked
+    assert fit(Model(), Data(batch_size=8, log=False)).global_step == 1  # the datamodule's are not logged
+    log_dir = Path(fit(Model(), Data(batch_size=4)).logger.log_dir)  # equal values: merged, logged once
+    assert yaml.safe_load((log_dir / "hparams.yaml").read_text()) == {"lr": 0.1, "batch_size": 4, "seed": 0}

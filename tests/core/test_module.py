@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import stepstone as L
 from models import FEATURES, BoringModel, loader, make_trainer
 from stepstone.core.optimizers import LightningOptimizer
 from stepstone.errors import MisconfigurationException
+from twin_models import fit_twin
 
 
 def test_attributes_without_trainer() -> None:
@@ -298,3 +301,17 @@ def test_strict_loading_none_means_strict_as_in_lightning(tmp_path: Path, strict
     lightning = _loading_with("lightning", strict_loading, tmp_path)
     assert _loading_with("stepstone", strict_loading, tmp_path) == lightning
     assert lightning[0] == ("loaded" if strict_loading is False else "RuntimeError")
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_a_fitted_model_deep_copies_and_pickles_detached_from_its_trainer(
+    framework: str, tmp_path: Path
+) -> None:
+    trainer, model = fit_twin(framework, tmp_path)
+    assert model.trainer is trainer
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        # As in Lightning: the copy has the weights and hparams, and no Trainer (the original keeps its own).
+        assert torch.equal(copied.layer.weight, model.layer.weight)
+        assert copied.layer.weight is not model.layer.weight
+        assert dict(copied.hparams) == {"width": FEATURES}
+        with pytest.raises(RuntimeError, match="is not attached to a `Trainer`"):
+            copied.trainer  # noqa: B018
+    assert model.trainer is trainer

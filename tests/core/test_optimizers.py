@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,19 @@ def test_lightning_optimizer_forwards_and_steps(params: list[torch.nn.Parameter]
     assert params[0].grad is None
     params[0].grad = torch.ones(2)
     assert wrapped.step(closure=lambda: torch.tensor(3.0)).item() == 3.0
+
+
+def test_lightning_optimizer_survives_deepcopy_and_pickle(params: list[torch.nn.Parameter]) -> None:
+    # While copy/pickle rebuild the wrapper, ``_optimizer`` is not set: attribute lookups must not recurse.
+    wrapped = LightningOptimizer(_opt(params, lr=0.5))
+    for copied in (copy.deepcopy(wrapped), pickle.loads(pickle.dumps(wrapped))):
+        assert isinstance(copied.optimizer, torch.optim.SGD) and copied.optimizer is not wrapped.optimizer
+        assert copied.param_groups[0]["lr"] == 0.5
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        wrapped.missing  # noqa: B018
+    empty = LightningOptimizer.__new__(LightningOptimizer)
+    with pytest.raises(AttributeError, match="no attribute 'param_groups'"):
+        empty.param_groups  # noqa: B018
 
 
 class Scheduled(BoringModel):

@@ -23,14 +23,17 @@ def run_script(
     torchrun: bool = True,
     returncode: int = 0,
     kind: str = "ddp",
+    env_extra: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the script for ``scenario`` on ``ranks`` processes and return what each surviving rank saw.
 
     ``returncode`` other than 0: the expected exit status; the combined output is returned instead.
+    ``env_extra``: environment variables to set (or replace) in the processes.
     """
     env = {
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
     }
+    env.update(env_extra or {})
     env["OMP_NUM_THREADS"] = "1"
     launcher = (
         [

@@ -44,6 +44,15 @@ def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path:
     assert zero["validate"][0]["val_loss"] == pytest.approx(single["metrics"]["val_loss"], abs=1e-5)
     # trainer.save_checkpoint on every rank writes one file; only rank 0 logs.
     assert (tmp_path / "ddp" / "manual.ckpt").is_file()
+    # A path per rank (f"manual-rank{trainer.global_rank}.ckpt"): rank 0's is written and nothing else, as in
+    # Lightning; rank 0 warns once, naming both paths.
+    assert sorted(p.name for p in (tmp_path / "ddp").glob("manual*.ckpt")) == [
+        "manual-rank0.ckpt",
+        "manual.ckpt",
+    ]
+    (warning,) = zero["save_warnings"]
+    assert "manual-rank0.ckpt" in warning and "manual-rank1.ckpt" in warning
+    assert one["save_warnings"] == []
     assert sorted(p.name for p in (tmp_path / "ddp" / "lightning_logs").iterdir()) == ["version_0"]
     # Each rank draws from its own random stream.
     assert zero["draws"][1] != one["draws"][1]

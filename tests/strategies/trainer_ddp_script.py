@@ -2,7 +2,7 @@
 
 Usage: ``python trainer_ddp_script.py OUT_DIR BATCH_SIZE SCENARIO [KIND]`` (``KIND``: ``ddp`` (default),
 ``ddp_async`` (background saves), ``fsdp_full`` or ``fsdp_sharded``: FSDP on as many processes as started) (``SCENARIO``: ``single``, ``fit``, ``first_epoch`` then ``resume``,
-``rank0_save``, ``preempt`` then ``auto``, or ``launch``: run with plain ``python``, the Trainer starts rank 1; ``spawn``: ddp_spawn).
+``rank0_save``, ``preempt`` then ``auto``, ``fit_resume`` (fit, then resume in the same processes), or ``launch``: run with plain ``python``, the Trainer starts rank 1; ``spawn``: ddp_spawn).
 Each rank writes ``OUT_DIR/rank<N>.pt`` with what it saw; the tests compare them.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,15 @@ def main(out: Path, batch_size: int, scenario: str, kind: str) -> None:
         # Preempted at step 3 (exit 75 on every rank), then resumed by a new run with ckpt_path="auto".
         trainer = _trainer(out, scenario, checkpoint, 2, kind)
         trainer.fit(model, loader, val, ckpt_path="auto" if scenario == "auto" else None)
+    elif scenario == "fit_resume":
+        # Two epochs, then a new Trainer and model resume from the epoch-0 checkpoint in the same processes.
+        trainer = _trainer(out, scenario, checkpoint, 2, kind)
+        trainer.fit(model, loader, val)
+        seen.update(straight={k: _full(v) for k, v in model.state_dict().items()}, straight_draws=model.draws)
+        model, checkpoint = Linear(), _checkpoint(out / "resumed", kind)
+        trainer = _trainer(out / "resumed", scenario, checkpoint, 2, kind)
+        trainer.fit(model, loader, val, ckpt_path=str(out / "ckpts" / "epoch=0-rank_metric=0.ckpt"))
+        seen["global_step"] = trainer.global_step
     elif scenario == "resume":
         # A new run (processes, Trainer, model) resumes on every rank from the epoch-0 checkpoint.
         trainer = _trainer(out, scenario, checkpoint, 2, kind)
@@ -175,11 +185,18 @@ def main(out: Path, batch_size: int, scenario: str, kind: str) -> None:
         best_model_path=checkpoint.best_model_path,
         draws=dict(model.draws),
         sampler=type(getattr(trainer.train_dataloader, "sampler", None)).__name__,
+        numpy_loaded=sys.modules.get("numpy") is not None,
     )
     if scenario in ("spawn", "fit"):  # a second run in the same processes (spawn: on new ones)
         seen["validate"] = trainer.validate(model, val, verbose=False)
     if "error" not in seen:
         trainer.save_checkpoint(out / "manual.ckpt")
+    if scenario == "fit":  # a path per rank, saved twice: rank 0's is written, rank 0 warns once
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                trainer.save_checkpoint(out / f"manual-rank{trainer.global_rank}.ckpt")
+        seen["save_warnings"] = [str(w.message) for w in caught if "different paths" in str(w.message)]
     torch.save(seen, out / f"rank{trainer.global_rank}.pt")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +17,7 @@ import stepstone as L
 from models import BoringModel, MemoryLogger, loader, make_trainer
 from stepstone.errors import MisconfigurationException
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
+from twin_models import fit_twin
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -556,3 +559,19 @@ def test_best_without_a_best_checkpoint_raises_a_value_error_as_lightning(
     assert f'{fn}(ckpt_path="best") is set but' in stepstone
     # The same reason: no ModelCheckpoint at all, or one that has no best model.
     assert ("configured to save the best model" in stepstone) == ("to save the best model" in lightning)
+@pytest.mark.parametrize("framework", ["lightning", "stepstone"])
+def test_a_trainer_deep_copied_after_fit_carries_on_alone(framework: str, tmp_path: Path) -> None:
+    # The defaults (a ModelCheckpoint, a CSV logger); stepstone's checkpoints saved in the background too.
+    extra = {} if framework == "lightning" else {"callbacks": [L.callbacks.ModelCheckpoint(async_save=True)]}
+    trainer, model = fit_twin(framework, tmp_path, **extra)
+    copied = copy.deepcopy(trainer)
+    assert pickle.loads(pickle.dumps(trainer)).global_step == 4
+    module = copied.lightning_module
+    assert module is not model and torch.equal(module.layer.weight, model.layer.weight)
+    assert copied.optimizers[0].param_groups[0]["params"][0] is module.layer.weight
+    with pytest.raises(RuntimeError, match="is not attached to a `Trainer`"):
+        module.trainer  # noqa: B018 (as in Lightning: the module's copy drops its Trainer)
+    copied.fit_loop.max_epochs = 2
+    copied.fit(module, loader())
+    assert (copied.global_step, trainer.global_step) == (8, 4)
+    assert not torch.equal(module.layer.weight, model.layer.weight)

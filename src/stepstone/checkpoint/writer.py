@@ -96,6 +96,22 @@ class SaveHandle:
         """
         return self._future.exception(timeout)
 
+    def __getstate__(self) -> dict[str, object]:
+        # A Future holds a lock (not picklable): a finished save travels as its outcome (a Trainer or
+        # ModelCheckpoint holding this handle can then be deep-copied or pickled); a running one cannot.
+        if not self._future.done():
+            raise TypeError("A SaveHandle of a save still in progress cannot be copied; call result() first.")
+        error = self._future.exception()
+        return {"record": None if error else self._future.result(), "error": error, "raised": self._raised}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        future: Future[CheckpointRecord] = Future()
+        if isinstance(state["error"], BaseException):
+            future.set_exception(state["error"])
+        else:
+            future.set_result(state["record"])  # type: ignore[arg-type]
+        self._future, self._raised = future, bool(state["raised"])
+
 
 class Writer(Protocol):
     """Runs save jobs (see the module docstring for the contract)."""

@@ -349,13 +349,15 @@ def run_export(args: argparse.Namespace) -> int:
         0.
 
     Raises:
-        ImportError: without the ``safetensors`` extra (the message says how to install it).
+        ImportError: without the ``safetensors`` extra (safetensors and numpy; the message says how to install it).
     """
     try:
+        # safetensors.torch imports without numpy but needs it to save; stepstone itself never does.
+        import numpy  # noqa: F401
         from safetensors.torch import save as safetensors_save
     except ImportError:
         raise ImportError(
-            "stepstone ckpt export needs the safetensors package: pip install 'stepstone[safetensors]'"
+            "stepstone ckpt export needs the safetensors and numpy packages: pip install 'stepstone[safetensors]'"
         ) from None
     state, record = _load_any("FILE", args.file)
     weights = _weights(state)

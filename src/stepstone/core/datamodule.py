@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from stepstone.core.hparams import AttributeDict, save_hyperparameters
+from stepstone.core.hparams import AttributeDict, init_hparams_state, save_hyperparameters
 from stepstone.core.saving import instantiate_from_hparams, read_checkpoint
 from stepstone.core.transfer import move_to_device
 
@@ -34,10 +34,11 @@ class LightningDataModule:
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
         self.prepare_data_per_node = True
-        self._hparams: AttributeDict | None = None
-        self._hparams_initial: AttributeDict | None = None
-        self._hparams_name = "kwargs"
-        self._log_hyperparams = True
+        self._hparams: AttributeDict | None
+        self._hparams_initial: AttributeDict | None
+        self._hparams_name: str
+        self._log_hyperparams: bool
+        init_hparams_state(self)
 
     def save_hyperparameters(
         self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None, logger: bool = True

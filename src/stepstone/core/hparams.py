@@ -13,7 +13,7 @@ import types
 import warnings
 from argparse import Namespace
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -21,7 +21,14 @@ import torch
 
 from stepstone.errors import MisconfigurationException
 
-__all__ = ["AttributeDict", "check_hparams_safe", "collect_init_args", "save_hyperparameters"]
+__all__ = [
+    "AttributeDict",
+    "check_hparams_safe",
+    "collect_init_args",
+    "init_hparams_state",
+    "logged_hparams",
+    "save_hyperparameters",
+]
 
 
 class AttributeDict(dict[str, Any]):
@@ -106,11 +113,20 @@ def _plain(value: Any) -> Any:
 
 
 def _init_frames(obj: Any, frame: types.FrameType | None) -> list[types.FrameType]:
-    """The ``__init__`` frames constructing ``obj``, innermost (the base class's) first."""
+    """The ``__init__`` frames constructing ``obj``, innermost (the base class's) first.
+
+    An ``__init__`` counts when its first argument (``self``, whatever it is named) is ``obj``: the frames of
+    an enclosing object's ``__init__`` (a module built inside another module) are not part of it.
+    """
     found = []
     current = frame
     while current is not None:
-        if current.f_code.co_name == "__init__" and current.f_locals.get("self") is obj:
+        code = current.f_code
+        if (
+            code.co_name == "__init__"
+            and code.co_argcount
+            and current.f_locals.get(code.co_varnames[0]) is obj
+        ):
             found.append(current)
         current = current.f_back
     return found
@@ -127,7 +143,7 @@ def collect_init_args(obj: Any, frame: types.FrameType | None) -> dict[str, Any]
         frame: a frame inside that construction (usually the caller of ``save_hyperparameters``).
 
     Returns:
-        Argument name to value, ``self`` and ``*args`` excluded.
+        Argument name to value, the first argument (``self``) and ``*args`` excluded.
 
     Raises:
         MisconfigurationException: ``frame`` is not inside the construction of ``obj``.
@@ -141,7 +157,7 @@ def collect_init_args(obj: Any, frame: types.FrameType | None) -> dict[str, Any]
     values: dict[str, Any] = {}
     for init_frame in frames:
         info = inspect.getargvalues(init_frame)
-        values.update({name: info.locals[name] for name in info.args if name != "self"})
+        values.update({name: info.locals[name] for name in info.args[1:]})
         if info.keywords:
             values.update(info.locals.get(info.keywords, {}))
     return values
@@ -155,6 +171,10 @@ def save_hyperparameters(
 ) -> None:
     """Update ``obj._hparams`` and set ``obj._hparams_initial`` and ``obj._hparams_name`` (Lightning's semantics).
 
+    Repeated calls (a base class's ``__init__`` and then a subclass's) merge; ``ignore`` also drops names a
+    previous call saved, so that a subclass can leave out what its base class saved. It may be called before
+    ``super().__init__()``.
+
     Args:
         obj: the module or datamodule.
         args: what the user passed to ``save_hyperparameters``: nothing (all init args), names of init
@@ -163,9 +183,14 @@ def save_hyperparameters(
         frame: the caller's frame.
 
     Raises:
-        MisconfigurationException: an argument name is unknown, or a value is not weights_only-safe.
+        MisconfigurationException: an argument name is unknown or also ignored, or a value is not
+            weights_only-safe.
     """
-    ignore_set = {ignore} if isinstance(ignore, str) else set(ignore or ())
+    ignore_set = (
+        {ignore} if isinstance(ignore, str) else {name for name in ignore or () if isinstance(name, str)}
+    )
+    if len(args) == 1 and not isinstance(args[0], str) and not args[0]:
+        return  # an empty container: nothing to save (as in Lightning)
     name = "kwargs"
     if len(args) == 1 and not isinstance(args[0], str):
         hparams = _plain(args[0])
@@ -176,25 +201,103 @@ def save_hyperparameters(
             )
         if _init_frames(obj, frame):
             init_args = collect_init_args(obj, frame)
-            name = next((k for k, v in init_args.items() if v is args[0]), "kwargs")
+            name = next((k for k, v in init_args.items() if v is args[0] and k not in ignore_set), "kwargs")
         hparams = dict(hparams)
     else:
-        init_args = collect_init_args(obj, frame)
-        wanted: Iterable[str] = [a for a in args if isinstance(a, str)] or list(init_args)
-        unknown = [a for a in wanted if a not in init_args]
-        if unknown:
-            raise MisconfigurationException(
-                f"save_hyperparameters({', '.join(map(repr, unknown))}): not an argument of "
-                f"{type(obj).__name__}.__init__; its arguments are {sorted(init_args)}."
-            )
-        hparams = {k: _plain(init_args[k]) for k in wanted if k not in ignore_set}
+        hparams = _named_init_args(obj, [a for a in args if isinstance(a, str)], ignore_set, frame)
     hparams = _drop_modules(hparams)
     check_hparams_safe(hparams, "hparams")
-    merged = obj._hparams if obj._hparams is not None else AttributeDict()
+    merged = getattr(obj, "_hparams", None)
+    merged = merged if merged is not None else AttributeDict()
     merged.update(hparams)  # Lightning merges repeated calls
+    for key in ignore_set:
+        merged.pop(key, None)  # ... and drops what a base class saved and this call ignores
     obj._hparams_name = name
     obj._hparams = merged
     obj._hparams_initial = copy.deepcopy(merged)
+
+
+def _named_init_args(
+    obj: Any, names: list[str], ignore: set[str], frame: types.FrameType | None
+) -> dict[str, Any]:
+    """The ``__init__`` arguments ``names`` (all of them when empty), less ``ignore``."""
+    init_args = collect_init_args(obj, frame)
+    unknown = [a for a in names if a not in init_args]
+    if unknown:
+        raise MisconfigurationException(
+            f"save_hyperparameters({', '.join(map(repr, unknown))}): not an argument of "
+            f"{type(obj).__name__}.__init__; its arguments are {sorted(init_args)}."
+        )
+    both = [a for a in names if a in ignore]
+    if both:
+        raise MisconfigurationException(
+            f"save_hyperparameters({', '.join(map(repr, both))}, ignore={sorted(ignore)!r}): "
+            f"{', '.join(map(repr, both))} is both saved and ignored; remove it from one of the two."
+        )
+    return {k: _plain(init_args[k]) for k in names or init_args if k not in ignore}
+
+
+def init_hparams_state(obj: Any) -> None:
+    """Give ``obj`` its hyperparameter attributes, keeping any a ``save_hyperparameters()`` call set already.
+
+    Called by the module's and datamodule's ``__init__``: ``save_hyperparameters()`` may run before
+    ``super().__init__()`` (Lightning allows it), and what it saved must survive.
+
+    Args:
+        obj: the module or datamodule being constructed.
+    """
+    defaults = {
+        "_hparams": None,
+        "_hparams_initial": None,
+        "_hparams_name": "kwargs",
+        "_log_hyperparams": True,
+    }
+    for attribute, default in defaults.items():
+        if attribute not in obj.__dict__:
+            setattr(obj, attribute, default)
+
+
+def logged_hparams(module: Any, datamodule: Any) -> dict[str, Any] | None:
+    """The hyperparameters the Trainer sends to its loggers: the module's and the datamodule's, merged.
+
+    Args:
+        module: the LightningModule.
+        datamodule: the LightningDataModule, or None.
+
+    Returns:
+        The merged ``hparams_initial`` of those whose ``save_hyperparameters(logger=...)`` allows it; None
+        when neither does (nothing is logged).
+
+    Raises:
+        RuntimeError: a key is in both with different values (Lightning's error): the loggers would show one
+            of them as if it were both.
+    """
+    from_module = module._log_hyperparams
+    from_datamodule = datamodule is not None and datamodule._log_hyperparams
+    if from_module and from_datamodule:
+        ours, theirs = module.hparams_initial, datamodule.hparams_initial
+        conflicts = [key for key in ours.keys() & theirs.keys() if _differ(ours[key], theirs[key])]
+        if conflicts:
+            raise RuntimeError(
+                f"Error while merging hparams: the keys {sorted(conflicts)} are present in both the "
+                "LightningModule's and LightningDataModule's hparams but have different values. Rename one, or "
+                "leave it out of one side's save_hyperparameters(ignore=[...])."
+            )
+        return {**ours, **theirs}
+    if from_module:
+        return dict(module.hparams_initial)
+    if from_datamodule:
+        return dict(datamodule.hparams_initial)
+    return None
+
+
+def _differ(ours: Any, theirs: Any) -> bool:
+    # Lightning's rule: a different type, distinct tensors, or unequal values.
+    if type(ours) is not type(theirs):
+        return True
+    if isinstance(ours, torch.Tensor):
+        return ours is not theirs
+    return bool(ours != theirs)
 
 
 def _drop_modules(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from stepstone.core.hooks import ModelHooks
-from stepstone.core.hparams import AttributeDict, save_hyperparameters
+from stepstone.core.hparams import AttributeDict, init_hparams_state, save_hyperparameters
 from stepstone.core.optimizers import LightningOptimizer, resolve_clipping
 from stepstone.core.saving import load_module_from_checkpoint
 from stepstone.core.transfer import move_to_device
@@ -46,10 +46,11 @@ class LightningModule(ModelHooks, nn.Module):
         self.automatic_optimization: bool = True
         self._strict_loading: bool | None = None  # None: not set by the user (strict)
         self.prepare_data_per_node: bool = True
-        self._hparams: AttributeDict | None = None
-        self._hparams_initial: AttributeDict | None = None
-        self._hparams_name: str = "kwargs"
-        self._log_hyperparams = True
+        self._hparams: AttributeDict | None
+        self._hparams_initial: AttributeDict | None
+        self._hparams_name: str
+        self._log_hyperparams: bool
+        init_hparams_state(self)
         self._example_input_array: Any = None
         self._param_requires_grad_state: dict[nn.Parameter, bool] = {}
 
@@ -77,6 +78,13 @@ class LightningModule(ModelHooks, nn.Module):
     @trainer.setter
     def trainer(self, trainer: Trainer | None) -> None:
         self._trainer = trainer
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy or pickle of the module is not attached to any Trainer (as in Lightning): copying the module
+        # must not copy the Trainer, its loaders and its loggers along.
+        state = dict(self.__dict__)
+        state["_trainer"] = None
+        return state
 
     @property
     def device(self) -> torch.device:

@@ -54,7 +54,13 @@ class LightningOptimizer:
         return self._optimizer
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._optimizer, name)
+        # Only reached for names this wrapper lacks. While copy/pickle rebuild it, ``_optimizer`` is not set
+        # yet: reading it through ``self`` would recurse forever. Dunders (``__setstate__``, ...) are the
+        # wrapper's own protocol, never the optimizer's.
+        optimizer = self.__dict__.get("_optimizer")
+        if optimizer is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(optimizer, name)
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Take an optimizer step (running ``closure`` first, if given).

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,36 @@ def _read_hparams_file(hparams_file: str | Path) -> dict[str, Any]:
     return loaded
 
 
+# Where Lightning before 0.8 stored a module's hyperparameters; read (under the current key) by every Lightning.
+_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
+
+
+def _saved_hparams(checkpoint: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The saved hyperparameters: a module's legacy keys first, the current key winning (Lightning's order)."""
+    keys = (*(_PAST_HPARAMS_KEYS if not prefix else ()), f"{prefix}hyper_parameters")
+    hparams: dict[str, Any] = {}
+    for key in keys:
+        saved = checkpoint.get(key) or {}
+        if isinstance(saved, Namespace):
+            saved = vars(saved)
+        if not isinstance(saved, Mapping):
+            raise MisconfigurationException(
+                f"The checkpoint's {key!r} entry is a {type(saved).__name__}, not a mapping of hyperparameters; "
+                "pass the constructor arguments to load_from_checkpoint(..., name=value) and an hparams_file "
+                "instead."
+            )
+        hparams.update(saved)
+    return hparams
+
+
 def instantiate_from_hparams(
     cls: type, checkpoint: dict[str, Any], prefix: str, kwargs: dict[str, Any]
 ) -> Any:
-    """Call ``cls(...)`` with the saved hyperparameters, ``kwargs`` overriding them.
+    """Call ``cls(...)`` with the saved hyperparameters, ``kwargs`` overriding them (Lightning's rules).
+
+    ``kwargs`` also override the saved values (``checkpoint[prefix + "hyper_parameters"]`` is updated with
+    them, as in Lightning), including inside a single hparams argument (``save_hyperparameters(cfg)``).
+    Unless ``__init__`` takes ``**kwargs``, names it does not accept are left out.
 
     Args:
         cls: the LightningModule or LightningDataModule subclass.
@@ -61,19 +89,24 @@ def instantiate_from_hparams(
 
     Returns:
         The new instance.
+
+    Raises:
+        MisconfigurationException: a saved hyperparameters entry is not a mapping.
     """
-    hparams = checkpoint.get(f"{prefix}hyper_parameters") or {}
-    name = checkpoint.get(f"{prefix}hparams_name") or "kwargs"
+    hparams = {**_saved_hparams(checkpoint, prefix), **kwargs}
+    checkpoint[f"{prefix}hyper_parameters"] = hparams
+    name = checkpoint.get(f"{prefix}hparams_name")
     params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    init_kwargs: dict[str, Any] = {}
-    if name == "kwargs":
-        init_kwargs.update(hparams)
-    elif name in params:
-        init_kwargs[name] = hparams
-    if not takes_kwargs:
-        init_kwargs = {k: v for k, v in init_kwargs.items() if k in params}
+    names = [
+        key
+        for i, (key, p) in enumerate(params.items())
+        if i > 0 and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    init_kwargs = {name: hparams} if name and name in names else dict(hparams)
     init_kwargs.update(kwargs)
+    if not takes_kwargs:
+        init_kwargs = {k: v for k, v in init_kwargs.items() if k in names}
     return cls(**init_kwargs)
 
 

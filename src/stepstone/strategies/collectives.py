@@ -33,6 +33,7 @@ __all__ = [
     "broadcast_object",
     "destroy_process_group",
     "exchange",
+    "exchange_all",
     "get_rank",
     "get_world_size",
     "init_process_group",
@@ -194,8 +195,25 @@ def exchange(name: str, obj: T, src: int = 0) -> T:
     Raises:
         CollectiveError: a rank failed or did not arrive within the timeout, or the ranks' names differ.
     """
+    result: T = exchange_all(name, obj)[src]
+    return result
+
+
+def exchange_all(name: str, obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order, checking that every rank is at the same named point.
+
+    Args:
+        name: what this point is (used in errors); it must not depend on the rank.
+        obj: this rank's value (picklable).
+
+    Returns:
+        One object per rank (``[obj]`` on a single process).
+
+    Raises:
+        CollectiveError: a rank failed or did not arrive within the timeout, or the ranks' names differ.
+    """
     if not is_distributed():
-        return obj
+        return [obj]
     gathered = all_gather_object((name, obj), what=f"barrier {name!r}")
     names = [other for other, _ in gathered]
     if any(other != name for other in names):
@@ -204,8 +222,7 @@ def exchange(name: str, obj: T, src: int = 0) -> T:
             "run the same collectives in the same order. trainer.save_checkpoint must be called on every rank "
             "(not under `if trainer.is_global_zero`); only rank 0 writes."
         )
-    result: T = gathered[src][1]
-    return result
+    return [value for _, value in gathered]
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -274,7 +291,12 @@ def _encode(obj: Any, device: torch.device) -> torch.Tensor:
 
 
 def _decode(data: torch.Tensor, length: int) -> Any:
-    return pickle.loads(data[:length].cpu().numpy().tobytes())
+    # Copied into a bytearray through a tensor view of it: ``.numpy()`` would make numpy (not a dependency of
+    # stepstone, nor of torch) required by every DDP run.
+    buffer = bytearray(length)
+    if length:
+        torch.frombuffer(buffer, dtype=torch.uint8).copy_(data[:length])
+    return pickle.loads(buffer)
 
 
 def _released(*tensors: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ with every collective a no-op.
 from __future__ import annotations
 
 import atexit
+import warnings
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -183,19 +184,24 @@ def _join_at_exit(launcher: ScriptLauncher) -> None:
 def save_on_all_ranks(
     trainer: Trainer, path: str, weights_only: bool, storage_options: Any = None
 ) -> CheckpointRecord | None:
-    """Write a checkpoint once: every rank builds it (as Lightning does), global rank 0 commits it.
+    """Write a checkpoint once: every rank builds it (as Lightning does), global rank 0 commits it at its path.
 
     Every rank must call it: named barriers come before and after the write, so a rank that skipped it (a save
     under ``if trainer.is_global_zero``) makes every rank fail at once, naming both places, instead of hanging.
+    The ranks may pass different paths (``f"rank{trainer.global_rank}.ckpt"``): as in Lightning, rank 0's path
+    is the one written (and nothing else); rank 0 warns once per process that the others' paths were ignored.
 
     Returns:
         The record of the committed file on rank 0, None on the other ranks.
 
     Raises:
-        CollectiveError: the ranks are not all saving ``path`` (or one failed) within the timeout.
+        CollectiveError: the ranks are not all saving (or one failed) within the timeout.
     """
     # Before writing: a rank that is elsewhere (the save called on rank 0 only) fails here, nothing written.
-    collectives.barrier(f"save_checkpoint {path}")
+    # The name must not hold the path, which may legitimately differ between ranks.
+    paths = collectives.exchange_all("save_checkpoint", str(path))
+    path = paths[0]
+    _warn_if_paths_differ(trainer, paths)
     from stepstone.trainer.checkpoint_io import dump_checkpoint
 
     record = None
@@ -214,8 +220,27 @@ def save_on_all_ranks(
         # the gathers of a "full" FSDP state dict take place).
         dump_checkpoint(trainer, weights_only)
     # The file exists for every rank once the barrier is passed (e.g. before a rank reads best_model_path).
-    collectives.barrier(f"saved {path}")
+    collectives.barrier("saved checkpoint")
     return record
+
+
+_warned_paths = False
+
+
+def _warn_if_paths_differ(trainer: Trainer, paths: list[str]) -> None:
+    global _warned_paths
+    others = {rank: other for rank, other in enumerate(paths) if other != paths[0]}
+    if not others or not trainer.is_global_zero or _warned_paths:
+        return
+    _warned_paths = True
+    rank, other = next(iter(others.items()))
+    warnings.warn(
+        f"trainer.save_checkpoint was given different paths on different ranks: rank 0 {paths[0]!r}, rank {rank} "
+        f"{other!r}. Only rank 0's path is written (as in Lightning); pass the same path on every rank to make "
+        "this explicit. (Warned once.)",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def finish_strategy(strategy: DDPStrategy, failed: bool) -> None:

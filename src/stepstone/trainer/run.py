@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from stepstone.core.datamodule import LightningDataModule
+from stepstone.core.hparams import logged_hparams
 from stepstone.core.module import LightningModule
 from stepstone.core.optimizers import parse_optimizers
 from stepstone.core.saving import read_checkpoint
@@ -172,17 +173,15 @@ class Runner:
 
     def _log_hyperparams(self) -> None:
         t = self.t
-        module = t.lightning_module
-        params: dict[str, Any] = {}
-        if module._hparams_initial and module._log_hyperparams:
-            params.update(module._hparams_initial)
-        datamodule = t.datamodule
-        if datamodule is not None and datamodule._hparams_initial and datamodule._log_hyperparams:
-            params.update(datamodule._hparams_initial)
+        if not t.loggers:
+            return
+        # On every rank: conflicting module/datamodule hparams fail every rank alike (Lightning's check).
+        params = logged_hparams(t.lightning_module, t.datamodule)
         if not t.is_global_zero:
             return
         for logger in t.loggers:
-            logger.log_hyperparams(params)
+            if params is not None:
+                logger.log_hyperparams(params)
             logger.save()
 
     def _find(self, kind: str, explicit: Any) -> list[Iterable[Any]] | None:
