@@ -243,7 +243,9 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
         dirpath = os.path.dirname(d.key)
     else:
         return False
-    saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and (c["dirpath"] or "checkpoints") == dirpath]
+    saves_last = [
+        c for c in ctx.config["checkpoints"] if c["save_last"] and (c["dirpath"] or "checkpoints") == dirpath
+    ]
     if not saves_last:
         return False
     lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
@@ -274,7 +276,9 @@ def explain(d: Difference, ctx: Context) -> str | None:
     return None
 
 
-def compare(config: Config, lightning: dict[str, Observation], stepstone: dict[str, Observation]) -> list[Difference]:
+def compare(
+    config: Config, lightning: dict[str, Observation], stepstone: dict[str, Observation]
+) -> list[Difference]:
     """Unexplained differences between two :func:`~compat.differential.program.run_flow` results.
 
     Args:

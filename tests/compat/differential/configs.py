@@ -49,11 +49,15 @@ def _trainer(rng: random.Random, n_train: int) -> Config:
     cvene = rng.choice([1, 1, 1, 2, 3, None])
     t["check_val_every_n_epoch"] = cvene
     limit = t["limit_train_batches"]
-    per_epoch = n_train if limit is None else (limit if isinstance(limit, int) else max(1, int(n_train * limit)))
+    per_epoch = (
+        n_train if limit is None else (limit if isinstance(limit, int) else max(1, int(n_train * limit)))
+    )
     if cvene is None:
         t["val_check_interval"] = rng.randint(1, 2 * per_epoch)
     else:
-        t["val_check_interval"] = rng.choice([None, None, rng.randint(1, per_epoch), rng.choice([0.5, 0.25, 1.0])])
+        t["val_check_interval"] = rng.choice(
+            [None, None, rng.randint(1, per_epoch), rng.choice([0.5, 0.25, 1.0])]
+        )
     t["accumulate_grad_batches"] = rng.choice([1, 1, 1, 2, 3])
     t["num_sanity_val_steps"] = rng.choice([None, 0, 1, 2, -1])
     t["logger"] = rng.choice([False, False, False, "csv"])
@@ -75,7 +79,7 @@ _FILENAMES = [
 ]
 
 
-def _checkpoint(rng: random.Random, index: int, metric_keys: list[str], has_val: bool) -> Config:
+def _checkpoint(rng: random.Random, index: int, metric_keys: list[str]) -> Config:
     c: Config = {}
     c["dirpath"] = None if index == 0 and rng.random() < 0.3 else f"ckpt{index}"
     monitors: list[str | None] = [None, *metric_keys]
@@ -92,7 +96,7 @@ def _checkpoint(rng: random.Random, index: int, metric_keys: list[str], has_val:
     c["auto_insert_metric_name"] = rng.random() < 0.8
     trigger = rng.choice(["default", "default", "steps", "epochs", "epochs0"])
     c["every_n_train_steps"] = rng.randint(1, 5) if trigger == "steps" else rng.choice([None, None, None, 0])
-    c["every_n_epochs"] = {"epochs": rng.randint(1, 3), "epochs0": 0}.get(trigger, None)
+    c["every_n_epochs"] = {"epochs": rng.randint(1, 3), "epochs0": 0}.get(trigger)
     c["save_on_train_epoch_end"] = rng.choice([None, None, True, False])
     c["enable_version_counter"] = rng.random() < 0.85
     template = rng.choice(_FILENAMES)
@@ -126,11 +130,10 @@ def generate(seed: int) -> Config:
     trainer = _trainer(rng, n_train)
     validation = rng.choice(["loader", "loader", "loader", "none"])
     logging = {"train_on_step": rng.random() < 0.7, "train_on_epoch": rng.random() < 0.5}
-    has_val = validation == "loader" and trainer["limit_val_batches"] not in (0, 0.0)
     metric_keys = _train_keys(logging) + ([VAL_KEY] if validation == "loader" else [])
     checkpoints: list[Config] = []
     for index in range(rng.choice([0, 1, 1, 1, 2, 2, 3])):
-        cand = _checkpoint(rng, index, metric_keys, has_val)
+        cand = _checkpoint(rng, index, metric_keys)
         if any(_state_key(cand) == _state_key(other) for other in checkpoints):
             continue  # Lightning keys callback state by these; a duplicate is a user error (issue: rejected).
         checkpoints.append(cand)

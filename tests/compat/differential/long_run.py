@@ -46,7 +46,9 @@ def report(config: Config, diffs: list[Difference]) -> str:
     lines = [f"seed {config['seed']}: {len(diffs)} unexplained difference(s)"]
     lines += [f"  {d}" for d in diffs]
     lines.append(f"  config: {configs.dumps(config)}")
-    lines.append(f"  reproduce: PYTHONPATH=src:tests python -m compat.differential.long_run --one {config['seed']}")
+    lines.append(
+        f"  reproduce: PYTHONPATH=src:tests python -m compat.differential.long_run --one {config['seed']}"
+    )
     return "\n".join(lines)
 
 
@@ -77,7 +79,9 @@ def summarise(results: list[tuple[int, list[tuple[str, str]], str | None]]) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--configs", type=int, default=200, help="how many seeds to run")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")

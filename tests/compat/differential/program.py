@@ -17,6 +17,7 @@ Flows, each a chain of runs in its own root directory:
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import logging
@@ -35,7 +36,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from compat.differential.configs import TRAIN_KEY, VAL_KEY, Config
 
 Observation = dict[str, Any]
-LAST_STEMS = ("last", "final-", "latest")  # the CHECKPOINT_NAME_LAST values configs.py uses (also "{epoch}-last")
+LAST_STEMS = (
+    "last",
+    "final-",
+    "latest",
+)  # the CHECKPOINT_NAME_LAST values configs.py uses (also "{epoch}-last")
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,9 @@ def _module_class(fw: Framework) -> Any:
     return Module
 
 
-def _recorder(fw: Framework, record: dict[str, Any], stop_at: int | None, save_at: int | None, save_path: str) -> Any:
+def _recorder(
+    fw: Framework, record: dict[str, Any], stop_at: int | None, save_at: int | None, save_path: str
+) -> Any:
     class Recorder(fw.Callback):  # type: ignore[misc, name-defined]
         saved = False
 
@@ -133,7 +140,9 @@ def _recorder(fw: Framework, record: dict[str, Any], stop_at: int | None, save_a
             else:
                 record["val_runs"].append([trainer.global_step, trainer.current_epoch])
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             if save_at is not None and trainer.global_step == save_at and not self.saved:
                 self.saved = True
                 trainer.save_checkpoint(save_path)
@@ -180,6 +189,14 @@ def _checkpoint_state(cb: Any, root: str) -> Observation:
     }
 
 
+def _checkpoint_content(path: str) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a user sees this file as unreadable (or a dangling link)
+        return {"load_error": type(exc).__name__}
+    return {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
+
+
 def files_on_disk(root: str) -> dict[str, Any]:
     """Every file under ``root``: symlinks by target, checkpoints by the epoch/global_step inside."""
     found: dict[str, Any] = {}
@@ -188,13 +205,9 @@ def files_on_disk(root: str) -> dict[str, Any]:
             path = os.path.join(dirpath, name)
             rel = os.path.relpath(path, root)
             if os.path.islink(path):
-                found[rel] = {"link": os.readlink(path)}
+                found[rel] = {"link": os.readlink(path), **_checkpoint_content(path)}
             elif name.endswith(".ckpt"):
-                try:
-                    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                    found[rel] = {"epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
-                except Exception as exc:  # a user sees this file as unreadable
-                    found[rel] = {"load_error": type(exc).__name__}
+                found[rel] = _checkpoint_content(path)
             else:
                 found[rel] = "file"
     return dict(sorted(found.items()))
@@ -274,14 +287,18 @@ def _run_fit(
         except Exception as exc:
             obs["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     obs["warnings"] = sorted({str(w.message).splitlines()[0][:120] for w in caught})
-    obs.update(record)
+    obs.update(copy.deepcopy(record))  # validate()/test() on the same Trainer would add to it later
     if trainer is not None:
         obs["global_step"], obs["current_epoch"] = trainer.global_step, trainer.current_epoch
         obs["callback_metrics"] = {k: _number(v) for k, v in sorted(trainer.callback_metrics.items())}
         obs["checkpoints"] = [
-            _checkpoint_state(cb, root) for cb in trainer.callbacks if isinstance(cb, chain.fw.ModelCheckpoint)
+            _checkpoint_state(cb, root)
+            for cb in trainer.callbacks
+            if isinstance(cb, chain.fw.ModelCheckpoint)
         ]
-        obs["weights"] = [round(v, 5) for v in torch.cat([p.detach().flatten() for p in module.parameters()]).tolist()]
+        obs["weights"] = [
+            round(v, 5) for v in torch.cat([p.detach().flatten() for p in module.parameters()]).tolist()
+        ]
     obs["files"] = files_on_disk(root)
     return obs, trainer
 
