@@ -229,6 +229,12 @@ def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:
     return {r: i for r, i in files.items() if os.path.dirname(r) == dirpath and is_last_name(r)}
 
 
+def _is_dir_of(checkpoint: Config, dirpath: str) -> bool:
+    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
+        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
+    return bool(checkpoint["dirpath"] == dirpath)
+
+
 def _last_refreshed(d: Difference, ctx: Context) -> bool:
     """(1) ``last`` is refreshed at every trigger (Lightning 2.6: only when a top-k file is written then).
 
@@ -243,9 +249,7 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
         dirpath = os.path.dirname(d.key)
     else:
         return False
-    saves_last = [
-        c for c in ctx.config["checkpoints"] if c["save_last"] and (c["dirpath"] or "checkpoints") == dirpath
-    ]
+    saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
     if not saves_last:
         return False
     lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
