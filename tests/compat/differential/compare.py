@@ -219,10 +219,24 @@ def _pending_validation(d: Difference, ctx: Context) -> bool:
 
 
 def _restored_metrics(d: Difference, ctx: Context) -> bool:
-    """(4) ``callback_metrics`` are restored on resume: present at ``on_train_start`` (Lightning: empty)."""
+    """(4) ``callback_metrics`` and ``current_score`` are restored on resume (Lightning starts without them).
+
+    Explains: ``metrics_at_start`` (Lightning empty); final ``callback_metrics`` whose only difference is
+    keys stepstone had restored at the start and that the resumed run never logged again; ``current_score``
+    of a callback that Lightning left at None (no save after resume).
+    """
     if _resume_step(ctx, d.run) is None:
         return False
-    return d.field == "metrics_at_start" and d.lightning == [] and isinstance(d.stepstone, list)
+    if d.field == "metrics_at_start":
+        return d.lightning == [] and isinstance(d.stepstone, list)
+    if d.field == "checkpoint.current_score":
+        return d.lightning is None
+    if d.field == "callback_metrics" and isinstance(d.lightning, dict) and isinstance(d.stepstone, dict):
+        restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
+        extra = d.stepstone.keys() - d.lightning.keys()
+        shared_equal = all(_same(v, d.stepstone.get(k, _MISSING)) for k, v in d.lightning.items())
+        return shared_equal and extra <= restored
+    return False
 
 
 def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:

@@ -311,7 +311,11 @@ def _run_eval(chain: _Chain, trainer: Any, stage: str) -> Observation:
             model = trainer.lightning_module
             model.log_loss = True
             _, val = chain.loaders()
-            with contextlib.redirect_stdout(io.StringIO()):  # both print a metrics table
+            sink = io.StringIO()
+            with (
+                contextlib.redirect_stdout(sink),
+                contextlib.redirect_stderr(sink),
+            ):  # both print a metrics table
                 result = getattr(trainer, stage)(model, val, ckpt_path="best")
             obs["returned"] = [{k: _number(v) for k, v in sorted(d.items())} for d in result]
             obs["error"] = None

@@ -97,3 +97,11 @@ def test_fresher_last_file_is_filtered_but_an_extra_one_is_not() -> None:
     assert len(compare(_config(), {"fit": _fit(files=last_l)}, {"fit": _fit(files=stale)})) == 1
     piled = {**last_s, "ckpt0/epoch=0-last.ckpt": {"epoch": 0, "global_step": 2}}
     assert len(compare(_config(), {"fit": _fit(files=last_l)}, {"fit": _fit(files=piled)})) == 2
+
+
+def test_restored_callback_metrics_are_filtered_only_when_never_logged_again() -> None:
+    lightning = {"resume_mid": _resumed(callback_metrics={"train_m": 0.5})}
+    restored = _resumed(metrics_at_start=["val_m"], callback_metrics={"train_m": 0.5, "val_m": 0.25})
+    assert compare(_config(), lightning, {"resume_mid": restored}) == []
+    other = _resumed(metrics_at_start=["val_m"], callback_metrics={"train_m": 0.75, "val_m": 0.25})
+    assert [d.field for d in compare(_config(), lightning, {"resume_mid": other})] == ["callback_metrics"]
