@@ -218,6 +218,10 @@ def _pending_validation(d: Difference, ctx: Context) -> bool:
     return d.stepstone[0][0] == step and d.stepstone[1:] == d.lightning
 
 
+def _nothing_ran(obs: Observation) -> bool:
+    return not obs.get("trained") and not obs.get("val_runs") and not obs.get("sanity_runs")
+
+
 def _restored_metrics(d: Difference, ctx: Context) -> bool:
     """(4) ``callback_metrics`` and ``current_score`` are restored on resume (Lightning starts without them).
 
@@ -232,8 +236,10 @@ def _restored_metrics(d: Difference, ctx: Context) -> bool:
     if d.field == "checkpoint.current_score":
         return d.lightning is None
     if d.field == "callback_metrics" and isinstance(d.lightning, dict) and isinstance(d.stepstone, dict):
-        restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
         extra = d.stepstone.keys() - d.lightning.keys()
+        restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
+        if _nothing_ran(ctx.lightning[d.run]) and _nothing_ran(ctx.stepstone[d.run]):
+            restored = extra  # no step and no validation ran, so every value there came from the checkpoint
         shared_equal = all(_same(v, d.stepstone.get(k, _MISSING)) for k, v in d.lightning.items())
         return shared_equal and extra <= restored
     return False

@@ -54,7 +54,7 @@ def test_an_error_type_difference_hides_its_consequences() -> None:
 def _resumed(**changes: Any) -> dict[str, Any]:
     files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
     trained = [[0, 1, [0, 1]], [1, 0, [0, 1]], [1, 1, [2, 3]]]
-    return _fit(ckpt_path="manual/mid.ckpt", files=files, trained=trained, **changes)
+    return _fit(**{"ckpt_path": "manual/mid.ckpt", "files": files, "trained": trained, **changes})
 
 
 def test_mid_epoch_resume_data_is_filtered_only_for_the_resumed_epoch() -> None:
@@ -105,3 +105,14 @@ def test_restored_callback_metrics_are_filtered_only_when_never_logged_again() -
     assert compare(_config(), lightning, {"resume_mid": restored}) == []
     other = _resumed(metrics_at_start=["val_m"], callback_metrics={"train_m": 0.75, "val_m": 0.25})
     assert [d.field for d in compare(_config(), lightning, {"resume_mid": other})] == ["callback_metrics"]
+
+
+def test_restored_callback_metrics_of_a_run_with_nothing_left_to_train_are_filtered() -> None:
+    idle = {"trained": [], "val_runs": [], "sanity_runs": 0, "metrics_at_start": None}
+    lightning = {"resume_mid": _resumed(**idle, callback_metrics={})}
+    stepstone = {"resume_mid": _resumed(**idle, callback_metrics={"val_m": 0.25})}
+    assert compare(_config(), lightning, stepstone) == []
+    trained = {"resume_mid": _resumed(metrics_at_start=[], callback_metrics={"val_m": 0.25})}
+    assert [d.field for d in compare(_config(), {"resume_mid": _resumed(callback_metrics={})}, trained)] == [
+        "callback_metrics"
+    ]
