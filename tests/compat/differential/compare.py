@@ -1,0 +1,330 @@
+"""Field-by-field comparison of what a user observes under Lightning 2.6.6 and under stepstone.
+
+Every difference is reported unless one of the named predicates in :data:`DELIBERATE` explains it; each
+predicate covers one documented, deliberate stepstone behaviour and only the observation it causes, in the
+situation where it causes it. Nothing else is filtered.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compat.differential.configs import Config
+from compat.differential.program import LAST_STEMS, Observation
+
+RUN_ORDER = ["fit", "validate_best", "test_best", "continue", "stop", "resume_file", "resume_mid"]
+_SCALARS = [
+    "ckpt_path",
+    "global_step",
+    "current_epoch",
+    "optimizer_steps",
+    "sanity_runs",
+    "val_runs",
+    "metrics_at_start",
+    "callback_metrics",
+    "returned",
+]
+_CHECKPOINT_FIELDS = [
+    "dirpath",
+    "best_model_path",
+    "best_model_score",
+    "kth_best_model_path",
+    "kth_value",
+    "last_model_path",
+    "current_score",
+    "best_k_models",
+]
+_MISSING = "<absent>"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One observation that differs. ``key`` narrows ``field`` (a file name, a callback index)."""
+
+    run: str
+    field: str
+    key: str
+    lightning: Any
+    stepstone: Any
+    kind: str = ""  # a coarse label of the key (e.g. "last", "versioned") so categories group like with like
+
+    @property
+    def category(self) -> str:
+        return f"{self.run}.{self.field}" + (f"[{self.kind}]" if self.kind else "")
+
+    def __str__(self) -> str:
+        where = f"{self.run}.{self.field}" + (f"[{self.key}]" if self.key else "")
+        return f"{where}: lightning={self.lightning!r} stepstone={self.stepstone!r}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a deliberate-difference predicate may look at."""
+
+    config: Config
+    lightning: dict[str, Observation]
+    stepstone: dict[str, Observation]
+    explained: frozenset[tuple[str, str]]  # (run, deliberate name) pairs already used by earlier differences
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def is_last_name(rel: str) -> bool:
+    """Whether a file name is one of the last-checkpoint names the generated configs use."""
+    stem = os.path.basename(rel)
+    return stem.startswith(LAST_STEMS) or "-last" in stem
+
+
+def file_kind(rel: str) -> str:
+    name = os.path.basename(rel)
+    if name.startswith("."):
+        return "hidden"
+    if rel.startswith("logs"):
+        return "logger"
+    if rel.startswith("manual"):
+        return "manual"
+    if is_last_name(rel):
+        return "last"
+    if re.search(r"-v\d+\.ckpt$", name):
+        return "versioned"
+    return "topk"
+
+
+def _error_type(obs: Observation) -> str | None:
+    err = obs.get("error")
+    return None if err is None else str(err).split(":", 1)[0]
+
+
+def _compare_files(run: str, lf: dict[str, Any], sf: dict[str, Any]) -> list[Difference]:
+    diffs = []
+    for rel in sorted(lf.keys() | sf.keys()):
+        a, b = lf.get(rel, _MISSING), sf.get(rel, _MISSING)
+        if a == _MISSING or b == _MISSING:
+            field = "files.only_in_stepstone" if a == _MISSING else "files.only_in_lightning"
+            diffs.append(Difference(run, field, rel, a, b, file_kind(rel)))
+        elif a != b:
+            diffs.append(Difference(run, "files.content", rel, a, b, file_kind(rel)))
+    return diffs
+
+
+def _compare_trained(run: str, a: list[Any], b: list[Any]) -> list[Difference]:
+    batches_a, batches_b = [t[:2] for t in a], [t[:2] for t in b]
+    if batches_a != batches_b:
+        return [Difference(run, "trained.batches", "", batches_a, batches_b)]
+    diffs = []
+    for (epoch, idx, ids_a), (_, _, ids_b) in zip(a, b, strict=True):
+        if ids_a != ids_b:
+            diffs.append(Difference(run, "trained.ids", f"{epoch},{idx}", ids_a, ids_b))
+    return diffs
+
+
+def _compare_checkpoints(run: str, a: list[Observation], b: list[Observation]) -> list[Difference]:
+    diffs = []
+    for i, (ca, cb) in enumerate(zip(a, b, strict=False)):
+        for field in _CHECKPOINT_FIELDS:
+            if not _same(ca[field], cb[field]):
+                diffs.append(Difference(run, f"checkpoint.{field}", str(i), ca[field], cb[field]))
+    if len(a) != len(b):
+        diffs.append(Difference(run, "checkpoint.count", "", len(a), len(b)))
+    return diffs
+
+
+def compare_run(run: str, a: Observation, b: Observation) -> list[Difference]:
+    """Differences between Lightning's (``a``) and stepstone's (``b``) observation of one run."""
+    ea, eb = _error_type(a), _error_type(b)
+    if ea != eb:
+        # One raised and the other did not (or another type): everything after is a consequence.
+        return [Difference(run, "error", "", a.get("error"), b.get("error"))]
+    diffs = [
+        Difference(run, f, "", a.get(f, _MISSING), b.get(f, _MISSING))
+        for f in _SCALARS
+        if not _same(a.get(f, _MISSING), b.get(f, _MISSING))
+    ]
+    if "trained" in a:
+        diffs += _compare_trained(run, a["trained"], b["trained"])
+    diffs += _compare_checkpoints(run, a.get("checkpoints", []), b.get("checkpoints", []))
+    diffs += _compare_files(run, a.get("files", {}), b.get("files", {}))
+    if not _same(a.get("weights"), b.get("weights")):
+        diffs.append(Difference(run, "weights", "", a.get("weights"), b.get("weights")))
+    return diffs
+
+
+# --- deliberate differences --------------------------------------------------------------------------------
+
+
+def _resume_step(ctx: Context, run: str) -> int | None:
+    """global_step inside the file a run resumed from (None if the run did not resume)."""
+    source = ctx.lightning[run].get("ckpt_path")
+    if not source or source != ctx.stepstone[run].get("ckpt_path"):
+        return None
+    for name in (run, "stop", "fit"):
+        info = ctx.lightning.get(name, {}).get("files", {}).get(source)
+        if isinstance(info, dict) and "global_step" in info:
+            return int(info["global_step"])
+    return None
+
+
+def _natural_ids(ctx: Context, batch_idx: int) -> list[int]:
+    bs = ctx.config["data"]["batch_size"]
+    return list(range(batch_idx * bs, (batch_idx + 1) * bs))
+
+
+def _mid_epoch_data(d: Difference, ctx: Context) -> bool:
+    """(2) A mid-epoch resume continues with the next unseen batch's data; Lightning re-iterates the loader.
+
+    Explains ``trained.ids`` of the resumed epoch only: same batch index, stepstone trains batch ``b``'s
+    samples, Lightning those of batch ``b - first`` (its loader restarted), shuffle off.
+    """
+    if d.field != "trained.ids" or _resume_step(ctx, d.run) is None:
+        return False
+    trained = ctx.lightning[d.run]["trained"]
+    first_epoch, first_idx = trained[0][0], trained[0][1]
+    epoch, idx = (int(v) for v in d.key.split(","))
+    return (
+        first_idx > 0
+        and epoch == first_epoch
+        and d.stepstone == _natural_ids(ctx, idx)
+        and d.lightning == _natural_ids(ctx, idx - first_idx)
+    )
+
+
+def _mid_epoch_weights(d: Difference, ctx: Context) -> bool:
+    """(2, consequence) Final weights differ because different samples were trained after a mid-epoch resume."""
+    return d.field == "weights" and (d.run, "mid_epoch_resume_data") in ctx.explained
+
+
+def _pending_validation(d: Difference, ctx: Context) -> bool:
+    """(3) An epoch interrupted before its validation runs that validation right after resume.
+
+    Explains ``val_runs`` only when stepstone's list is Lightning's with one extra first entry at the
+    resumed global_step.
+    """
+    step = _resume_step(ctx, d.run)
+    if d.field != "val_runs" or step is None or not isinstance(d.stepstone, list) or not d.stepstone:
+        return False
+    return d.stepstone[0][0] == step and d.stepstone[1:] == d.lightning
+
+
+def _nothing_ran(obs: Observation) -> bool:
+    return not obs.get("trained") and not obs.get("val_runs") and not obs.get("sanity_runs")
+
+
+def _restored_metrics(d: Difference, ctx: Context) -> bool:
+    """(4) ``callback_metrics`` and ``current_score`` are restored on resume (Lightning starts without them).
+
+    Explains: ``metrics_at_start`` (Lightning empty); final ``callback_metrics`` whose only difference is
+    keys stepstone had restored at the start and that the resumed run never logged again; ``current_score``
+    of a callback that Lightning left at None (no save after resume).
+    """
+    if _resume_step(ctx, d.run) is None:
+        return False
+    if d.field == "metrics_at_start":
+        return d.lightning == [] and isinstance(d.stepstone, list)
+    if d.field == "checkpoint.current_score":
+        return d.lightning is None
+    if d.field == "callback_metrics" and isinstance(d.lightning, dict) and isinstance(d.stepstone, dict):
+        extra = d.stepstone.keys() - d.lightning.keys()
+        restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
+        if _nothing_ran(ctx.lightning[d.run]) and _nothing_ran(ctx.stepstone[d.run]):
+            restored = extra  # no step and no validation ran, so every value there came from the checkpoint
+        shared_equal = all(_same(v, d.stepstone.get(k, _MISSING)) for k, v in d.lightning.items())
+        return shared_equal and extra <= restored
+    return False
+
+
+def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    return {r: i for r, i in files.items() if os.path.dirname(r) == dirpath and is_last_name(r)}
+
+
+def _is_dir_of(checkpoint: Config, dirpath: str) -> bool:
+    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
+        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
+    return bool(checkpoint["dirpath"] == dirpath)
+
+
+def _last_refreshed(d: Difference, ctx: Context) -> bool:
+    """(1) ``last`` is refreshed at every trigger (Lightning 2.6: only when a top-k file is written then).
+
+    Explains a difference in a last-named file (its presence or the epoch/global_step inside) or in
+    ``last_model_path`` when, in that directory, stepstone holds no more last files than Lightning (at least
+    one) and its newest is strictly newer (higher global_step) than Lightning's newest.
+    """
+    if d.field == "checkpoint.last_model_path":
+        index = int(d.key)
+        dirpath = ctx.lightning[d.run]["checkpoints"][index]["dirpath"]
+    elif d.field.startswith("files.") and d.kind == "last":
+        dirpath = os.path.dirname(d.key)
+    else:
+        return False
+    saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
+    if not saves_last:
+        return False
+    lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
+    sf = _last_files(ctx.stepstone[d.run].get("files", {}), dirpath)
+    steps_l = [i["global_step"] for i in lf.values() if isinstance(i, dict) and "global_step" in i]
+    steps_s = [i["global_step"] for i in sf.values() if isinstance(i, dict) and "global_step" in i]
+    if not steps_s or len(sf) > max(1, len(lf)):
+        return False
+    return not steps_l or max(steps_s) > max(steps_l)
+
+
+Predicate = Callable[[Difference, Context], bool]
+DELIBERATE: dict[str, Predicate] = {
+    "last_refreshed_every_trigger": _last_refreshed,
+    "mid_epoch_resume_data": _mid_epoch_data,
+    "mid_epoch_resume_weights": _mid_epoch_weights,
+    "pending_validation_after_resume": _pending_validation,
+    "restored_metrics_on_resume": _restored_metrics,
+    # (5) "a failed save raises" is not exercised: the program never makes a save fail.
+}
+
+
+def explain(d: Difference, ctx: Context) -> str | None:
+    """The name of the deliberate difference that explains ``d``, or None."""
+    for name, predicate in DELIBERATE.items():
+        if predicate(d, ctx):
+            return name
+    return None
+
+
+def compare(
+    config: Config, lightning: dict[str, Observation], stepstone: dict[str, Observation]
+) -> list[Difference]:
+    """Unexplained differences between two :func:`~compat.differential.program.run_flow` results.
+
+    Args:
+        config: the configuration both ran.
+        lightning: Lightning 2.6.6's observations.
+        stepstone: stepstone's observations.
+
+    Returns:
+        Every difference no predicate in :data:`DELIBERATE` explains, in run order.
+    """
+    unexplained: list[Difference] = []
+    runs = [r for r in RUN_ORDER if r in lightning or r in stepstone]
+    for run in runs:
+        if run not in lightning or run not in stepstone:
+            unexplained.append(Difference(run, "ran", "", run in lightning, run in stepstone))
+            continue
+        used: set[tuple[str, str]] = set()
+        for d in compare_run(run, lightning[run], stepstone[run]):
+            ctx = Context(config, lightning, stepstone, frozenset(used))
+            name = explain(d, ctx)
+            if name is None:
+                unexplained.append(d)
+            else:
+                used.add((run, name))
+    return unexplained

@@ -1,0 +1,118 @@
+"""The comparison reports every difference and filters only the named deliberate ones, only where they apply."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from compat.differential import configs
+from compat.differential.compare import compare
+
+
+def _fit(**changes: Any) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "ckpt_path": None,
+        "error": None,
+        "trained": [[0, 0, [0, 1]], [0, 1, [2, 3]], [1, 0, [0, 1]], [1, 1, [2, 3]]],
+        "optimizer_steps": 4,
+        "val_runs": [[2, 0], [4, 1]],
+        "sanity_runs": 1,
+        "metrics_at_start": [],
+        "global_step": 4,
+        "current_epoch": 2,
+        "callback_metrics": {"val_m": 0.5},
+        "checkpoints": [],
+        "weights": [0.1, 0.2],
+        "files": {"ckpt0/epoch=1-step=4.ckpt": {"epoch": 1, "global_step": 4}},
+    }
+    obs.update(changes)
+    return obs
+
+
+def _config() -> dict[str, Any]:
+    config = configs.generate(0)
+    config["data"]["batch_size"] = 2
+    config["checkpoints"] = [{**(config["checkpoints"] or [{}])[0], "dirpath": "ckpt0", "save_last": True}]
+    return config
+
+
+def test_identical_observations_have_no_difference() -> None:
+    assert compare(_config(), {"fit": _fit()}, {"fit": _fit()}) == []
+
+
+def test_every_field_difference_is_reported() -> None:
+    stepstone = _fit(global_step=3, files={"ckpt0/.stepstone-index.json": "file"}, weights=[0.1, 0.3])
+    found = {d.field for d in compare(_config(), {"fit": _fit()}, {"fit": stepstone})}
+    assert found == {"global_step", "files.only_in_stepstone", "files.only_in_lightning", "weights"}
+
+
+def test_an_error_type_difference_hides_its_consequences() -> None:
+    diffs = compare(_config(), {"fit": _fit()}, {"fit": _fit(error="ValueError: x", global_step=0)})
+    assert [d.field for d in diffs] == ["error"]
+
+
+def _resumed(**changes: Any) -> dict[str, Any]:
+    files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    trained = [[0, 1, [0, 1]], [1, 0, [0, 1]], [1, 1, [2, 3]]]
+    return _fit(**{"ckpt_path": "manual/mid.ckpt", "files": files, "trained": trained, **changes})
+
+
+def test_mid_epoch_resume_data_is_filtered_only_for_the_resumed_epoch() -> None:
+    lightning = {"resume_mid": _resumed()}
+    stepstone = {"resume_mid": _resumed(weights=[9.0, 9.0])}
+    stepstone["resume_mid"]["trained"][0][2] = [2, 3]  # next unseen batch's data
+    assert compare(_config(), lightning, stepstone) == []
+    later = copy.deepcopy(stepstone)
+    later["resume_mid"]["trained"][2][2] = [0, 1]  # a later epoch must match exactly
+    assert [d.field for d in compare(_config(), lightning, later)] == ["trained.ids"]
+
+
+def test_weights_are_not_excused_without_the_data_difference() -> None:
+    diffs = compare(_config(), {"resume_mid": _resumed()}, {"resume_mid": _resumed(weights=[9.0, 9.0])})
+    assert [d.field for d in diffs] == ["weights"]
+
+
+def test_pending_validation_is_one_extra_run_at_the_resumed_step() -> None:
+    lightning = {"resume_mid": _resumed(val_runs=[[4, 1]])}
+    ok = {"resume_mid": _resumed(val_runs=[[1, 0], [4, 1]])}
+    assert compare(_config(), lightning, ok) == []
+    elsewhere = {"resume_mid": _resumed(val_runs=[[2, 0], [4, 1]])}
+    assert [d.field for d in compare(_config(), lightning, elsewhere)] == ["val_runs"]
+
+
+def test_restored_metrics_are_filtered_only_on_resume() -> None:
+    assert (
+        compare(_config(), {"resume_mid": _resumed()}, {"resume_mid": _resumed(metrics_at_start=["val_m"])})
+        == []
+    )
+    diffs = compare(_config(), {"fit": _fit()}, {"fit": _fit(metrics_at_start=["val_m"])})
+    assert [d.field for d in diffs] == ["metrics_at_start"]
+
+
+def test_fresher_last_file_is_filtered_but_an_extra_one_is_not() -> None:
+    last_l = {"ckpt0/last.ckpt": {"epoch": 0, "global_step": 2}}
+    last_s = {"ckpt0/last.ckpt": {"epoch": 1, "global_step": 4}}
+    assert compare(_config(), {"fit": _fit(files=last_l)}, {"fit": _fit(files=last_s)}) == []
+    stale = {"ckpt0/last.ckpt": {"epoch": 0, "global_step": 1}}
+    assert len(compare(_config(), {"fit": _fit(files=last_l)}, {"fit": _fit(files=stale)})) == 1
+    piled = {**last_s, "ckpt0/epoch=0-last.ckpt": {"epoch": 0, "global_step": 2}}
+    assert len(compare(_config(), {"fit": _fit(files=last_l)}, {"fit": _fit(files=piled)})) == 2
+
+
+def test_restored_callback_metrics_are_filtered_only_when_never_logged_again() -> None:
+    lightning = {"resume_mid": _resumed(callback_metrics={"train_m": 0.5})}
+    restored = _resumed(metrics_at_start=["val_m"], callback_metrics={"train_m": 0.5, "val_m": 0.25})
+    assert compare(_config(), lightning, {"resume_mid": restored}) == []
+    other = _resumed(metrics_at_start=["val_m"], callback_metrics={"train_m": 0.75, "val_m": 0.25})
+    assert [d.field for d in compare(_config(), lightning, {"resume_mid": other})] == ["callback_metrics"]
+
+
+def test_restored_callback_metrics_of_a_run_with_nothing_left_to_train_are_filtered() -> None:
+    idle = {"trained": [], "val_runs": [], "sanity_runs": 0, "metrics_at_start": None}
+    lightning = {"resume_mid": _resumed(**idle, callback_metrics={})}
+    stepstone = {"resume_mid": _resumed(**idle, callback_metrics={"val_m": 0.25})}
+    assert compare(_config(), lightning, stepstone) == []
+    trained = {"resume_mid": _resumed(metrics_at_start=[], callback_metrics={"val_m": 0.25})}
+    assert [d.field for d in compare(_config(), {"resume_mid": _resumed(callback_metrics={})}, trained)] == [
+        "callback_metrics"
+    ]
