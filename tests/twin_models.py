@@ -25,10 +25,12 @@ def _optimizers(module: Any) -> Any:
     return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 1)]
 
 
-class LightningNet(lightning.LightningModule):
+class _Net:
+    """The model's body, shared by both frameworks' classes (module level, so both pickle)."""
+
     def __init__(self, width: int = FEATURES) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # type: ignore[attr-defined]
         self.layer = nn.Linear(width, 1)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -38,17 +40,12 @@ class LightningNet(lightning.LightningModule):
         return _optimizers(self)
 
 
-class StepstoneNet(L.LightningModule):
-    def __init__(self, width: int = FEATURES) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.layer = nn.Linear(width, 1)
+class LightningNet(_Net, lightning.LightningModule):
+    pass
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return _step(self, batch)
 
-    def configure_optimizers(self) -> Any:
-        return _optimizers(self)
+class StepstoneNet(_Net, L.LightningModule):
+    pass
 
 
 def twin(framework: str) -> tuple[Any, type[Any]]:
