@@ -301,6 +301,8 @@ def test_strict_loading_none_means_strict_as_in_lightning(tmp_path: Path, strict
     lightning = _loading_with("lightning", strict_loading, tmp_path)
     assert _loading_with("stepstone", strict_loading, tmp_path) == lightning
     assert lightning[0] == ("loaded" if strict_loading is False else "RuntimeError")
+
+
 @pytest.mark.parametrize("framework", ["lightning", "stepstone"])
 def test_a_fitted_model_deep_copies_and_pickles_detached_from_its_trainer(
     framework: str, tmp_path: Path

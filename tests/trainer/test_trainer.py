@@ -559,6 +559,8 @@ def test_best_without_a_best_checkpoint_raises_a_value_error_as_lightning(
     assert f'{fn}(ckpt_path="best") is set but' in stepstone
     # The same reason: no ModelCheckpoint at all, or one that has no best model.
     assert ("configured to save the best model" in stepstone) == ("to save the best model" in lightning)
+
+
 @pytest.mark.parametrize("framework", ["lightning", "stepstone"])
 def test_a_trainer_deep_copied_after_fit_carries_on_alone(framework: str, tmp_path: Path) -> None:
     # The defaults (a ModelCheckpoint, a CSV logger); stepstone's checkpoints saved in the background too.
