@@ -242,7 +242,7 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
 
 
 def _best_path(t: Trainer, fn: str) -> str:
-    """The first ModelCheckpoint's best file, with Lightning's checks (MisconfigurationException is a ValueError)."""
+    """The first ModelCheckpoint's best file, with Lightning's checks (ValueError, the type Lightning raises)."""
     if len(t.checkpoint_callbacks) > 1:
         warnings.warn(
             f'trainer.{fn}(ckpt_path="best") is called with several ModelCheckpoint callbacks; the best checkpoint '
@@ -252,17 +252,17 @@ def _best_path(t: Trainer, fn: str) -> str:
         )
     cb = t.checkpoint_callback
     if cb is None:
-        raise MisconfigurationException(
+        raise ValueError(
             f'trainer.{fn}(ckpt_path="best") is set but no ModelCheckpoint is configured; add one (or '
             "enable_checkpointing=True) or pass a checkpoint path."
         )
     if not cb.best_model_path:
         if t.fast_dev_run:
-            raise MisconfigurationException(
+            raise ValueError(
                 f'You cannot execute trainer.{fn}(ckpt_path="best") with fast_dev_run=True (it saves no '
                 "checkpoint); pass an exact checkpoint path to ckpt_path."
             )
-        raise MisconfigurationException(
+        raise ValueError(
             f'trainer.{fn}(ckpt_path="best") is set but the ModelCheckpoint is not configured to save the best '
             "model, or has saved none in this Trainer yet; fit first or pass a checkpoint path."
         )
