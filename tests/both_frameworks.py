@@ -6,6 +6,7 @@ the oracle is Lightning's behaviour, not a hand-written expectation.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -17,6 +18,7 @@ from typing import Any
 
 import lightning as PL
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint as PLModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -166,3 +168,93 @@ def resume(
         "events": model.events,
         "files": (files1, files()),
     }
+
+
+def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: bool, root: Path) -> list[str]:
+    """Run ``trainer.<fn>`` with a CSV or TensorBoard logger under ``root``; list what the logger left there.
+
+    Args:
+        logger: ``"csv"`` or ``"tensorboard"``.
+        hparams: ``"none"`` (no save_hyperparameters call), ``"module"`` (save_hyperparameters()),
+            ``"module_no_logger"`` (save_hyperparameters(logger=False)) or ``"datamodule"`` (only the
+            datamodule saves its hyperparameters).
+        fn: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        log_metrics: whether the steps call ``self.log``.
+
+    Returns:
+        Sorted relative paths: folders end with ``/``, event files are ``events.*`` and ``.yaml`` files carry
+        their parsed content (``path=content``).
+    """
+    pl, _ = framework(name)
+    loggers = importlib.import_module(
+        "lightning.pytorch.loggers" if name == "lightning" else "stepstone.loggers"
+    )
+
+    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            if hparams in ("module", "module_no_logger"):
+                self.save_hyperparameters(logger=hparams == "module")
+            self.layer = torch.nn.Linear(4, 1)
+
+        def _step(self, batch: Any, key: str) -> torch.Tensor:
+            loss = self.layer(batch[0]).sum()
+            if log_metrics:
+                self.log(key, loss)
+            return loss
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self._step(batch, "train")
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self._step(batch, "val")
+
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            self._step(batch, "test")
+
+        def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class DataModule(pl.LightningDataModule):  # type: ignore[misc, name-defined]
+        def __init__(self, batch_size: int = 4) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+        def train_dataloader(self) -> DataLoader[Any]:
+            return data(2)
+
+        val_dataloader = test_dataloader = predict_dataloader = train_dataloader
+
+    kind = loggers.CSVLogger if logger == "csv" else loggers.TensorBoardLogger
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=kind(save_dir=root, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    sources: dict[str, Any] = {"datamodule": DataModule()} if hparams == "datamodule" else {}
+    if not sources:
+        sources = (
+            {"train_dataloaders": data(2), "val_dataloaders": data(2)}
+            if fn == "fit"
+            else {"dataloaders": data(2)}
+        )
+    with quiet():
+        getattr(trainer, fn)(Model(), **sources)
+    found = []
+    for folder, _, names in os.walk(root):
+        rel = os.path.relpath(folder, root)
+        found.append(f"{rel}/")
+        for file in names:
+            if file.startswith("events."):
+                found.append(os.path.join(rel, "events.*"))
+            elif file.endswith(".yaml"):
+                found.append(f"{os.path.join(rel, file)}={yaml.safe_load(Path(folder, file).read_text())}")
+            else:
+                found.append(os.path.join(rel, file))
+    return sorted(found)

@@ -405,10 +405,19 @@ def test_an_argument_both_named_and_ignored_is_an_error() -> None:
 def test_logger_flag_given_before_super_init_is_kept() -> None:
     class Model(L.LightningModule):
         def __init__(self, a: int = 1) -> None:
-            self.save_hyperparameters(logger=False)
+            self.save_hyperparameters()
             super().__init__()
 
-    assert Model()._log_hyperparams is False  # Lightning's __init__ resets it to True
+    # Deliberate difference: Lightning's mixin __init__ resets the flag to False, silently dropping the request
+    # to log these hyperparameters; stepstone keeps what save_hyperparameters() asked for.
+    assert Model()._log_hyperparams is True
+
+
+def test_a_module_that_never_saves_hyperparameters_logs_none() -> None:
+    class Model(L.LightningModule):
+        pass
+
+    assert Model()._log_hyperparams is False  # Lightning's default: no hparams.yaml for such a run
 
 
 @pytest.mark.parametrize("framework", ["lightning", "stepstone"])

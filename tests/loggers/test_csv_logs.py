@@ -254,3 +254,25 @@ def test_invalid_arguments_are_named_in_the_error(
 def test_url_save_dir_is_rejected() -> None:
     with pytest.raises(MisconfigurationException, match="save_dir='s3://bucket/logs'"):
         CSVLogger("s3://bucket/logs")
+
+
+@pytest.mark.parametrize(
+    ("hparams", "fn", "log_metrics"),
+    [
+        ("none", "fit", True),  # no save_hyperparameters(): Lightning writes no hparams.yaml
+        ("none", "validate", False),  # ...but the version folder exists, even without a metric
+        ("module", "fit", False),
+        ("module_no_logger", "test", True),
+        ("datamodule", "validate", False),
+        ("module", "predict", False),  # predict logs the hyperparameters too
+    ],
+)
+def test_run_leaves_the_files_lightning_leaves(
+    tmp_path: Path, hparams: str, fn: str, log_metrics: bool
+) -> None:
+    from both_frameworks import logger_files
+
+    def files(name: str) -> list[str]:
+        return logger_files(name, "csv", hparams, fn, log_metrics, tmp_path / name)
+
+    assert files("stepstone") == files("lightning")

@@ -200,3 +200,22 @@ def test_importing_the_package_does_not_import_tensorboard() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("hparams", "fn", "log_metrics"),
+    [
+        ("none", "fit", False),  # Lightning writes an event file and hparams.yaml ({}) when the run starts
+        ("module_no_logger", "predict", False),
+        ("datamodule", "validate", True),
+    ],
+)
+def test_run_leaves_the_files_lightning_leaves(
+    tmp_path: Path, hparams: str, fn: str, log_metrics: bool
+) -> None:
+    from both_frameworks import logger_files
+
+    def files(name: str) -> list[str]:
+        return logger_files(name, "tensorboard", hparams, fn, log_metrics, tmp_path / name)
+
+    assert files("stepstone") == files("lightning")

@@ -250,7 +250,9 @@ def init_hparams_state(obj: Any) -> None:
         "_hparams": None,
         "_hparams_initial": None,
         "_hparams_name": "kwargs",
-        "_log_hyperparams": True,
+        # Lightning's default: a module or datamodule that never calls save_hyperparameters() logs nothing
+        # (no hparams.yaml); save_hyperparameters(logger=...) sets it.
+        "_log_hyperparams": False,
     }
     for attribute, default in defaults.items():
         if attribute not in obj.__dict__:

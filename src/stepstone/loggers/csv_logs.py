@@ -181,7 +181,7 @@ class ExperimentWriter:
     whole file is rewritten with the wider header (atomically); otherwise rows are appended.
 
     Args:
-        log_dir: the version folder; created on the first write, not here.
+        log_dir: the version folder; created on the first save or write, not here.
     """
 
     NAME_METRICS_FILE = "metrics.csv"
@@ -226,7 +226,8 @@ class ExperimentWriter:
         save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
 
     def save(self) -> None:
-        """Write the buffered rows to ``metrics.csv`` and empty the buffer."""
+        """Create the log folder; write the buffered rows to ``metrics.csv`` and empty the buffer."""
+        os.makedirs(self.log_dir, exist_ok=True)
         if not self.metrics:
             return
         if self._file_written and not os.path.isfile(self.metrics_file_path):
@@ -260,7 +261,8 @@ class ExperimentWriter:
 class CSVLogger(Logger):
     """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` on the local filesystem.
 
-    Files go to ``save_dir/name/version_N``; nothing is created until the first write.
+    Files go to ``save_dir/name/version_N``; that folder is created by the first save (the Trainer saves each
+    logger when a run starts) or write.
 
     Args:
         save_dir: the base folder.
@@ -365,9 +367,12 @@ class CSVLogger(Logger):
             self.save()
 
     def save(self) -> None:
-        """Write buffered metric rows to ``metrics.csv``."""
-        if self._experiment is not None:
-            self._experiment.save()
+        """Create the version folder if needed and write buffered metric rows to ``metrics.csv``.
+
+        The Trainer saves every logger when a run starts, so (as in Lightning) the version folder exists from
+        then on, even before any metric: the next logger in the same ``save_dir`` takes the next version.
+        """
+        self.experiment.save()
         self._last_flush_step = self._last_step
 
     def finalize(self, status: str) -> None:
@@ -376,7 +381,8 @@ class CSVLogger(Logger):
         Args:
             status: ``"success"``, ``"failed"`` or ``"finished"``; the files are written whatever it is.
         """
-        self.save()
+        if self._experiment is not None:  # a logger never used (e.g. a spawning parent) creates nothing
+            self.save()
 
     def __getstate__(self) -> dict[str, Any]:
         # The writer holds buffered rows tied to this process; a pickled copy (spawned worker) starts its own.

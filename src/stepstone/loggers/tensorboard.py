@@ -247,9 +247,15 @@ class TensorBoardLogger(Logger):
             self.experiment.add_graph(model, input_array)
 
     def save(self) -> None:
-        """Flush pending events and write ``hparams.yaml`` if the hyperparameters changed since the last save."""
-        if self._experiment is not None:
-            self._experiment.flush()
+        """Start the writer if needed, flush pending events, write ``hparams.yaml`` if the hyperparameters changed.
+
+        The Trainer saves every logger when a run starts, so (as in Lightning) the version folder, an event file
+        and ``hparams.yaml`` (``{}`` when no hyperparameters were logged) exist from then on.
+        """
+        self.experiment.flush()
+        self._save_hparams()
+
+    def _save_hparams(self) -> None:
         if not self._hparams_saved and os.path.isdir(self.log_dir):
             save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
             self._hparams_saved = True
@@ -261,7 +267,9 @@ class TensorBoardLogger(Logger):
             status: ``"success"``, ``"failed"`` or ``"finished"``; everything is written whatever it is.
         """
         try:
-            self.save()
+            if self._experiment is not None:  # a writer never started (or already closed) is not started here
+                self._experiment.flush()
+            self._save_hparams()
         finally:
             if self._experiment is not None:
                 self._experiment.close()

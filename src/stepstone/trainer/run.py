@@ -452,6 +452,7 @@ class Runner:
                 )
             t.num_predict_batches = counts
             t.lightning_module.to(t._placement.device)
+            self._log_hyperparams()  # Lightning logs them for every trainer function, predict included
             t.state.stage = RunningStage.PREDICTING
             if not any(counts):
                 return None  # Lightning skips a prediction with no batches: no hooks, no predictions
