@@ -6,6 +6,7 @@ the oracle is Lightning's behaviour, not a hand-written expectation.
 
 from __future__ import annotations
 
+import csv
 import importlib
 import logging
 import os
@@ -183,7 +184,7 @@ def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: boo
 
     Returns:
         Sorted relative paths: folders end with ``/``, event files are ``events.*`` and ``.yaml`` files carry
-        their parsed content (``path=content``).
+        their parsed content (``path=content``), ``.csv`` files their columns and ``epoch``/``step`` values.
     """
     pl, _ = framework(name)
     loggers = importlib.import_module(
@@ -255,6 +256,11 @@ def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: boo
                 found.append(os.path.join(rel, "events.*"))
             elif file.endswith(".yaml"):
                 found.append(f"{os.path.join(rel, file)}={yaml.safe_load(Path(folder, file).read_text())}")
+            elif file.endswith(".csv"):  # the header, and the epoch/step columns exactly as written
+                with open(os.path.join(folder, file), newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                columns = [(r.get("epoch"), r["step"]) for r in rows]
+                found.append(f"{os.path.join(rel, file)}={sorted(rows[0]) if rows else []}{columns}")
             else:
                 found.append(os.path.join(rel, file))
     return sorted(found)

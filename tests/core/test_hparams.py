@@ -374,6 +374,21 @@ def test_first_parameter_not_named_self_and_saving_before_super_init(framework: 
     assert early.hparams == {"a": 4} and early.hparams_initial == {"a": 4}
 
 
+def test_explicit_parent_init_calls_collect_arguments() -> None:
+    # Deliberate difference: with Base.__init__(self, ...) instead of super().__init__(...), Lightning 2.6.6
+    # finds no arguments at all (hparams == {}).
+    class Base(L.LightningModule):
+        def __init__(self, lr: float = 0.1, width: int = 4) -> None:
+            L.LightningModule.__init__(self)
+            self.save_hyperparameters()
+
+    class Child(Base):
+        def __init__(self, depth: int = 3) -> None:
+            Base.__init__(self, lr=0.5)
+
+    assert Child(depth=5).hparams == {"lr": 0.5, "width": 4, "depth": 5}
+
+
 def test_a_module_built_inside_another_keeps_only_its_own_arguments() -> None:
     # Deliberate difference: Lightning also collects the enclosing module's __init__ arguments (x below).
     class Inner(L.LightningModule):

@@ -230,7 +230,9 @@ class MetricsHub:
             return
         scalars = _scalars(metrics)
         if add_epoch:
-            scalars.setdefault("epoch", float(trainer.current_epoch))
+            scalars.setdefault(
+                "epoch", trainer.current_epoch
+            )  # an int, as Lightning logs it (CSV "0", not "0.0")
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
 
