@@ -152,9 +152,14 @@ def _check_count(kind: str, saved: list[Any], current: int, path: str) -> None:
 
 
 def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> None:
-    """Restore loops, optimizers, schedulers and precision state (fit only; after configure_optimizers)."""
+    """Restore loops, optimizers, schedulers and precision state (fit only; after configure_optimizers).
+
+    Raises:
+        KeyError: the checkpoint holds only model weights (Lightning's exception type for this case).
+        MisconfigurationException: the optimizer/scheduler counts differ from the checkpoint's.
+    """
     if "optimizer_states" not in checkpoint:
-        raise MisconfigurationException(
+        raise KeyError(
             f"ckpt_path={path!r} holds only model weights (saved with save_weights_only=True), so training cannot "
             "resume from it. Load the weights with YourModel.load_from_checkpoint(path) and call fit() without "
             "ckpt_path."
