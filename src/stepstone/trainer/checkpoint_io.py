@@ -158,15 +158,17 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         KeyError: the checkpoint holds only model weights (Lightning's exception type for this case).
         MisconfigurationException: the optimizer/scheduler counts differ from the checkpoint's.
     """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    if fit_loop:
+        trainer.fit_loop.load_state_dict(fit_loop)
+    # As in Lightning, the loops are restored before the missing optimizer state is found (the Trainer's
+    # counters are the checkpoint's after the error).
     if "optimizer_states" not in checkpoint:
         raise KeyError(
             f"ckpt_path={path!r} holds only model weights (saved with save_weights_only=True), so training cannot "
             "resume from it. Load the weights with YourModel.load_from_checkpoint(path) and call fit() without "
             "ckpt_path."
         )
-    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
-    if fit_loop:
-        trainer.fit_loop.load_state_dict(fit_loop)
     saved_opts = checkpoint["optimizer_states"]
     _check_count("optimizer", saved_opts, len(trainer.optimizers), path)
     fsdp = _fsdp(trainer)
