@@ -281,6 +281,91 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
     return not steps_l or max(steps_s) > max(steps_l)
 
 
+def _batches_per_epoch(config: Config) -> int:
+    """Training batches in one epoch (``limit_train_batches`` applied as the configurations use it)."""
+    n_train, limit = config["data"]["n_train"], config["trainer"]["limit_train_batches"]
+    if limit is None:
+        return int(n_train)
+    if isinstance(limit, int):
+        return min(limit, int(n_train))
+    return max(1, int(n_train * limit))
+
+
+def _whole_epochs_from(pairs: list[list[int]], epoch: int, per_epoch: int) -> bool:
+    """Whether ``pairs`` ([epoch, batch_idx]) are whole epochs from ``epoch`` on, batch 0 first (the last one may be
+    cut short by ``max_steps``/``max_epochs``)."""
+    expected = [epoch, 0]
+    for pair in pairs:
+        if list(pair) != expected:
+            return False
+        expected = [expected[0] + 1, 0] if expected[1] + 1 == per_epoch else [expected[0], expected[1] + 1]
+    return True
+
+
+def _epoch_end_restart(ctx: Context, run: str) -> bool:
+    """Whether ``run`` shows Lightning's restart of iteration-based training after a finished epoch.
+
+    Resumed (``max_steps`` set) from a file written once an epoch's last batch was done, Lightning starts the
+    next epoch ``e`` with the finished epoch's batch counter: epoch ``e`` trains no batch at all (when validation
+    was due after that last batch, it skips it and ends the epoch) or a single batch labelled
+    ``batch_idx=n`` of an ``n``-batch epoch (the loader's first batch); later epochs are whole. stepstone trains
+    epoch ``e`` whole. Matches only when stepstone's batches are whole epochs from ``e`` and Lightning's are
+    ``[]`` or ``[[e, n]]`` followed by whole epochs from ``e + 1``.
+    """
+    if _resume_step(ctx, run) is None or ctx.config["trainer"]["max_steps"] == -1:
+        return False
+    lightning, stepstone = ctx.lightning[run], ctx.stepstone[run]
+    pairs_l = [list(t[:2]) for t in lightning.get("trained", [])]
+    pairs_s = [list(t[:2]) for t in stepstone.get("trained", [])]
+    per_epoch = _batches_per_epoch(ctx.config)
+    if not pairs_s or pairs_s[0][1] != 0 or not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):
+        return False
+    epoch = pairs_s[0][0]
+    if pairs_l[:1] == [[epoch, per_epoch]]:
+        return _whole_epochs_from(pairs_l[1:], epoch + 1, per_epoch)
+    counted = lightning.get("current_epoch")  # the empty epoch e still counts (absent if the run raised)
+    return _whole_epochs_from(pairs_l, epoch + 1, per_epoch) and (counted is None or counted > epoch)
+
+
+def _epoch_end_restart_batches(d: Difference, ctx: Context) -> bool:
+    """(6) After resuming iteration-based training from an epoch's end, the next epoch trains all its batches.
+
+    Lightning 2.6 trains none or one batch labelled ``batch_idx=n`` of an ``n``-batch epoch there (see
+    :func:`_epoch_end_restart`, which states exactly what matches). Explains ``trained.batches``.
+    """
+    return d.field == "trained.batches" and _epoch_end_restart(ctx, d.run)
+
+
+_TRAINING_CONSEQUENCES = {
+    "global_step",
+    "optimizer_steps",
+    "current_epoch",
+    "val_runs",
+    "callback_metrics",
+    "weights",
+}
+
+
+def _epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
+    """(6, consequence) What training a different set of batches changes in that run.
+
+    Explains the step/epoch counters, validation runs, final metrics and weights, and the checkpoint files
+    (and the ModelCheckpoint attributes naming them) written after the resume, in a run that
+    :func:`_epoch_end_restart` matches.
+    """
+    if d.field in _TRAINING_CONSEQUENCES:
+        return _epoch_end_restart(ctx, d.run)
+    step = _resume_step(ctx, d.run)
+    if d.field.startswith("files.") and d.kind != "logger" and step is not None:
+        written = [v for v in (d.lightning, d.stepstone) if isinstance(v, dict) and "global_step" in v]
+        return (
+            bool(written) and all(v["global_step"] > step for v in written) and _epoch_end_restart(ctx, d.run)
+        )
+    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath":
+        return _epoch_end_restart(ctx, d.run)
+    return False
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
@@ -288,6 +373,8 @@ DELIBERATE: dict[str, Predicate] = {
     "mid_epoch_resume_weights": _mid_epoch_weights,
     "pending_validation_after_resume": _pending_validation,
     "restored_metrics_on_resume": _restored_metrics,
+    "full_epoch_after_epoch_end_restart": _epoch_end_restart_batches,
+    "full_epoch_after_epoch_end_restart_consequences": _epoch_end_restart_consequences,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.
 }
 

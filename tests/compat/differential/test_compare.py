@@ -116,3 +116,51 @@ def test_restored_callback_metrics_of_a_run_with_nothing_left_to_train_are_filte
     assert [d.field for d in compare(_config(), {"resume_mid": _resumed(callback_metrics={})}, trained)] == [
         "callback_metrics"
     ]
+
+
+def _continued(pairs: list[list[int]], **changes: Any) -> dict[str, Any]:
+    """A run continued from ``manual/final.ckpt`` (written at step 2, after epoch 0) that trained ``pairs``."""
+    files = {
+        "manual/final.ckpt": {"epoch": 1, "global_step": 2},
+        "ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2},
+    }
+    trained = [[epoch, idx, [2 * idx, 2 * idx + 1]] for epoch, idx in pairs]
+    return _fit(**{"ckpt_path": "manual/final.ckpt", "files": files, "trained": trained, **changes})
+
+
+def _two_batch_epochs(max_steps: int = 20) -> dict[str, Any]:
+    config = _config()
+    config["data"]["n_train"] = 2
+    config["trainer"].update(limit_train_batches=None, max_steps=max_steps)
+    return config
+
+
+def test_a_whole_epoch_after_an_epoch_end_restart_is_filtered_with_its_consequences() -> None:
+    after = {"ckpt0/epoch=2-step=5.ckpt": {"epoch": 2, "global_step": 5}}
+    one_batch = _continued([[1, 2], [2, 0], [2, 1]], global_step=4, current_epoch=3, weights=[0.5, 0.5])
+    one_batch["files"] = {**one_batch["files"], **after}
+    whole = _continued([[1, 0], [1, 1], [2, 0], [2, 1]], global_step=6, current_epoch=3)
+    whole["files"] = {**whole["files"], "ckpt0/epoch=2-step=6.ckpt": {"epoch": 2, "global_step": 6}}
+    assert compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": whole}) == []
+    empty = _continued([[2, 0], [2, 1]], global_step=4, current_epoch=3)
+    assert compare(_two_batch_epochs(), {"continue": empty}, {"continue": whole}) == []
+
+
+def test_an_epoch_end_restart_is_filtered_only_in_its_exact_shape() -> None:
+    whole = _continued([[1, 0], [1, 1], [2, 0], [2, 1]], global_step=6)
+    # Without max_steps Lightning has no such restart.
+    one_batch = _continued([[1, 2], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(-1), {"continue": one_batch}, {"continue": whole})]
+    assert fields == ["global_step", "trained.batches"]
+    # A batch index inside the epoch (not the out-of-range n) is another difference.
+    inside = _continued([[1, 1], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": inside}, {"continue": whole})]
+    assert fields == ["global_step", "trained.batches"]
+    # stepstone's epochs must be whole.
+    gap = _continued([[1, 0], [2, 0], [2, 1]], global_step=6)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": gap})]
+    assert fields == ["global_step", "trained.batches"]
+    # A run that did not resume is never filtered.
+    fresh_l, fresh_s = _fit(trained=[[1, 2, [4, 5]]]), _fit(trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
+    fields = [d.field for d in compare(_two_batch_epochs(), {"fit": fresh_l}, {"fit": fresh_s})]
+    assert fields == ["trained.batches"]
