@@ -165,16 +165,22 @@ def compare_run(run: str, a: Observation, b: Observation) -> list[Difference]:
 # --- deliberate differences --------------------------------------------------------------------------------
 
 
-def _resume_step(ctx: Context, run: str) -> int | None:
-    """global_step inside the file a run resumed from (None if the run did not resume)."""
+def _resume_file(ctx: Context, run: str) -> dict[str, Any] | None:
+    """``epoch``/``global_step`` inside the file a run resumed from (None if the run did not resume)."""
     source = ctx.lightning[run].get("ckpt_path")
     if not source or source != ctx.stepstone[run].get("ckpt_path"):
         return None
     for name in (run, "stop", "fit"):
         info = ctx.lightning.get(name, {}).get("files", {}).get(source)
         if isinstance(info, dict) and "global_step" in info:
-            return int(info["global_step"])
+            return info
     return None
+
+
+def _resume_step(ctx: Context, run: str) -> int | None:
+    """global_step inside the file a run resumed from (None if the run did not resume)."""
+    info = _resume_file(ctx, run)
+    return None if info is None else int(info["global_step"])
 
 
 def _natural_ids(ctx: Context, batch_idx: int) -> list[int]:
@@ -305,26 +311,30 @@ def _whole_epochs_from(pairs: list[list[int]], epoch: int, per_epoch: int) -> bo
 def _epoch_end_restart(ctx: Context, run: str) -> bool:
     """Whether ``run`` shows Lightning's restart of iteration-based training after a finished epoch.
 
-    Resumed (``max_steps`` set) from a file written once an epoch's last batch was done, Lightning starts the
-    next epoch ``e`` with the finished epoch's batch counter: epoch ``e`` trains no batch at all (when validation
-    was due after that last batch, it skips it and ends the epoch) or a single batch labelled
-    ``batch_idx=n`` of an ``n``-batch epoch (the loader's first batch); later epochs are whole. stepstone trains
-    epoch ``e`` whole. Matches only when stepstone's batches are whole epochs from ``e`` and Lightning's are
-    ``[]`` or ``[[e, n]]`` followed by whole epochs from ``e + 1``.
+    Resumed (``max_steps`` set) from a file written once epoch ``k``'s last batch was done (after ``fit``, or in
+    ``on_train_epoch_end``), Lightning first goes on with epoch ``k``'s batch counter: it trains no batch at all
+    (when validation was due after that last batch, it skips it) or a single batch labelled ``batch_idx=n`` of
+    an ``n``-batch epoch (the loader's first batch), and counts that as an epoch; then whole epochs follow.
+    stepstone trains whole epochs from the next one, ``e``. Matches only when the file's ``epoch`` is ``k``,
+    stepstone's batches are whole epochs from ``e`` (``k``, or ``k + 1`` for an ``on_train_epoch_end`` file,
+    whose epoch is not completed yet) and Lightning's are ``[]`` or ``[[k, n]]`` followed by whole epochs from
+    ``k + 1``.
     """
-    if _resume_step(ctx, run) is None or ctx.config["trainer"]["max_steps"] == -1:
+    info = _resume_file(ctx, run)
+    if info is None or ctx.config["trainer"]["max_steps"] == -1 or not isinstance(info.get("epoch"), int):
         return False
     lightning, stepstone = ctx.lightning[run], ctx.stepstone[run]
     pairs_l = [list(t[:2]) for t in lightning.get("trained", [])]
     pairs_s = [list(t[:2]) for t in stepstone.get("trained", [])]
-    per_epoch = _batches_per_epoch(ctx.config)
-    if not pairs_s or pairs_s[0][1] != 0 or not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):
+    per_epoch, finished = _batches_per_epoch(ctx.config), info["epoch"]
+    if not pairs_s or pairs_s[0] not in ([finished, 0], [finished + 1, 0]):
         return False
-    epoch = pairs_s[0][0]
-    if pairs_l[:1] == [[epoch, per_epoch]]:
-        return _whole_epochs_from(pairs_l[1:], epoch + 1, per_epoch)
-    counted = lightning.get("current_epoch")  # the empty epoch e still counts (absent if the run raised)
-    return _whole_epochs_from(pairs_l, epoch + 1, per_epoch) and (counted is None or counted > epoch)
+    if not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):
+        return False
+    if pairs_l[:1] == [[finished, per_epoch]]:
+        return _whole_epochs_from(pairs_l[1:], finished + 1, per_epoch)
+    counted = lightning.get("current_epoch")  # the empty epoch still counts (absent if the run raised)
+    return _whole_epochs_from(pairs_l, finished + 1, per_epoch) and (counted is None or counted > finished)
 
 
 def _epoch_end_restart_batches(d: Difference, ctx: Context) -> bool:

@@ -144,6 +144,11 @@ def test_a_whole_epoch_after_an_epoch_end_restart_is_filtered_with_its_consequen
     assert compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": whole}) == []
     empty = _continued([[2, 0], [2, 1]], global_step=4, current_epoch=3)
     assert compare(_two_batch_epochs(), {"continue": empty}, {"continue": whole}) == []
+    # From a file written in on_train_epoch_end of epoch 0 (its "epoch" is 0), Lightning relabels epoch 0.
+    epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
+    again = _continued([[0, 2], [1, 0], [1, 1]], ckpt_path="ckpt0/epoch=0-step=2.ckpt", files=epoch_end)
+    next_epoch = _continued([[1, 0], [1, 1], [2, 0]], ckpt_path="ckpt0/epoch=0-step=2.ckpt", files=epoch_end)
+    assert compare(_two_batch_epochs(), {"resume_file": again}, {"resume_file": next_epoch}) == []
 
 
 def test_an_epoch_end_restart_is_filtered_only_in_its_exact_shape() -> None:
@@ -159,6 +164,10 @@ def test_an_epoch_end_restart_is_filtered_only_in_its_exact_shape() -> None:
     # stepstone's epochs must be whole.
     gap = _continued([[1, 0], [2, 0], [2, 1]], global_step=6)
     fields = [d.field for d in compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": gap})]
+    assert fields == ["global_step", "trained.batches"]
+    # Lightning's out-of-range batch must carry the finished epoch's label.
+    relabelled = _continued([[0, 2], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": relabelled}, {"continue": whole})]
     assert fields == ["global_step", "trained.batches"]
     # A run that did not resume is never filtered.
     fresh_l, fresh_s = _fit(trained=[[1, 2, [4, 5]]]), _fit(trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
