@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compat.differential.configs import Config
+from compat.differential.configs import TRAIN_KEY, Config
 from compat.differential.program import LAST_STEMS, Observation
 
 RUN_ORDER = ["fit", "validate_best", "test_best", "continue", "stop", "resume_file", "resume_mid"]
@@ -225,7 +225,9 @@ def _pending_validation(d: Difference, ctx: Context) -> bool:
 
 
 def _nothing_ran(obs: Observation) -> bool:
-    return not obs.get("trained") and not obs.get("val_runs") and not obs.get("sanity_runs")
+    """No training batch and no validation ran (a sanity check may have: both frameworks drop its logged values
+    when it ends, so it leaves nothing in ``callback_metrics``)."""
+    return not obs.get("trained") and not obs.get("val_runs")
 
 
 def _restored_metrics(d: Difference, ctx: Context) -> bool:
@@ -244,11 +246,46 @@ def _restored_metrics(d: Difference, ctx: Context) -> bool:
     if d.field == "callback_metrics" and isinstance(d.lightning, dict) and isinstance(d.stepstone, dict):
         extra = d.stepstone.keys() - d.lightning.keys()
         restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
-        if _nothing_ran(ctx.lightning[d.run]) and _nothing_ran(ctx.stepstone[d.run]):
+        lightning, stepstone = ctx.lightning[d.run], ctx.stepstone[d.run]
+        same_sanity = lightning.get("sanity_runs") == stepstone.get("sanity_runs")
+        if _nothing_ran(lightning) and _nothing_ran(stepstone) and same_sanity:
             restored = extra  # no step and no validation ran, so every value there came from the checkpoint
         shared_equal = all(_same(v, d.stepstone.get(k, _MISSING)) for k, v in d.lightning.items())
         return shared_equal and extra <= restored
     return False
+
+
+_MISSING_MONITOR = re.compile(r"ModelCheckpoint\(monitor='([^']+)'\)` could not find the monitored key")
+
+
+def _epoch_keys(config: Config) -> set[str]:
+    """``callback_metrics`` keys that hold the training metric's epoch mean once an epoch has ended."""
+    if not config["logging"]["train_on_epoch"]:
+        return set()
+    return {TRAIN_KEY, f"{TRAIN_KEY}_epoch"}
+
+
+def _monitor_found_after_resume(d: Difference, ctx: Context) -> bool:
+    """(4, consequence) A ModelCheckpoint that checks its monitored key soon after a resume finds it.
+
+    Lightning raises ``MisconfigurationException`` ("could not find the monitored key") when validation has run
+    and the key is not in ``callback_metrics``; a resumed Lightning run starts with them empty and skips the end
+    of an epoch whose last batch was done before the file was written. stepstone restores them (4) and finishes
+    that epoch end (publishing the epoch means). Explains ``error`` when only Lightning raised that, in a resumed
+    run, and stepstone had the key: restored at the start, or an epoch-mean key whose epoch ended at the resumed
+    position (Lightning's first batch is batch 0 of the file's next epoch).
+    """
+    if d.field != "error" or d.stepstone is not None or _resume_step(ctx, d.run) is None:
+        return False
+    match = _MISSING_MONITOR.search(str(d.lightning))
+    if match is None:
+        return False
+    key = match.group(1)
+    if key in (ctx.stepstone[d.run].get("metrics_at_start") or []):
+        return True
+    info = _resume_file(ctx, d.run) or {}
+    first = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])[:1]]
+    return key in _epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
 
 
 def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:
@@ -383,6 +420,7 @@ DELIBERATE: dict[str, Predicate] = {
     "mid_epoch_resume_weights": _mid_epoch_weights,
     "pending_validation_after_resume": _pending_validation,
     "restored_metrics_on_resume": _restored_metrics,
+    "monitored_key_found_after_resume": _monitor_found_after_resume,
     "full_epoch_after_epoch_end_restart": _epoch_end_restart_batches,
     "full_epoch_after_epoch_end_restart_consequences": _epoch_end_restart_consequences,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.

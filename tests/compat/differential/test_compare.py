@@ -173,3 +173,41 @@ def test_an_epoch_end_restart_is_filtered_only_in_its_exact_shape() -> None:
     fresh_l, fresh_s = _fit(trained=[[1, 2, [4, 5]]]), _fit(trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
     fields = [d.field for d in compare(_two_batch_epochs(), {"fit": fresh_l}, {"fit": fresh_s})]
     assert fields == ["trained.batches"]
+
+
+def test_restored_callback_metrics_are_filtered_after_a_sanity_check_only() -> None:
+    idle = {"trained": [], "val_runs": [], "sanity_runs": 1, "metrics_at_start": None}
+    lightning = {"resume_mid": _resumed(**idle, callback_metrics={})}
+    stepstone = {"resume_mid": _resumed(**idle, callback_metrics={"val_m": 0.25})}
+    assert compare(_config(), lightning, stepstone) == []
+    more_sanity = {"resume_mid": _resumed(**{**idle, "sanity_runs": 2}, callback_metrics={"val_m": 0.25})}
+    assert {d.field for d in compare(_config(), lightning, more_sanity)} == {
+        "sanity_runs",
+        "callback_metrics",
+    }
+
+
+_MISSING_KEY = (
+    "MisconfigurationException: `ModelCheckpoint(monitor='{}')` could not find the monitored key in the returned "
+    "metrics: ['val_m', 'epoch', 'step']. HINT: ..."
+)
+
+
+def test_a_monitored_key_missing_only_in_lightning_after_resume_is_filtered_when_stepstone_had_it() -> None:
+    config = _config()
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    raised = {"resume_mid": _resumed(error=_MISSING_KEY.format("train_m"))}
+    restored = {"resume_mid": _resumed(metrics_at_start=["train_m", "val_m"])}
+    assert compare(config, raised, restored) == []
+    # The file (epoch 0) was written after epoch 0's last batch: stepstone ends that epoch, publishing train_m.
+    ended = _resumed(metrics_at_start=["val_m"], trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
+    raised_ended = {"resume_mid": _resumed(error=_MISSING_KEY.format("train_m"), trained=ended["trained"])}
+    assert compare(config, raised_ended, {"resume_mid": ended}) == []
+    # Neither: a key stepstone could not have had is a real difference.
+    unknown = {"resume_mid": _resumed(metrics_at_start=["val_m"])}
+    assert [d.field for d in compare(config, raised, unknown)] == ["error"]
+    # A run that did not resume is never filtered.
+    fields = [
+        d.field for d in compare(config, {"fit": _fit(error=_MISSING_KEY.format("train_m"))}, {"fit": _fit()})
+    ]
+    assert fields == ["error"]
