@@ -288,6 +288,53 @@ def _monitor_found_after_resume(d: Difference, ctx: Context) -> bool:
     return key in _epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
 
 
+def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
+    """Mean of the training metric over batches ``indices`` of ``epoch`` of an uninterrupted run from epoch 0.
+
+    The program logs ``train_table[global_step]``; inside epoch ``e`` batch ``i`` runs at global_step
+    ``e * ceil(n / accumulate) + i // accumulate`` (the last, partial window steps with the epoch's last batch).
+    """
+    table, accumulate = ctx.config["train_table"], ctx.config["trainer"]["accumulate_grad_batches"]
+    per_epoch = -(-_batches_per_epoch(ctx.config) // accumulate)
+    values = [table[(epoch * per_epoch + i // accumulate) % len(table)] for i in indices]
+    return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
+
+
+def _number_same(observed: Any, expected: float) -> bool:
+    if isinstance(observed, str):  # NaN and infinities are recorded as their repr
+        return math.isnan(expected) and observed == "nan"
+    return isinstance(observed, float) and _same(observed, expected)
+
+
+def _whole_epoch_mean(d: Difference, ctx: Context) -> bool:
+    """(7) After a mid-epoch resume, the epoch's mean covers the whole epoch (Lightning: only the batches after
+    the resume), because stepstone restores the epoch's partial sums.
+
+    Explains ``callback_metrics`` of a run resumed mid-epoch (Lightning's first batch is not batch 0) that ended
+    inside that epoch, when only the epoch-mean keys differ, stepstone's value is the mean over every batch of
+    the epoch so far and Lightning's the mean over the batches it trained after the resume.
+    """
+    if (
+        d.field != "callback_metrics"
+        or not isinstance(d.lightning, dict)
+        or not isinstance(d.stepstone, dict)
+    ):
+        return False
+    pairs_l = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])]
+    pairs_s = [list(t[:2]) for t in ctx.stepstone[d.run].get("trained", [])]
+    if _resume_step(ctx, d.run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
+        return False
+    epoch = pairs_l[0][0]
+    if any(e != epoch for e, _ in pairs_l) or d.lightning.keys() != d.stepstone.keys():
+        return False
+    differing = {k for k in d.lightning if not _same(d.lightning[k], d.stepstone[k])}
+    if not differing or not differing <= _epoch_keys(ctx.config):
+        return False
+    whole = _epoch_mean(ctx, epoch, list(range(pairs_l[-1][1] + 1)))
+    after = _epoch_mean(ctx, epoch, [i for _, i in pairs_l])
+    return all(_number_same(d.stepstone[k], whole) and _number_same(d.lightning[k], after) for k in differing)
+
+
 def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:
     return {r: i for r, i in files.items() if os.path.dirname(r) == dirpath and is_last_name(r)}
 
@@ -421,6 +468,7 @@ DELIBERATE: dict[str, Predicate] = {
     "pending_validation_after_resume": _pending_validation,
     "restored_metrics_on_resume": _restored_metrics,
     "monitored_key_found_after_resume": _monitor_found_after_resume,
+    "whole_epoch_mean_after_mid_epoch_resume": _whole_epoch_mean,
     "full_epoch_after_epoch_end_restart": _epoch_end_restart_batches,
     "full_epoch_after_epoch_end_restart_consequences": _epoch_end_restart_consequences,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.

@@ -211,3 +211,24 @@ def test_a_monitored_key_missing_only_in_lightning_after_resume_is_filtered_when
         d.field for d in compare(config, {"fit": _fit(error=_MISSING_KEY.format("train_m"))}, {"fit": _fit()})
     ]
     assert fields == ["error"]
+
+
+def test_a_whole_epoch_mean_after_a_mid_epoch_resume_is_filtered_only_with_the_exact_values() -> None:
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": True, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]]]
+
+    def run(mean: float) -> dict[str, Any]:
+        metrics = {"train_m": mean, "train_m_epoch": mean, "train_m_step": 0.5}
+        return {"resume_mid": _resumed(trained=trained, callback_metrics=metrics)}
+
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+    assert compare(config, run(after), run(whole)) == []
+    assert [d.field for d in compare(config, run(after), run(0.5))] == ["callback_metrics"]
+    assert [d.field for d in compare(config, run(0.5), run(whole))] == ["callback_metrics"]
+    step_differs = run(whole)
+    step_differs["resume_mid"]["callback_metrics"]["train_m_step"] = 0.25
+    assert [d.field for d in compare(config, run(after), step_differs)] == ["callback_metrics"]
