@@ -444,7 +444,7 @@ def _epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
     """(6, consequence) What training a different set of batches changes in that run.
 
     Explains the step/epoch counters, validation runs, final metrics and weights, and the checkpoint files
-    (and the ModelCheckpoint attributes naming them) written after the resume, in a run that
+    (and the ModelCheckpoint attributes naming them) written from the resumed step on, in a run that
     :func:`_epoch_end_restart` matches.
     """
     if d.field in _TRAINING_CONSEQUENCES:
@@ -452,8 +452,12 @@ def _epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
     step = _resume_step(ctx, d.run)
     if d.field.startswith("files.") and d.kind != "logger" and step is not None:
         written = [v for v in (d.lightning, d.stepstone) if isinstance(v, dict) and "global_step" in v]
+        # From the resumed step on: validation after an accumulating batch of the epoch Lightning skipped saves
+        # at that very step.
         return (
-            bool(written) and all(v["global_step"] > step for v in written) and _epoch_end_restart(ctx, d.run)
+            bool(written)
+            and all(v["global_step"] >= step for v in written)
+            and _epoch_end_restart(ctx, d.run)
         )
     if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath":
         return _epoch_end_restart(ctx, d.run)

@@ -144,6 +144,13 @@ def test_a_whole_epoch_after_an_epoch_end_restart_is_filtered_with_its_consequen
     assert compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": whole}) == []
     empty = _continued([[2, 0], [2, 1]], global_step=4, current_epoch=3)
     assert compare(_two_batch_epochs(), {"continue": empty}, {"continue": whole}) == []
+    # A file written before the resume (an earlier step) is not explained.
+    before = {
+        **whole,
+        "files": {**whole["files"], "ckpt0/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}},
+    }
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": empty}, {"continue": before})]
+    assert fields == ["files.only_in_stepstone"]
     # From a file written in on_train_epoch_end of epoch 0 (its "epoch" is 0), Lightning relabels epoch 0.
     epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
     again = _continued([[0, 2], [1, 0], [1, 1]], ckpt_path="ckpt0/epoch=0-step=2.ckpt", files=epoch_end)
