@@ -234,7 +234,8 @@ def _restored_metrics(d: Difference, ctx: Context) -> bool:
     """(4) ``callback_metrics`` and ``current_score`` are restored on resume (Lightning starts without them).
 
     Explains: ``metrics_at_start`` (Lightning empty); final ``callback_metrics`` whose only difference is
-    keys stepstone had restored at the start and that the resumed run never logged again; ``current_score``
+    keys stepstone had restored at the start and that the resumed run never logged again, or epoch means it
+    published finishing the interrupted epoch end (:func:`_finished_epoch_end`); ``current_score``
     of a callback that Lightning left at None (no save after resume).
     """
     if _resume_step(ctx, d.run) is None:
@@ -245,14 +246,35 @@ def _restored_metrics(d: Difference, ctx: Context) -> bool:
         return d.lightning is None
     if d.field == "callback_metrics" and isinstance(d.lightning, dict) and isinstance(d.stepstone, dict):
         extra = d.stepstone.keys() - d.lightning.keys()
-        restored = set(ctx.stepstone[d.run].get("metrics_at_start") or [])
-        lightning, stepstone = ctx.lightning[d.run], ctx.stepstone[d.run]
-        same_sanity = lightning.get("sanity_runs") == stepstone.get("sanity_runs")
-        if _nothing_ran(lightning) and _nothing_ran(stepstone) and same_sanity:
-            restored = extra  # no step and no validation ran, so every value there came from the checkpoint
         shared_equal = all(_same(v, d.stepstone.get(k, _MISSING)) for k, v in d.lightning.items())
-        return shared_equal and extra <= restored
+        return shared_equal and extra <= _restored_keys(ctx, d.run, extra)
     return False
+
+
+def _finished_epoch_end(ctx: Context, run: str) -> bool:
+    """Whether the resumed file was written after the last batch of its epoch ``k`` (both runs train the same
+    batches, none or from batch 0 of epoch ``k + 1``): stepstone then finishes epoch ``k``'s end first (its
+    validation and ``on_train_epoch_end``, publishing the epoch means), which Lightning skips."""
+    info = _resume_file(ctx, run)
+    pairs = [list(t[:2]) for t in ctx.lightning[run].get("trained", [])]
+    if info is None or not isinstance(info.get("epoch"), int):
+        return False
+    if pairs != [list(t[:2]) for t in ctx.stepstone[run].get("trained", [])]:
+        return False
+    return not pairs or pairs[0] == [info["epoch"] + 1, 0]
+
+
+def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
+    """Keys of stepstone's final ``callback_metrics`` that may come from the checkpoint (4) or from finishing
+    the interrupted epoch end, so that Lightning's lack them."""
+    lightning, stepstone = ctx.lightning[run], ctx.stepstone[run]
+    same_sanity = lightning.get("sanity_runs") == stepstone.get("sanity_runs")
+    if _nothing_ran(lightning) and _nothing_ran(stepstone) and same_sanity:
+        return extra  # no step and no validation ran, so every value there came from the checkpoint
+    restored = set(stepstone.get("metrics_at_start") or [])
+    if _finished_epoch_end(ctx, run):
+        restored |= _epoch_keys(ctx.config)
+    return restored
 
 
 _MISSING_MONITOR = re.compile(r"ModelCheckpoint\(monitor='([^']+)'\)` could not find the monitored key")
@@ -312,7 +334,8 @@ def _whole_epoch_mean(d: Difference, ctx: Context) -> bool:
 
     Explains ``callback_metrics`` of a run resumed mid-epoch (Lightning's first batch is not batch 0) that ended
     inside that epoch, when only the epoch-mean keys differ, stepstone's value is the mean over every batch of
-    the epoch so far and Lightning's the mean over the batches it trained after the resume.
+    the epoch so far and Lightning's the mean over the batches it trained after the resume (and stepstone's
+    extra keys are restored ones, as (4) allows).
     """
     if (
         d.field != "callback_metrics"
@@ -324,8 +347,10 @@ def _whole_epoch_mean(d: Difference, ctx: Context) -> bool:
     pairs_s = [list(t[:2]) for t in ctx.stepstone[d.run].get("trained", [])]
     if _resume_step(ctx, d.run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
         return False
-    epoch = pairs_l[0][0]
-    if any(e != epoch for e, _ in pairs_l) or d.lightning.keys() != d.stepstone.keys():
+    epoch, extra = pairs_l[0][0], d.stepstone.keys() - d.lightning.keys()
+    if any(e != epoch for e, _ in pairs_l) or not d.lightning.keys() <= d.stepstone.keys():
+        return False
+    if not extra <= _restored_keys(ctx, d.run, extra):
         return False
     differing = {k for k in d.lightning if not _same(d.lightning[k], d.stepstone[k])}
     if not differing or not differing <= _epoch_keys(ctx.config):

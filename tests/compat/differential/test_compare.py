@@ -239,3 +239,19 @@ def test_a_whole_epoch_mean_after_a_mid_epoch_resume_is_filtered_only_with_the_e
     step_differs = run(whole)
     step_differs["resume_mid"]["callback_metrics"]["train_m_step"] = 0.25
     assert [d.field for d in compare(config, run(after), step_differs)] == ["callback_metrics"]
+
+
+def test_epoch_means_published_finishing_the_interrupted_epoch_end_are_filtered() -> None:
+    config = _config()
+    config["logging"] = {"train_on_step": True, "train_on_epoch": True}
+    # The file (epoch 0) was written after epoch 0's last batch; both runs go on with epoch 1.
+    trained = [[1, 0, [0, 1]], [1, 1, [2, 3]]]
+    lightning = {"resume_mid": _resumed(trained=trained, callback_metrics={"train_m_step": 0.5})}
+    ended = _resumed(
+        trained=trained, metrics_at_start=[], callback_metrics={"train_m_step": 0.5, "train_m_epoch": 0.5}
+    )
+    assert compare(config, lightning, {"resume_mid": ended}) == []
+    # Resumed inside epoch 0 (Lightning's first batch is [0, 1]), that epoch end is no reason.
+    inside = _resumed(metrics_at_start=[], callback_metrics={"train_m_step": 0.5, "train_m_epoch": 0.5})
+    plain = {"resume_mid": _resumed(callback_metrics={"train_m_step": 0.5})}
+    assert [d.field for d in compare(config, plain, {"resume_mid": inside})] == ["callback_metrics"]
