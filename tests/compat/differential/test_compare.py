@@ -141,6 +141,10 @@ def test_a_whole_epoch_after_an_epoch_end_restart_is_filtered_with_its_consequen
     one_batch["files"] = {**one_batch["files"], **after}
     whole = _continued([[1, 0], [1, 1], [2, 0], [2, 1]], global_step=6, current_epoch=3)
     whole["files"] = {**whole["files"], "ckpt0/epoch=2-step=6.ckpt": {"epoch": 2, "global_step": 6}}
+    callback = {"dirpath": "ckpt0", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    one_batch["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=2-step=5.ckpt"}]
+    whole["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=2-step=6.ckpt"}]
     assert compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": whole}) == []
     empty = _continued([[2, 0], [2, 1]], global_step=4, current_epoch=3)
     assert compare(_two_batch_epochs(), {"continue": empty}, {"continue": whole}) == []
