@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compat.differential.configs import TRAIN_KEY, Config
+from compat.differential.configs import TRAIN_KEY, VAL_KEY, Config
 from compat.differential.program import LAST_STEMS, Observation
 
 RUN_ORDER = ["fit", "validate_best", "test_best", "continue", "stop", "resume_file", "resume_mid"]
@@ -266,7 +266,8 @@ def _finished_epoch_end(ctx: Context, run: str) -> bool:
 
 def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
     """Keys of stepstone's final ``callback_metrics`` that may come from the checkpoint (4) or from finishing
-    the interrupted epoch end, so that Lightning's lack them."""
+    the interrupted epoch end (its epoch means, and the validation metric of its pending validation (3)), so
+    that Lightning's lack them."""
     lightning, stepstone = ctx.lightning[run], ctx.stepstone[run]
     same_sanity = lightning.get("sanity_runs") == stepstone.get("sanity_runs")
     if _nothing_ran(lightning) and _nothing_ran(stepstone) and same_sanity:
@@ -274,6 +275,9 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
     restored = set(stepstone.get("metrics_at_start") or [])
     if _finished_epoch_end(ctx, run):
         restored |= _epoch_keys(ctx.config)
+    runs_l, runs_s, step = lightning.get("val_runs"), stepstone.get("val_runs"), _resume_step(ctx, run)
+    if isinstance(runs_s, list) and runs_s and runs_s[0][0] == step and runs_s[1:] == runs_l:
+        restored.add(VAL_KEY)  # logged by the pending validation (3), which Lightning does not run
     return restored
 
 

@@ -259,3 +259,16 @@ def test_epoch_means_published_finishing_the_interrupted_epoch_end_are_filtered(
     inside = _resumed(metrics_at_start=[], callback_metrics={"train_m_step": 0.5, "train_m_epoch": 0.5})
     plain = {"resume_mid": _resumed(callback_metrics={"train_m_step": 0.5})}
     assert [d.field for d in compare(config, plain, {"resume_mid": inside})] == ["callback_metrics"]
+
+
+def test_the_metric_of_a_pending_validation_is_filtered_only_with_that_validation() -> None:
+    lightning = {"resume_mid": _resumed(val_runs=[], callback_metrics={"train_m": 0.5})}
+    validated = _resumed(
+        val_runs=[[1, 0]], metrics_at_start=[], callback_metrics={"train_m": 0.5, "val_m": 0.25}
+    )
+    assert compare(_config(), lightning, {"resume_mid": validated}) == []
+    later = _resumed(val_runs=[[2, 0]], metrics_at_start=[], callback_metrics={"train_m": 0.5, "val_m": 0.25})
+    assert [d.field for d in compare(_config(), lightning, {"resume_mid": later})] == [
+        "val_runs",
+        "callback_metrics",
+    ]
