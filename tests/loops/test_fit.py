@@ -436,3 +436,47 @@ def test_the_sanity_check_of_a_resumed_fit_keeps_the_restored_metrics(tmp_path: 
     second = make_trainer(tmp_path, max_epochs=2)
     second.fit(Resumed(), data(4), ckpt_path=tmp_path / "a.ckpt")
     assert seen == {"v": pytest.approx(float(first.callback_metrics["v"]))}
+
+
+NOTHING_LEFT_CASES = {
+    "max-steps-reached": {"max_epochs": 4, "max_steps": 8},
+    "no-training-batches": {"max_epochs": 4, "limit_train_batches": 0},
+    "max-epochs-reached": {"max_epochs": 2},
+}
+
+
+@pytest.mark.parametrize("case", list(NOTHING_LEFT_CASES))
+def test_a_resume_with_nothing_left_to_train_keeps_lightnings_current_epoch(
+    tmp_path: Path, case: str
+) -> None:
+    from both_frameworks import resume
+
+    second = NOTHING_LEFT_CASES[case]
+    runs = {
+        name: resume(name, tmp_path / name, {"max_epochs": 2}, second, save_at=("epoch", 1))
+        for name in ("lightning", "stepstone")
+    }
+    assert runs["stepstone"] == runs["lightning"]
+    # Lightning completes the restored epoch only when max_epochs (not max_steps or an empty loader) ends the run.
+    assert runs["stepstone"]["second"] == (8, 2 if case == "max-epochs-reached" else 1)
+
+
+@pytest.mark.parametrize("validate", [False, True])
+@pytest.mark.parametrize("save_at", [("final",), ("epoch", 1)])
+def test_iteration_based_training_resumed_at_an_epoch_end_trains_whole_epochs(
+    tmp_path: Path, validate: bool, save_at: tuple[Any, ...]
+) -> None:
+    """Deliberate difference: Lightning 2.6 trains none or one batch labelled batch_idx=4 of the 4-batch epoch."""
+    from both_frameworks import resume
+
+    second = {"max_epochs": 4, "max_steps": 100, "num_sanity_val_steps": 0}
+    runs = {
+        name: resume(name, tmp_path / name, {"max_epochs": 2}, second, save_at=save_at, validate=validate)
+        for name in ("lightning", "stepstone")
+    }
+    trained = {name: [e[1:] for e in run["events"] if e[0] == "train"] for name, run in runs.items()}
+    assert trained["stepstone"] == [(epoch, idx) for epoch in (2, 3) for idx in range(4)]
+    assert runs["stepstone"]["second"] == (16, 4)
+    out_of_range = [(epoch, idx) for epoch, idx in trained["lightning"] if idx >= 4]
+    assert out_of_range == ([] if validate else [(2 if save_at == ("final",) else 1, 4)])
+    assert len(trained["lightning"]) < len(trained["stepstone"])

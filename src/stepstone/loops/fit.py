@@ -236,6 +236,10 @@ class FitLoop:
         hooks = self.trainer._hooks
         self._started_at = time.monotonic()
         try:
+            if self.trainer.num_training_batches == 0 or self._max_steps_reached():
+                # Nothing to train: as in Lightning, the restored epoch is not completed (current_epoch stays the
+                # checkpoint's).
+                return
             if self._complete_epoch_on_run:
                 self._complete_epoch_on_run = False
                 epoch = self.epoch_progress

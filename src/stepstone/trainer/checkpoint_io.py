@@ -152,16 +152,23 @@ def _check_count(kind: str, saved: list[Any], current: int, path: str) -> None:
 
 
 def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> None:
-    """Restore loops, optimizers, schedulers and precision state (fit only; after configure_optimizers)."""
+    """Restore loops, optimizers, schedulers and precision state (fit only; after configure_optimizers).
+
+    Raises:
+        KeyError: the checkpoint holds only model weights (Lightning's exception type for this case).
+        MisconfigurationException: the optimizer/scheduler counts differ from the checkpoint's.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    if fit_loop:
+        trainer.fit_loop.load_state_dict(fit_loop)
+    # As in Lightning, the loops are restored before the missing optimizer state is found (the Trainer's
+    # counters are the checkpoint's after the error).
     if "optimizer_states" not in checkpoint:
-        raise MisconfigurationException(
+        raise KeyError(
             f"ckpt_path={path!r} holds only model weights (saved with save_weights_only=True), so training cannot "
             "resume from it. Load the weights with YourModel.load_from_checkpoint(path) and call fit() without "
             "ckpt_path."
         )
-    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop")
-    if fit_loop:
-        trainer.fit_loop.load_state_dict(fit_loop)
     saved_opts = checkpoint["optimizer_states"]
     _check_count("optimizer", saved_opts, len(trainer.optimizers), path)
     fsdp = _fsdp(trainer)

@@ -2,8 +2,11 @@
 
 Lightning's keys (weights, optimizers, schedulers, loop counters, callback state) decide most of the future of
 training; these entries decide the rest: the generators' states, where the epoch's data comes from, the
-gradients of an unfinished accumulation window, ``should_stop``, the epoch's partial logged-metric
-accumulators and the latest logged values. All of it is weights_only-safe.
+gradients of an unfinished accumulation window, the epoch's partial logged-metric accumulators and the latest
+logged values. All of it is weights_only-safe.
+
+``trainer.should_stop`` is deliberately not stored: it asks the run that set it to stop, and a run resumed from
+a file written after it was set trains on (as in Lightning), its callbacks deciding afresh.
 
 Accumulation rule: a checkpoint written inside an accumulation window (``accumulate_grad_batches > 1``, the
 window's optimizer step not taken yet) also stores the gradients accumulated so far, so a resume from it
@@ -47,7 +50,7 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
         trainer: the Trainer writing the checkpoint.
 
     Returns:
-        ``{"loop", "data", "should_stop", "metrics", ["accumulation"], ["preempted"]}``; under DDP ``loop`` also
+        ``{"loop", "data", "metrics", ["accumulation"], ["preempted"]}``; under DDP ``loop`` also
         holds ``rng_per_rank`` (every rank's generators, gathered: every rank must be dumping).
     """
     loop = trainer.fit_loop
@@ -66,7 +69,6 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
             "epoch": loop.epoch_progress.current.processed,
             "batch": loop.batch_progress.current.processed,
         },
-        "should_stop": bool(trainer.should_stop),
         "validation_has_run": bool(trainer._validation_has_run),
         "metrics": {
             "train": hub.train_results.state_dict(),
@@ -106,7 +108,6 @@ def load_resume_state(trainer: Trainer, state: dict[str, Any]) -> None:
         # This rank's own generators; at another world size every rank takes rank 0's (as Lightning does).
         loop_state = {**loop_state, "rng": per_rank[trainer.global_rank]}
     loop.resume_exactly(loop_state)
-    trainer.should_stop = bool(state.get("should_stop", False))
     trainer._validation_has_run = bool(state.get("validation_has_run", False))
     hub = trainer._metrics
     metrics = state.get("metrics") or {}

@@ -116,3 +116,159 @@ def test_restored_callback_metrics_of_a_run_with_nothing_left_to_train_are_filte
     assert [d.field for d in compare(_config(), {"resume_mid": _resumed(callback_metrics={})}, trained)] == [
         "callback_metrics"
     ]
+
+
+def _continued(pairs: list[list[int]], **changes: Any) -> dict[str, Any]:
+    """A run continued from ``manual/final.ckpt`` (written at step 2, after epoch 0) that trained ``pairs``."""
+    files = {
+        "manual/final.ckpt": {"epoch": 1, "global_step": 2},
+        "ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2},
+    }
+    trained = [[epoch, idx, [2 * idx, 2 * idx + 1]] for epoch, idx in pairs]
+    return _fit(**{"ckpt_path": "manual/final.ckpt", "files": files, "trained": trained, **changes})
+
+
+def _two_batch_epochs(max_steps: int = 20) -> dict[str, Any]:
+    config = _config()
+    config["data"]["n_train"] = 2
+    config["trainer"].update(limit_train_batches=None, max_steps=max_steps)
+    return config
+
+
+def test_a_whole_epoch_after_an_epoch_end_restart_is_filtered_with_its_consequences() -> None:
+    after = {"ckpt0/epoch=2-step=5.ckpt": {"epoch": 2, "global_step": 5}}
+    one_batch = _continued([[1, 2], [2, 0], [2, 1]], global_step=4, current_epoch=3, weights=[0.5, 0.5])
+    one_batch["files"] = {**one_batch["files"], **after}
+    whole = _continued([[1, 0], [1, 1], [2, 0], [2, 1]], global_step=6, current_epoch=3)
+    whole["files"] = {**whole["files"], "ckpt0/epoch=2-step=6.ckpt": {"epoch": 2, "global_step": 6}}
+    callback = {"dirpath": "ckpt0", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    one_batch["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=2-step=5.ckpt"}]
+    whole["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=2-step=6.ckpt"}]
+    assert compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": whole}) == []
+    empty = _continued([[2, 0], [2, 1]], global_step=4, current_epoch=3)
+    assert compare(_two_batch_epochs(), {"continue": empty}, {"continue": whole}) == []
+    # A file written before the resume (an earlier step) is not explained.
+    before = {
+        **whole,
+        "files": {**whole["files"], "ckpt0/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}},
+    }
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": empty}, {"continue": before})]
+    assert fields == ["files.only_in_stepstone"]
+    # From a file written in on_train_epoch_end of epoch 0 (its "epoch" is 0), Lightning relabels epoch 0.
+    epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
+    again = _continued([[0, 2], [1, 0], [1, 1]], ckpt_path="ckpt0/epoch=0-step=2.ckpt", files=epoch_end)
+    next_epoch = _continued([[1, 0], [1, 1], [2, 0]], ckpt_path="ckpt0/epoch=0-step=2.ckpt", files=epoch_end)
+    assert compare(_two_batch_epochs(), {"resume_file": again}, {"resume_file": next_epoch}) == []
+
+
+def test_an_epoch_end_restart_is_filtered_only_in_its_exact_shape() -> None:
+    whole = _continued([[1, 0], [1, 1], [2, 0], [2, 1]], global_step=6)
+    # Without max_steps Lightning has no such restart.
+    one_batch = _continued([[1, 2], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(-1), {"continue": one_batch}, {"continue": whole})]
+    assert fields == ["global_step", "trained.batches"]
+    # A batch index inside the epoch (not the out-of-range n) is another difference.
+    inside = _continued([[1, 1], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": inside}, {"continue": whole})]
+    assert fields == ["global_step", "trained.batches"]
+    # stepstone's epochs must be whole.
+    gap = _continued([[1, 0], [2, 0], [2, 1]], global_step=6)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": one_batch}, {"continue": gap})]
+    assert fields == ["global_step", "trained.batches"]
+    # Lightning's out-of-range batch must carry the finished epoch's label.
+    relabelled = _continued([[0, 2], [2, 0], [2, 1]], global_step=4)
+    fields = [d.field for d in compare(_two_batch_epochs(), {"continue": relabelled}, {"continue": whole})]
+    assert fields == ["global_step", "trained.batches"]
+    # A run that did not resume is never filtered.
+    fresh_l, fresh_s = _fit(trained=[[1, 2, [4, 5]]]), _fit(trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
+    fields = [d.field for d in compare(_two_batch_epochs(), {"fit": fresh_l}, {"fit": fresh_s})]
+    assert fields == ["trained.batches"]
+
+
+def test_restored_callback_metrics_are_filtered_after_a_sanity_check_only() -> None:
+    idle = {"trained": [], "val_runs": [], "sanity_runs": 1, "metrics_at_start": None}
+    lightning = {"resume_mid": _resumed(**idle, callback_metrics={})}
+    stepstone = {"resume_mid": _resumed(**idle, callback_metrics={"val_m": 0.25})}
+    assert compare(_config(), lightning, stepstone) == []
+    more_sanity = {"resume_mid": _resumed(**{**idle, "sanity_runs": 2}, callback_metrics={"val_m": 0.25})}
+    assert {d.field for d in compare(_config(), lightning, more_sanity)} == {
+        "sanity_runs",
+        "callback_metrics",
+    }
+
+
+_MISSING_KEY = (
+    "MisconfigurationException: `ModelCheckpoint(monitor='{}')` could not find the monitored key in the returned "
+    "metrics: ['val_m', 'epoch', 'step']. HINT: ..."
+)
+
+
+def test_a_monitored_key_missing_only_in_lightning_after_resume_is_filtered_when_stepstone_had_it() -> None:
+    config = _config()
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    raised = {"resume_mid": _resumed(error=_MISSING_KEY.format("train_m"))}
+    restored = {"resume_mid": _resumed(metrics_at_start=["train_m", "val_m"])}
+    assert compare(config, raised, restored) == []
+    # The file (epoch 0) was written after epoch 0's last batch: stepstone ends that epoch, publishing train_m.
+    ended = _resumed(metrics_at_start=["val_m"], trained=[[1, 0, [0, 1]], [1, 1, [2, 3]]])
+    raised_ended = {"resume_mid": _resumed(error=_MISSING_KEY.format("train_m"), trained=ended["trained"])}
+    assert compare(config, raised_ended, {"resume_mid": ended}) == []
+    # Neither: a key stepstone could not have had is a real difference.
+    unknown = {"resume_mid": _resumed(metrics_at_start=["val_m"])}
+    assert [d.field for d in compare(config, raised, unknown)] == ["error"]
+    # A run that did not resume is never filtered.
+    fields = [
+        d.field for d in compare(config, {"fit": _fit(error=_MISSING_KEY.format("train_m"))}, {"fit": _fit()})
+    ]
+    assert fields == ["error"]
+
+
+def test_a_whole_epoch_mean_after_a_mid_epoch_resume_is_filtered_only_with_the_exact_values() -> None:
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": True, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]]]
+
+    def run(mean: float) -> dict[str, Any]:
+        metrics = {"train_m": mean, "train_m_epoch": mean, "train_m_step": 0.5}
+        return {"resume_mid": _resumed(trained=trained, callback_metrics=metrics)}
+
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+    assert compare(config, run(after), run(whole)) == []
+    assert [d.field for d in compare(config, run(after), run(0.5))] == ["callback_metrics"]
+    assert [d.field for d in compare(config, run(0.5), run(whole))] == ["callback_metrics"]
+    step_differs = run(whole)
+    step_differs["resume_mid"]["callback_metrics"]["train_m_step"] = 0.25
+    assert [d.field for d in compare(config, run(after), step_differs)] == ["callback_metrics"]
+
+
+def test_epoch_means_published_finishing_the_interrupted_epoch_end_are_filtered() -> None:
+    config = _config()
+    config["logging"] = {"train_on_step": True, "train_on_epoch": True}
+    # The file (epoch 0) was written after epoch 0's last batch; both runs go on with epoch 1.
+    trained = [[1, 0, [0, 1]], [1, 1, [2, 3]]]
+    lightning = {"resume_mid": _resumed(trained=trained, callback_metrics={"train_m_step": 0.5})}
+    ended = _resumed(
+        trained=trained, metrics_at_start=[], callback_metrics={"train_m_step": 0.5, "train_m_epoch": 0.5}
+    )
+    assert compare(config, lightning, {"resume_mid": ended}) == []
+    # Resumed inside epoch 0 (Lightning's first batch is [0, 1]), that epoch end is no reason.
+    inside = _resumed(metrics_at_start=[], callback_metrics={"train_m_step": 0.5, "train_m_epoch": 0.5})
+    plain = {"resume_mid": _resumed(callback_metrics={"train_m_step": 0.5})}
+    assert [d.field for d in compare(config, plain, {"resume_mid": inside})] == ["callback_metrics"]
+
+
+def test_the_metric_of_a_pending_validation_is_filtered_only_with_that_validation() -> None:
+    lightning = {"resume_mid": _resumed(val_runs=[], callback_metrics={"train_m": 0.5})}
+    validated = _resumed(
+        val_runs=[[1, 0]], metrics_at_start=[], callback_metrics={"train_m": 0.5, "val_m": 0.25}
+    )
+    assert compare(_config(), lightning, {"resume_mid": validated}) == []
+    later = _resumed(val_runs=[[2, 0]], metrics_at_start=[], callback_metrics={"train_m": 0.5, "val_m": 0.25})
+    assert [d.field for d in compare(_config(), lightning, {"resume_mid": later})] == [
+        "val_runs",
+        "callback_metrics",
+    ]
