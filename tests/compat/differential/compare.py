@@ -493,6 +493,21 @@ def _epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
     return False
 
 
+def _metrics_file_after_resume(d: Difference, ctx: Context) -> bool:
+    """(7) A resumed run that trains nothing still logs what finishing the interrupted epoch logs.
+
+    stepstone completes an interrupted epoch end after a resume (the epoch means from the restored partial
+    sums; see ``restored_metrics_on_resume``), so its logger writes a metrics file; Lightning skips that epoch
+    end and, when it then trains and validates nothing either (its epoch-end restart, or nothing left to
+    train), writes none. Explains only a logger's ``metrics.csv`` present only in stepstone, in a resumed run
+    in which Lightning trained and validated nothing.
+    """
+    if d.field != "files.only_in_stepstone" or d.kind != "logger" or not d.key.endswith("/metrics.csv"):
+        return False
+    ran = ctx.lightning[d.run]
+    return _resume_step(ctx, d.run) is not None and not ran.get("trained") and not ran.get("val_runs")
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
@@ -504,6 +519,7 @@ DELIBERATE: dict[str, Predicate] = {
     "whole_epoch_mean_after_mid_epoch_resume": _whole_epoch_mean,
     "full_epoch_after_epoch_end_restart": _epoch_end_restart_batches,
     "full_epoch_after_epoch_end_restart_consequences": _epoch_end_restart_consequences,
+    "metrics_file_after_resume": _metrics_file_after_resume,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.
 }
 

@@ -272,3 +272,21 @@ def test_the_metric_of_a_pending_validation_is_filtered_only_with_that_validatio
         "val_runs",
         "callback_metrics",
     ]
+
+
+def test_a_metrics_file_of_a_resumed_run_is_filtered_only_when_lightning_ran_nothing() -> None:
+    metrics = {"logs/version_1/metrics.csv": "file"}
+    nothing = _continued([], val_runs=[], global_step=2, current_epoch=1)
+    logged = {**nothing, "files": {**nothing["files"], **metrics}}
+    assert compare(_config(), {"continue": nothing}, {"continue": logged}) == []
+    # Lightning trained a batch there: a metrics file only stepstone wrote is a real difference.
+    trained = _continued([[1, 0]], val_runs=[], global_step=2, current_epoch=1)
+    both_trained = {**trained, "files": {**trained["files"], **metrics}}
+    fields = [d.field for d in compare(_config(), {"continue": trained}, {"continue": both_trained})]
+    assert fields == ["files.only_in_stepstone"]
+    # Not a resumed run: not filtered.
+    fresh = {**nothing, "ckpt_path": None}
+    fields = [
+        d.field for d in compare(_config(), {"fit": fresh}, {"fit": {**fresh, "files": logged["files"]}})
+    ]
+    assert fields == ["files.only_in_stepstone"]
