@@ -288,19 +288,27 @@ class ModelCheckpoint(Callback):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Make ``last`` hold the final state when training ended between triggers."""
-        if self.save_last and not self._should_skip(trainer):
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
+        """Make ``last`` hold the final state when training ended between triggers or this run saved nothing.
+
+        A run resumed right after a batch end writes no file for the restored step at its triggers (see
+        ``checkpoint_io``), but when it saved nothing at all, it still leaves its own ``last`` (Lightning's rule).
+        """
+        if not self.save_last:
+            return
+        saved_this_run = bool(self._last_checkpoint_saved) or self._pending is not None
+        if self._should_skip(trainer) and (saved_this_run or self._should_skip(trainer, any_step=True)):
+            return
+        self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
 
     # --- decisions ----------------------------------------------------------------------------------
-    def _should_skip(self, trainer: Trainer) -> bool:
+    def _should_skip(self, trainer: Trainer, any_step: bool = False) -> bool:
         from stepstone.trainer.state import TrainerFn
 
         return (
             bool(trainer.fast_dev_run)
             or trainer.state.fn != TrainerFn.FITTING
             or trainer.sanity_checking
-            or self._last_global_step_saved == trainer.global_step
+            or (not any_step and self._last_global_step_saved == trainer.global_step)
         )
 
     def _epoch_due(self, trainer: Trainer) -> bool:

@@ -255,6 +255,15 @@ def _is_dir_of(checkpoint: Config, dirpath: str) -> bool:
     return bool(checkpoint["dirpath"] == dirpath)
 
 
+def _is_last_file(d: Difference) -> bool:
+    """A difference about a last-named file (also one in a logger's ``version_N/checkpoints``)."""
+    return d.field.startswith("files.") and d.kind in ("last", "logger") and is_last_name(d.key)
+
+
+def _saves_last_in(ctx: Context, dirpath: str) -> bool:
+    return any(c["save_last"] and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
+
+
 def _last_refreshed(d: Difference, ctx: Context) -> bool:
     """(1) ``last`` is refreshed at every trigger (Lightning 2.6: only when a top-k file is written then).
 
@@ -265,7 +274,7 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
     if d.field == "checkpoint.last_model_path":
         index = int(d.key)
         dirpath = ctx.lightning[d.run]["checkpoints"][index]["dirpath"]
-    elif d.field.startswith("files.") and d.kind == "last":
+    elif _is_last_file(d):
         dirpath = os.path.dirname(d.key)
     else:
         return False
@@ -281,9 +290,34 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
     return not steps_l or max(steps_s) > max(steps_l)
 
 
+def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
+    """(1b) ``last`` holds the final trigger's save; Lightning writes it again when training ends.
+
+    Lightning 2.6 saves ``last`` in ``on_train_end`` only if the callback saved nothing in the run (no top-k
+    file at any trigger), after the epoch counter moved on; stepstone already wrote ``last`` at that final
+    trigger (1) and the step has not changed since, so it does not serialize the same state again. Same
+    global_step and weights; the ``epoch`` inside is the trigger's epoch (as in every epoch-end checkpoint)
+    rather than the count of finished epochs. Explains the content of a last-named file whose global_step is
+    equal and whose epoch is exactly one lower in stepstone, where Lightning's is a plain file (not a link)
+    holding the final epoch of one of its runs.
+    """
+    if d.field != "files.content" or not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
+        return False
+    a, b = d.lightning, d.stepstone
+    if not (isinstance(a, dict) and isinstance(b, dict)) or "link" in a or "global_step" not in b:
+        return False
+    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
+    return (
+        a.get("global_step") == b["global_step"]
+        and a.get("epoch") == b.get("epoch", -2) + 1
+        and a.get("epoch") in final_epochs
+    )
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
+    "last_at_final_trigger": _last_at_final_trigger,
     "mid_epoch_resume_data": _mid_epoch_data,
     "mid_epoch_resume_weights": _mid_epoch_weights,
     "pending_validation_after_resume": _pending_validation,

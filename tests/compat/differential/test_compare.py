@@ -116,3 +116,30 @@ def test_restored_callback_metrics_of_a_run_with_nothing_left_to_train_are_filte
     assert [d.field for d in compare(_config(), {"resume_mid": _resumed(callback_metrics={})}, trained)] == [
         "callback_metrics"
     ]
+
+
+def test_last_at_final_trigger_explains_only_an_epoch_one_lower_at_the_same_step() -> None:
+    last = "ckpt0/last.ckpt"
+    lightning = {"fit": _fit(files={last: {"epoch": 2, "global_step": 4}})}
+    ok = {"fit": _fit(files={last: {"epoch": 1, "global_step": 4}})}
+    assert compare(_config(), lightning, ok) == []
+    for other in ({"epoch": 0, "global_step": 4}, {"epoch": 1, "global_step": 3}):
+        diffs = compare(_config(), lightning, {"fit": _fit(files={last: other})})
+        assert [d.field for d in diffs] == ["files.content"]
+    linked = {"fit": _fit(files={last: {"link": "a.ckpt", "epoch": 2, "global_step": 4}})}
+    assert [d.field for d in compare(_config(), linked, ok)] == ["files.content"]
+    topk = "ckpt0/epoch=1-step=4.ckpt"  # not a last file
+    diffs = compare(_config(), {"fit": _fit(files={topk: {"epoch": 2, "global_step": 4}})}, {"fit": _fit()})
+    assert [d.field for d in diffs] == ["files.content"]
+
+
+def test_last_predicates_cover_a_logger_version_folder() -> None:
+    config = _config()
+    config["checkpoints"][0]["dirpath"] = None
+    last = "logs/version_0/checkpoints/last.ckpt"
+    lightning = {"fit": _fit(files={last: {"epoch": 2, "global_step": 4}})}
+    assert compare(config, lightning, {"fit": _fit(files={last: {"epoch": 1, "global_step": 4}})}) == []
+    assert compare(config, lightning, {"fit": _fit(files={last: {"epoch": 3, "global_step": 8}})}) == []
+    hparams = "logs/version_0/hparams.yaml"
+    diffs = compare(config, {"fit": _fit(files={hparams: "file"})}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
