@@ -259,10 +259,12 @@ class ModelCheckpoint(Callback):
         if time_due:
             self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
-        waiting = self.monitor not in candidates or self._validation_pending(trainer)
+        at_epoch_end = self._should_save_on_train_epoch_end(trainer)
+        waiting = self.monitor not in candidates or (not at_epoch_end and self._validation_pending(trainer))
         if self.monitor is not None and trainer._val_enabled() and waiting:
             # The metric comes from validation that has not run yet (or runs right after this batch): save
-            # when it is available instead of saving with a stale or missing value.
+            # when it is available instead of saving with a stale or missing value. Where checks run at the
+            # training epoch end, Lightning 2.6 never makes that deferred save (see ``on_validation_end``).
             self._defer_save_until_validation = True
             return
         self._save_on_trigger(trainer, candidates)
@@ -278,13 +280,15 @@ class ModelCheckpoint(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
         self._poll_pending(trainer)
-        if self._should_skip(trainer):
+        if self._should_skip(trainer) or self._should_save_on_train_epoch_end(trainer):
+            # Lightning's contract: nothing is saved here then, not even a step/time save deferred for a
+            # missing metric (it is dropped; the next trigger saves).
             return
         if self._defer_save_until_validation:
             self._defer_save_until_validation = False
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
             return
-        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+        if self._epoch_due(trainer):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
