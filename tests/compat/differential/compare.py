@@ -314,6 +314,36 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     )
 
 
+def _uses_any(checkpoint: Config, keys: set[str]) -> bool:
+    template = checkpoint["filename"] or ""
+    return checkpoint["monitor"] in keys or any(
+        re.search(r"\{" + re.escape(k) + r"[:}]", template) for k in keys
+    )
+
+
+def _restored_metric_decisions(d: Difference, ctx: Context) -> bool:
+    """(4, consequence) A resumed run's checkpoints use the restored metrics; Lightning's miss them at first.
+
+    With the monitored key restored, a step/epoch trigger before the key is logged again saves a top-k file
+    (Lightning defers or skips it), and a key in the file name template is formatted with its restored value
+    (Lightning writes 0 for a missing key). Explains, in a resumed run, differences of a callback (its
+    attributes, and files in its folder) whose monitor or file name template uses a key that stepstone restored
+    at the start and Lightning did not have.
+    """
+    if _resume_step(ctx, d.run) is None:
+        return False
+    keys = set(ctx.stepstone[d.run].get("metrics_at_start") or []) - set(
+        ctx.lightning[d.run].get("metrics_at_start") or []
+    )
+    affected = [c for c in ctx.config["checkpoints"] if keys and _uses_any(c, keys)]
+    if d.field.startswith("checkpoint.") and d.key.isdigit():
+        index = int(d.key)
+        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in affected
+    if d.field.startswith("files.") and d.key.endswith(".ckpt") and d.kind != "manual":
+        return any(_is_dir_of(c, os.path.dirname(d.key)) for c in affected)
+    return False
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
@@ -322,6 +352,7 @@ DELIBERATE: dict[str, Predicate] = {
     "mid_epoch_resume_weights": _mid_epoch_weights,
     "pending_validation_after_resume": _pending_validation,
     "restored_metrics_on_resume": _restored_metrics,
+    "restored_metrics_in_checkpoint_decisions": _restored_metric_decisions,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.
 }
 

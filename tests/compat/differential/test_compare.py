@@ -143,3 +143,40 @@ def test_last_predicates_cover_a_logger_version_folder() -> None:
     hparams = "logs/version_0/hparams.yaml"
     diffs = compare(config, {"fit": _fit(files={hparams: "file"})}, {"fit": _fit(files={})})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def _callback_state(best: str) -> dict[str, Any]:
+    return {
+        "dirpath": "ckpt0",
+        "best_model_path": best,
+        "best_model_score": None,
+        "kth_best_model_path": "",
+        "kth_value": None,
+        "last_model_path": "",
+        "current_score": None,
+        "best_k_models": {},
+    }
+
+
+def test_restored_metric_decisions_need_a_restored_key_the_callback_uses() -> None:
+    config = _config()
+    config["checkpoints"][0].update(monitor="val_m", filename=None)
+    topk = "ckpt0/epoch=0-step=1.ckpt"
+    files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    lightning = {"resume_mid": _resumed(checkpoints=[_callback_state("")], files=files)}
+    stepstone = {
+        "resume_mid": _resumed(
+            metrics_at_start=["val_m"],
+            checkpoints=[_callback_state(topk)],
+            files={**files, topk: {"epoch": 0, "global_step": 1}},
+        )
+    }
+    assert compare(config, lightning, stepstone) == []
+    config["checkpoints"][0]["monitor"] = "train_m"  # not restored: its decisions must match
+    found = {d.field for d in compare(config, lightning, stepstone)}
+    assert found == {"checkpoint.best_model_path", "files.only_in_stepstone"}
+    config["checkpoints"][0]["filename"] = "{epoch}-{val_m:.2f}"  # the restored key names the file
+    assert compare(config, lightning, stepstone) == []
+    not_resumed = {"fit": {**stepstone["resume_mid"], "ckpt_path": None}}
+    diffs = compare(config, {"fit": {**lightning["resume_mid"], "ckpt_path": None}}, not_resumed)
+    assert "checkpoint.best_model_path" in {d.field for d in diffs}
