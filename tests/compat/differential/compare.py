@@ -290,6 +290,45 @@ def _last_refreshed(d: Difference, ctx: Context) -> bool:
     return not steps_l or max(steps_s) > max(steps_l)
 
 
+def _one_epoch_later(a: Any, b: Any, final_epochs: set[Any]) -> bool:
+    """Lightning's file ``a`` is stepstone's ``b`` written again after the epoch counter moved on."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or "link" in a or "global_step" not in b:
+        return False
+    return (
+        a.get("global_step") == b["global_step"]
+        and a.get("epoch") == b.get("epoch", -2) + 1
+        and a.get("epoch") in final_epochs
+    )
+
+
+def _newest_last(files: dict[str, Any], dirpath: str) -> tuple[str, Any] | None:
+    last = [(i["global_step"], r) for r, i in _last_files(files, dirpath).items() if isinstance(i, dict)]
+    if not last or len({step for step, _ in last}) != len(last):
+        return None  # none, or two at the newest step: not the single final save this predicate is about
+    _, rel = max(last)
+    return rel, files[rel]
+
+
+_CHAIN = {
+    "continue": "fit",
+    "resume_file": "stop",
+    "resume_mid": "stop",
+}  # the run whose files a run starts with
+
+
+def _final_last_pair(ctx: Context, run: str, dirpath: str) -> tuple[tuple[str, Any], tuple[str, Any]] | None:
+    """Lightning's and stepstone's newest last files in ``dirpath`` after ``run`` if they are the same final
+    save, Lightning's written after the epoch counter moved on (see :func:`_last_at_final_trigger`)."""
+    if run not in ctx.lightning or run not in ctx.stepstone:
+        return None
+    newest_l = _newest_last(ctx.lightning[run].get("files", {}), dirpath)
+    newest_s = _newest_last(ctx.stepstone[run].get("files", {}), dirpath)
+    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
+    if newest_l is None or newest_s is None or not _one_epoch_later(newest_l[1], newest_s[1], final_epochs):
+        return None
+    return newest_l, newest_s
+
+
 def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     """(1b) ``last`` holds the final trigger's save; Lightning writes it again when training ends.
 
@@ -297,21 +336,36 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     file at any trigger), after the epoch counter moved on; stepstone already wrote ``last`` at that final
     trigger (1) and the step has not changed since, so it does not serialize the same state again. Same
     global_step and weights; the ``epoch`` inside is the trigger's epoch (as in every epoch-end checkpoint)
-    rather than the count of finished epochs. Explains the content of a last-named file whose global_step is
-    equal and whose epoch is exactly one lower in stepstone, where Lightning's is a plain file (not a link)
-    holding the final epoch of one of its runs.
+    rather than the count of finished epochs, and so is an ``{epoch}`` in a templated last name. Explains,
+    where Lightning's newest last file is a plain file (not a link) holding the final epoch of one of its runs
+    and stepstone's newest last file in that folder holds the same global_step and exactly one epoch less:
+    the content of that file (same name), or, when the names differ, each of the two files and
+    ``last_model_path`` naming them; and in a later run of the chain, stepstone's such file from the earlier
+    run, still on disk beside Lightning's.
     """
-    if d.field != "files.content" or not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
+    if d.field == "checkpoint.last_model_path" and isinstance(d.lightning, str) and d.lightning:
+        dirpath = os.path.dirname(d.lightning)
+    elif _is_last_file(d):
+        dirpath = os.path.dirname(d.key)
+    else:
         return False
-    a, b = d.lightning, d.stepstone
-    if not (isinstance(a, dict) and isinstance(b, dict)) or "link" in a or "global_step" not in b:
+    if not _saves_last_in(ctx, dirpath):
         return False
-    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
-    return (
-        a.get("global_step") == b["global_step"]
-        and a.get("epoch") == b.get("epoch", -2) + 1
-        and a.get("epoch") in final_epochs
-    )
+    newest = _final_last_pair(ctx, d.run, dirpath)
+    earlier = _final_last_pair(ctx, _CHAIN.get(d.run, ""), dirpath)
+    if d.field == "files.only_in_stepstone" and earlier is not None and d.key == earlier[1][0]:
+        # The earlier run's final last, still on disk in this run (a resumed run does not track it).
+        if earlier[0][0] in ctx.lightning[d.run].get("files", {}):
+            return True
+    if newest is None:
+        return False
+    newest_l, newest_s = newest
+    if d.field == "files.content":
+        return d.key == newest_l[0] == newest_s[0]
+    pair = {"files.only_in_lightning": newest_l[0], "files.only_in_stepstone": newest_s[0]}
+    if d.field in pair:
+        return newest_l[0] != newest_s[0] and d.key == pair[d.field]
+    return (d.lightning, d.stepstone) == (newest_l[0], newest_s[0])
 
 
 def _uses_any(checkpoint: Config, keys: set[str]) -> bool:
@@ -344,6 +398,42 @@ def _restored_metric_decisions(d: Difference, ctx: Context) -> bool:
     return False
 
 
+_VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
+
+
+def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
+    """(6) A top-k file's callback state names the ``last`` of its own trigger; Lightning's the one before.
+
+    stepstone decides ``last``'s name before it writes the top-k file, so a run resumed from that file knows
+    the ``last`` file on disk as its own: it overwrites it in place. Lightning stores the previous trigger's
+    ``last_model_path`` ('' at the first), so its resumed run reports that, and its next ``last`` save sees
+    ``last.ckpt`` as someone else's file and writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. Explains,
+    in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
+    a last file and Lightning '' or that name with a ``-vN`` suffix; a versioned last file only in Lightning
+    whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
+    holds stepstone's global_step.
+    """
+    if _resume_step(ctx, d.run) is None:
+        return False
+    lf, sf = ctx.lightning[d.run].get("files", {}), ctx.stepstone[d.run].get("files", {})
+    if d.field == "checkpoint.last_model_path":
+        mine, theirs = d.stepstone, d.lightning
+        if not (isinstance(mine, str) and mine and is_last_name(mine)) or not isinstance(theirs, str):
+            return False
+        return _saves_last_in(ctx, os.path.dirname(mine)) and (
+            theirs == "" or _VERSION.sub("", theirs) == mine
+        )
+    if not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
+        return False
+    if d.field == "files.only_in_lightning":
+        return _VERSION.search(d.key) is not None and _VERSION.sub("", d.key) in sf
+    if d.field == "files.content" and isinstance(d.stepstone, dict):
+        step = d.stepstone.get("global_step")
+        siblings = [i for r, i in lf.items() if _VERSION.search(r) and _VERSION.sub("", r) == d.key]
+        return any(isinstance(i, dict) and i.get("global_step") == step for i in siblings)
+    return False
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
@@ -353,6 +443,7 @@ DELIBERATE: dict[str, Predicate] = {
     "pending_validation_after_resume": _pending_validation,
     "restored_metrics_on_resume": _restored_metrics,
     "restored_metrics_in_checkpoint_decisions": _restored_metric_decisions,
+    "last_path_of_same_trigger": _last_path_of_trigger,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.
 }
 

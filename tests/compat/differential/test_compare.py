@@ -180,3 +180,54 @@ def test_restored_metric_decisions_need_a_restored_key_the_callback_uses() -> No
     not_resumed = {"fit": {**stepstone["resume_mid"], "ckpt_path": None}}
     diffs = compare(config, {"fit": {**lightning["resume_mid"], "ckpt_path": None}}, not_resumed)
     assert "checkpoint.best_model_path" in {d.field for d in diffs}
+
+
+def test_last_at_final_trigger_pairs_templated_names_and_their_last_model_path() -> None:
+    config = _config()
+    config["checkpoints"][0]["save_last"] = True
+    lightning_last, stepstone_last = "ckpt0/epoch=2-last.ckpt", "ckpt0/epoch=1-last.ckpt"
+    state = _callback_state("")
+
+    def run(last: str, epoch: int) -> dict[str, Any]:
+        files = {last: {"epoch": epoch, "global_step": 4}}
+        return _fit(files=files, checkpoints=[{**state, "last_model_path": last}])
+
+    assert compare(config, {"fit": run(lightning_last, 2)}, {"fit": run(stepstone_last, 1)}) == []
+    # Two epochs apart, or a different step: not the same final save.
+    diffs = compare(config, {"fit": run(lightning_last, 2)}, {"fit": run("ckpt0/epoch=0-last.ckpt", 0)})
+    assert {d.field for d in diffs} == {
+        "checkpoint.last_model_path",
+        "files.only_in_lightning",
+        "files.only_in_stepstone",
+    }
+
+
+def test_last_path_of_same_trigger_only_in_a_resumed_run() -> None:
+    config = _config()
+    base = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    state = _callback_state("")
+    lightning = _resumed(
+        files={
+            **base,
+            "ckpt0/last.ckpt": {"epoch": 0, "global_step": 1},
+            "ckpt0/last-v1.ckpt": {"epoch": 1, "global_step": 4},
+        },
+        checkpoints=[{**state, "last_model_path": "ckpt0/last-v1.ckpt"}],
+    )
+    stepstone = _resumed(
+        files={**base, "ckpt0/last.ckpt": {"epoch": 1, "global_step": 4}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/last.ckpt"}],
+    )
+    assert compare(config, {"resume_mid": lightning}, {"resume_mid": stepstone}) == []
+    fresh = {"fit": {**lightning, "ckpt_path": None}}, {"fit": {**stepstone, "ckpt_path": None}}
+    assert {d.field for d in compare(config, *fresh)} == {
+        "checkpoint.last_model_path",
+        "files.only_in_lightning",
+        "files.content",
+    }
+    empty = _resumed(files=base, checkpoints=[state])
+    named = _resumed(files=base, checkpoints=[{**state, "last_model_path": "ckpt0/last.ckpt"}])
+    assert compare(config, {"resume_mid": empty}, {"resume_mid": named}) == []
+    assert [d.field for d in compare(config, {"resume_mid": named}, {"resume_mid": empty})] == [
+        "checkpoint.last_model_path"
+    ]
