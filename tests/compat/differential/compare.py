@@ -353,10 +353,14 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
         return False
     newest = _final_last_pair(ctx, d.run, dirpath)
     earlier = _final_last_pair(ctx, _CHAIN.get(d.run, ""), dirpath)
-    if d.field == "files.only_in_stepstone" and earlier is not None and d.key == earlier[1][0]:
-        # The earlier run's final last, still on disk in this run (a resumed run does not track it).
-        if earlier[0][0] in ctx.lightning[d.run].get("files", {}):
-            return True
+    # The earlier run's final last, still on disk in this run (a resumed run does not track it).
+    if (
+        d.field == "files.only_in_stepstone"
+        and earlier is not None
+        and d.key == earlier[1][0]
+        and earlier[0][0] in ctx.lightning[d.run].get("files", {})
+    ):
+        return True
     if newest is None:
         return False
     newest_l, newest_s = newest
