@@ -339,7 +339,7 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     rather than the count of finished epochs, and so is an ``{epoch}`` in a templated last name. Explains,
     where Lightning's newest last file is a plain file (not a link) holding the final epoch of one of its runs
     and stepstone's newest last file in that folder holds the same global_step and exactly one epoch less:
-    the content of that file (same name), or, when the names differ, each of the two files and
+    the content of a last file (such a pair under one name), or, when the names differ, each of the two files and
     ``last_model_path`` naming them; and in a later run of the chain, stepstone's such file from the earlier
     run, still on disk beside Lightning's.
     """
@@ -351,6 +351,9 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
         return False
     if not _saves_last_in(ctx, dirpath):
         return False
+    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
+    if d.field == "files.content":  # the same name: no need to pair the files
+        return _one_epoch_later(d.lightning, d.stepstone, final_epochs)
     newest = _final_last_pair(ctx, d.run, dirpath)
     earlier = _final_last_pair(ctx, _CHAIN.get(d.run, ""), dirpath)
     # The earlier run's final last, still on disk in this run (a resumed run does not track it).
@@ -364,8 +367,6 @@ def _last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     if newest is None:
         return False
     newest_l, newest_s = newest
-    if d.field == "files.content":
-        return d.key == newest_l[0] == newest_s[0]
     pair = {"files.only_in_lightning": newest_l[0], "files.only_in_stepstone": newest_s[0]}
     if d.field in pair:
         return newest_l[0] != newest_s[0] and d.key == pair[d.field]
