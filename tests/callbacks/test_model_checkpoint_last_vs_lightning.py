@@ -1,4 +1,8 @@
-"""ModelCheckpoint against Lightning 2.6.6 (last at train end, deferred step saves): the same program under both."""
+"""ModelCheckpoint against Lightning 2.6.6 (last at train end, step triggers): the same program under both.
+
+stepstone refreshes ``last`` at every trigger on purpose (Lightning 2.6: only with a top-k save), so tests
+of the top-k decisions leave last files out.
+"""
 
 from __future__ import annotations
 
@@ -65,5 +69,94 @@ def test_step_save_waiting_for_a_validation_metric_follows_lightning(
     observed = {
         name: [_fit_files(name, tmp_path / name / str(n), checkpoint, max_epochs=n) for n in (1, 2)]
         for name in FRAMEWORKS
+    }
+    assert observed["stepstone"] == observed["lightning"]
+
+
+TRAIN_VALUES = [0.5, 0.375, float("nan"), 0.625, 0.125]
+
+
+def _metric_module(name: str) -> Any:
+    """Logs ``t`` from ``TRAIN_VALUES`` by global_step in training and ``v`` (the weights') in validation."""
+    pl, _ = framework(name)
+
+    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.log("t", TRAIN_VALUES[self.global_step % len(TRAIN_VALUES)])
+            return self.layer(batch[0]).sum()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("v", float(self.global_step % 3))
+
+        def val_dataloader(self) -> Any:
+            return data(1, seed=1)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Model()
+
+
+def _saved_steps(name: str, root: Path, checkpoint: dict[str, Any], batches: int, **kwargs: Any) -> Any:
+    pl, model_checkpoint = framework(name)
+    callback = model_checkpoint(dirpath=root, **checkpoint)
+    with quiet():
+        fitter = pl.Trainer(
+            default_root_dir=root,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            num_sanity_val_steps=0,
+            callbacks=[callback],
+            **kwargs,
+        )
+        fitter.fit(_metric_module(name), data(batches))
+    # Top-k files only: last differs on purpose (refreshed at every trigger, see the module docstring).
+    topk = [p for p in sorted(root.glob("*.ckpt")) if not p.name.startswith("last")]
+    return {p.name: torch.load(p, weights_only=False)["global_step"] for p in topk}, os.path.basename(
+        callback.best_model_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "batches", "trainer"),
+    [
+        # A trigger at global_step 0 (accumulating) whose metric is missing waits for validation, although
+        # that step counts as saved: Lightning decides to wait first (then saves it after validation).
+        (
+            {"monitor": "v", "every_n_train_steps": 3, "save_on_train_epoch_end": False, "save_top_k": 3},
+            3,
+            {"accumulate_grad_batches": 3, "max_epochs": 3, "check_val_every_n_epoch": 2},
+        ),
+        # Lightning's rule for a last-batch trigger: with check_val_every_n_epoch=None it waits for a validation
+        # that val_check_interval=6 batches does not run then, so the save never happens.
+        (
+            {"monitor": "t", "mode": "max", "every_n_train_steps": 3, "save_on_train_epoch_end": False},
+            3,
+            {
+                "accumulate_grad_batches": 3,
+                "max_epochs": 3,
+                "check_val_every_n_epoch": None,
+                "val_check_interval": 6,
+            },
+        ),
+        # A refreshed last (no top-k save, save_last="link") does not count the step as saved: Lightning
+        # would have linked the old file, so the next batch at the same global_step may still save top-k.
+        (
+            {"monitor": "t", "every_n_train_steps": 2, "save_on_train_epoch_end": True, "save_last": "link"},
+            4,
+            {"accumulate_grad_batches": 3, "max_epochs": 4, "max_steps": 12, "limit_val_batches": 0},
+        ),
+    ],
+)
+def test_step_triggers_save_at_lightnings_steps(
+    tmp_path: Path, checkpoint: dict[str, Any], batches: int, trainer: dict[str, Any]
+) -> None:
+    observed = {
+        name: _saved_steps(name, tmp_path / name, checkpoint, batches, **trainer) for name in FRAMEWORKS
     }
     assert observed["stepstone"] == observed["lightning"]

@@ -163,6 +163,7 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = 0
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
+        self._last_step_written: int | None = None  # global_step of the last file this run wrote
         self._defer_save_until_validation = False
         self._pending_last = ""
         self._warned: set[str] = set()
@@ -243,10 +244,8 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Step and time triggers."""
+        """Step and time triggers (Lightning's order: a trigger may wait for validation before anything else)."""
         self._poll_pending(trainer)
-        if self._should_skip(trainer):
-            return
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         time_due = False
         now = time.monotonic()
@@ -259,15 +258,19 @@ class ModelCheckpoint(Callback):
         if time_due:
             self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
-        at_epoch_end = self._should_save_on_train_epoch_end(trainer)
-        waiting = self.monitor not in candidates or (not at_epoch_end and self._validation_pending(trainer))
-        if self.monitor is not None and trainer._val_enabled() and waiting:
-            # The metric comes from validation that has not run yet (or runs right after this batch): save
-            # when it is available instead of saving with a stale or missing value. Where checks run at the
-            # training epoch end, Lightning 2.6 never makes that deferred save (see ``on_validation_end``).
+        if self.monitor is not None and (
+            self.monitor not in candidates or self._validation_follows_epoch(trainer)
+        ):
+            # The metric is missing (e.g. validation has not run yet), or this is the epoch's last batch and
+            # its validation follows: save after validation with the fresh value. Lightning 2.6 decides this
+            # before the other skip rules, so even a trigger at an already saved step (global_step 0 while
+            # accumulating) waits, and where checks run at the training epoch end, it never saves it
+            # (``on_validation_end``).
             self._defer_save_until_validation = True
             return
-        self._save_on_trigger(trainer, candidates)
+        if self._should_skip(trainer):
+            return
+        self._save_on_trigger(trainer, candidates, batch_trigger=True)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
@@ -286,22 +289,21 @@ class ModelCheckpoint(Callback):
             return
         if self._defer_save_until_validation:
             self._defer_save_until_validation = False
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer), batch_trigger=True)
             return
         if self._epoch_due(trainer):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Make ``last`` hold the final state when training ended between triggers or this run saved nothing.
+        """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
 
-        A run resumed right after a batch end writes no file for the restored step at its triggers (see
-        ``checkpoint_io``), but when it saved nothing at all, it still leaves its own ``last`` (Lightning's rule).
+        So a run resumed right after a batch end, which writes no file for the restored step at its triggers
+        (see ``checkpoint_io``), still leaves its own ``last`` when it saved nothing else (Lightning's rule).
         """
-        if not self.save_last:
+        if not self.save_last or self._should_skip(trainer, any_step=True):
             return
-        saved_this_run = bool(self._last_checkpoint_saved) or self._pending is not None
-        if self._should_skip(trainer) and (saved_this_run or self._should_skip(trainer, any_step=True)):
-            return
+        if self._last_step_written == trainer.global_step:
+            return  # this run's last already holds this step
         self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
 
     # --- decisions ----------------------------------------------------------------------------------
@@ -327,12 +329,12 @@ class ModelCheckpoint(Callback):
             return True
         return trainer.val_check_interval == 1.0
 
-    def _validation_pending(self, trainer: Trainer) -> bool:
-        """Whether validation runs right after this training batch (so a val metric is about to change)."""
-        loop = trainer.fit_loop
-        return trainer._val_enabled() and loop._should_validate(
-            loop.batch_idx, loop.batch_progress.is_last_batch
-        )
+    def _validation_follows_epoch(self, trainer: Trainer) -> bool:
+        """Lightning's rule: the epoch's last batch, checks after validation, and this epoch validates."""
+        if self._should_save_on_train_epoch_end(trainer) or not trainer.fit_loop.batch_progress.is_last_batch:
+            return False
+        every = trainer.check_val_every_n_epoch
+        return trainer._val_enabled() and (every is None or (trainer.current_epoch + 1) % every == 0)
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
         candidates = dict(trainer.callback_metrics)
@@ -356,7 +358,11 @@ class ModelCheckpoint(Callback):
 
     # --- saving -------------------------------------------------------------------------------------
     def _save_on_trigger(
-        self, trainer: Trainer, candidates: dict[str, torch.Tensor], top_k: bool = True
+        self,
+        trainer: Trainer,
+        candidates: dict[str, torch.Tensor],
+        top_k: bool = True,
+        batch_trigger: bool = False,
     ) -> None:
         """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
 
@@ -382,7 +388,9 @@ class ModelCheckpoint(Callback):
             if top_k:
                 written = self._save_topk(trainer, candidates, to_delete)
             # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
-            self._save_last(trainer, candidates, written, to_delete, snapshot["last_model_path"])
+            self._save_last(
+                trainer, candidates, written, to_delete, snapshot["last_model_path"], batch_trigger
+            )
         except BaseException as error:
             self._trigger_deletions = []
             for name, value in snapshot.items():
@@ -500,9 +508,18 @@ class ModelCheckpoint(Callback):
         written: str,
         to_delete: list[str],
         previous: str,
+        batch_trigger: bool = False,
     ) -> None:
         if not self.save_last:
             return
+        # Lightning counts a step as saved (no second trigger at it) only for files it writes; where it writes
+        # no last file at this trigger (epoch-end checks without a top-k save) or links the old one, this
+        # refreshed last leaves the count as it was.
+        lightning_links = (
+            self.save_last == "link" and bool(self._last_checkpoint_saved) and self.save_top_k != 0
+        )
+        counts = written or (batch_trigger and not lightning_links)
+        step_saved = self._last_global_step_saved
         from stepstone.checkpoint import copy_file, link_file
 
         if written:
@@ -525,7 +542,10 @@ class ModelCheckpoint(Callback):
             barrier(f"save last {filepath}")
         else:
             self._save_checkpoint(trainer, filepath)
+            if not counts:
+                self._last_global_step_saved = step_saved
         self._last_checkpoint_saved = written or filepath
+        self._last_step_written = trainer.global_step
 
     def _versioned_path(
         self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None
