@@ -416,7 +416,8 @@ def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
     a last file and Lightning '' or that name with a ``-vN`` suffix; a versioned last file only in Lightning
     whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
-    holds stepstone's global_step.
+    holds stepstone's global_step; the earlier run's last file only in Lightning, where stepstone's earlier
+    run tracked it and the resumed run replaced it with a new last.
     """
     if _resume_step(ctx, d.run) is None:
         return False
@@ -431,7 +432,13 @@ def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     if not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
         return False
     if d.field == "files.only_in_lightning":
-        return _VERSION.search(d.key) is not None and _VERSION.sub("", d.key) in sf
+        if _VERSION.search(d.key) is not None:
+            return _VERSION.sub("", d.key) in sf
+        # The earlier run's last, which the resumed state names as its own: replaced by the new last.
+        earlier = ctx.stepstone.get(_CHAIN.get(d.run, ""), {})
+        tracked = {c["last_model_path"] for c in earlier.get("checkpoints", [])}
+        current = {c["last_model_path"] for c in ctx.stepstone[d.run].get("checkpoints", [])}
+        return d.key in tracked and d.key in earlier.get("files", {}) and d.key not in current
     if d.field == "files.content" and isinstance(d.stepstone, dict):
         step = d.stepstone.get("global_step")
         siblings = [i for r, i in lf.items() if _VERSION.search(r) and _VERSION.sub("", r) == d.key]

@@ -231,3 +231,25 @@ def test_last_path_of_same_trigger_only_in_a_resumed_run() -> None:
     assert [d.field for d in compare(config, {"resume_mid": named}, {"resume_mid": empty})] == [
         "checkpoint.last_model_path"
     ]
+
+
+def test_last_path_of_same_trigger_explains_the_replaced_earlier_last() -> None:
+    config = _config()
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    old, new = "ckpt0/2-last.ckpt", "ckpt0/3-last.ckpt"
+    state = _callback_state("")
+    stop = _fit(
+        files={**source, old: {"epoch": 2, "global_step": 3}}, checkpoints=[{**state, "last_model_path": old}]
+    )
+    after = {old: {"epoch": 2, "global_step": 3}, new: {"epoch": 3, "global_step": 3}}
+    lightning = _resumed(files={**source, **after}, checkpoints=[{**state, "last_model_path": new}])
+    stepstone = _resumed(files={**source, new: after[new]}, checkpoints=[{**state, "last_model_path": new}])
+    assert (
+        compare(config, {"stop": stop, "resume_mid": lightning}, {"stop": stop, "resume_mid": stepstone})
+        == []
+    )
+    untracked = {**stop, "checkpoints": [state]}
+    diffs = compare(
+        config, {"stop": untracked, "resume_mid": lightning}, {"stop": untracked, "resume_mid": stepstone}
+    )
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
