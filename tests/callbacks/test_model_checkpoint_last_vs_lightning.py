@@ -101,7 +101,8 @@ def _metric_module(name: str) -> Any:
     return Model()
 
 
-def _saved_steps(name: str, root: Path, checkpoint: dict[str, Any], batches: int, **kwargs: Any) -> Any:
+def _fit_metric_module(name: str, root: Path, checkpoint: dict[str, Any], batches: int, **kwargs: Any) -> Any:
+    """Fit ``_metric_module`` with one ModelCheckpoint(dirpath=root, **checkpoint); returns the callback."""
     pl, model_checkpoint = framework(name)
     callback = model_checkpoint(dirpath=root, **checkpoint)
     with quiet():
@@ -115,6 +116,11 @@ def _saved_steps(name: str, root: Path, checkpoint: dict[str, Any], batches: int
             **kwargs,
         )
         fitter.fit(_metric_module(name), data(batches))
+    return callback
+
+
+def _saved_steps(name: str, root: Path, checkpoint: dict[str, Any], batches: int, **kwargs: Any) -> Any:
+    callback = _fit_metric_module(name, root, checkpoint, batches, **kwargs)
     # Top-k files only: last differs on purpose (refreshed at every trigger, see the module docstring).
     topk = [p for p in sorted(root.glob("*.ckpt")) if not p.name.startswith("last")]
     return {p.name: torch.load(p, weights_only=False)["global_step"] for p in topk}, os.path.basename(
@@ -160,3 +166,23 @@ def test_step_triggers_save_at_lightnings_steps(
         name: _saved_steps(name, tmp_path / name, checkpoint, batches, **trainer) for name in FRAMEWORKS
     }
     assert observed["stepstone"] == observed["lightning"]
+
+
+def test_linked_last_is_refreshed_at_every_epoch_end_check_like_lightning(tmp_path: Path) -> None:
+    # save_last="link": once anything was saved, Lightning refreshes last at every epoch-end check (here after
+    # validation at epoch 2, step 6) although only every_n_train_steps=5 triggers. Regression: stepstone wrote
+    # it only when training ended ("epoch": 3 instead of 2).
+    checkpoint = {
+        "monitor": "t",
+        "every_n_train_steps": 5,
+        "save_top_k": 0,
+        "save_last": "link",
+        "save_on_train_epoch_end": False,
+    }
+    observed = {}
+    for name in FRAMEWORKS:
+        root = tmp_path / name
+        _fit_metric_module(name, root, checkpoint, 2, max_epochs=3, check_val_every_n_epoch=3)
+        stored = {p.name: torch.load(p, weights_only=False) for p in sorted(root.glob("*.ckpt"))}
+        observed[name] = {n: (c["epoch"], c["global_step"]) for n, c in stored.items()}
+    assert observed["stepstone"] == observed["lightning"] == {"last.ckpt": (2, 6)}

@@ -270,15 +270,14 @@ class ModelCheckpoint(Callback):
             return
         if self._should_skip(trainer):
             return
-        self._save_on_trigger(trainer, candidates, batch_trigger=True)
+        self._save_on_trigger(trainer, candidates, lightning_saves_last=True)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
         self._poll_pending(trainer)
         if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
             return
-        if self._epoch_due(trainer):
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+        self._epoch_end_check(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
@@ -289,10 +288,22 @@ class ModelCheckpoint(Callback):
             return
         if self._defer_save_until_validation:
             self._defer_save_until_validation = False
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer), batch_trigger=True)
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer), lightning_saves_last=True)
             return
+        self._epoch_end_check(trainer)
+
+    def _epoch_end_check(self, trainer: Trainer) -> None:
         if self._epoch_due(trainer):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+        elif (
+            self.save_last == "link"
+            and self._last_checkpoint_saved
+            and self._last_step_written != trainer.global_step
+        ):
+            # Lightning refreshes a linked last at every epoch-end check once anything was saved, due or not.
+            self._save_on_trigger(
+                trainer, self._monitor_candidates(trainer), top_k=False, lightning_saves_last=True
+            )
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
@@ -362,7 +373,7 @@ class ModelCheckpoint(Callback):
         trainer: Trainer,
         candidates: dict[str, torch.Tensor],
         top_k: bool = True,
-        batch_trigger: bool = False,
+        lightning_saves_last: bool = False,
     ) -> None:
         """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
 
@@ -389,7 +400,7 @@ class ModelCheckpoint(Callback):
                 written = self._save_topk(trainer, candidates, to_delete)
             # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
             self._save_last(
-                trainer, candidates, written, to_delete, snapshot["last_model_path"], batch_trigger
+                trainer, candidates, written, to_delete, snapshot["last_model_path"], lightning_saves_last
             )
         except BaseException as error:
             self._trigger_deletions = []
@@ -508,7 +519,7 @@ class ModelCheckpoint(Callback):
         written: str,
         to_delete: list[str],
         previous: str,
-        batch_trigger: bool = False,
+        lightning_saves_last: bool = False,
     ) -> None:
         if not self.save_last:
             return
@@ -518,7 +529,7 @@ class ModelCheckpoint(Callback):
         lightning_links = (
             self.save_last == "link" and bool(self._last_checkpoint_saved) and self.save_top_k != 0
         )
-        counts = written or (batch_trigger and not lightning_links)
+        counts = written or (lightning_saves_last and not lightning_links)
         step_saved = self._last_global_step_saved
         from stepstone.checkpoint import copy_file, link_file
 
