@@ -186,3 +186,21 @@ def test_linked_last_is_refreshed_at_every_epoch_end_check_like_lightning(tmp_pa
         stored = {p.name: torch.load(p, weights_only=False) for p in sorted(root.glob("*.ckpt"))}
         observed[name] = {n: (c["epoch"], c["global_step"]) for n, c in stored.items()}
     assert observed["stepstone"] == observed["lightning"] == {"last.ckpt": (2, 6)}
+
+
+def test_resumed_run_triggers_again_at_the_restored_step_on_a_new_batch(tmp_path: Path) -> None:
+    # The resumed file was written at the last batch of epoch 1 (step 4). With accumulation, epoch 2's first
+    # batch ends at step 4 again: Lightning saves there (a second file for step 4). Regression: stepstone
+    # held the restored step as saved for the whole run instead of only for the restored batch's hooks.
+    observed = {}
+    for name in FRAMEWORKS:
+        observed[name] = resume(
+            name,
+            tmp_path / name,
+            {"max_epochs": 2, "accumulate_grad_batches": 2},
+            {"max_epochs": 3, "accumulate_grad_batches": 2},
+            checkpoint={"every_n_train_steps": 4, "save_top_k": -1},
+            resume_file="epoch=1-step=4.ckpt",
+        )
+    assert observed["stepstone"]["files"] == observed["lightning"]["files"]
+    assert "epoch=2-step=4.ckpt" in observed["lightning"]["files"][1]

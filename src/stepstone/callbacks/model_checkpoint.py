@@ -164,6 +164,7 @@ class ModelCheckpoint(Callback):
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
         self._last_step_written: int | None = None  # global_step of the last file this run wrote
+        self._held_step: int | None = None  # see ``_hold_restored_step``
         self._defer_save_until_validation = False
         self._pending_last = ""
         self._warned: set[str] = set()
@@ -240,6 +241,18 @@ class ModelCheckpoint(Callback):
         self._last_time_checked = time.monotonic()
         if self._deferred_deletions:
             self._delete(trainer, [])
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """A new batch: triggers at the restored step count again (Lightning saves there too)."""
+        if self._held_step is not None:
+            self._last_global_step_saved, self._held_step = self._held_step, None
+
+    def _hold_restored_step(self, step: int) -> None:
+        """Save nothing at ``step`` until the next batch: the restored batch's hooks ran before the checkpoint."""
+        self._held_step = self._last_global_step_saved
+        self._last_global_step_saved = step
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
