@@ -25,6 +25,11 @@ from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
+from stepstone.callbacks.checkpoint_schedule import (
+    epoch_due,
+    saves_on_train_epoch_end,
+    validation_follows_epoch,
+)
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
@@ -272,7 +277,7 @@ class ModelCheckpoint(Callback):
             self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
         if self.monitor is not None and (
-            self.monitor not in candidates or self._validation_follows_epoch(trainer)
+            self.monitor not in candidates or validation_follows_epoch(trainer, self._save_on_train_epoch_end)
         ):
             # The metric is missing (e.g. validation has not run yet), or this is the epoch's last batch and
             # its validation follows: save after validation with the fresh value. Lightning 2.6 decides this
@@ -342,23 +347,10 @@ class ModelCheckpoint(Callback):
         )
 
     def _epoch_due(self, trainer: Trainer) -> bool:
-        return self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        return epoch_due(trainer, self._every_n_epochs)
 
     def _should_save_on_train_epoch_end(self, trainer: Trainer) -> bool:
-        if self._save_on_train_epoch_end is not None:
-            return self._save_on_train_epoch_end
-        if trainer.check_val_every_n_epoch != 1:
-            return False
-        if not trainer._val_enabled():
-            return True
-        return trainer.val_check_interval == 1.0
-
-    def _validation_follows_epoch(self, trainer: Trainer) -> bool:
-        """Lightning's rule: the epoch's last batch, checks after validation, and this epoch validates."""
-        if self._should_save_on_train_epoch_end(trainer) or not trainer.fit_loop.batch_progress.is_last_batch:
-            return False
-        every = trainer.check_val_every_n_epoch
-        return trainer._val_enabled() and (every is None or (trainer.current_epoch + 1) % every == 0)
+        return saves_on_train_epoch_end(trainer, self._save_on_train_epoch_end)
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
         candidates = dict(trainer.callback_metrics)
