@@ -406,6 +406,22 @@ def _restored_metric_decisions(d: Difference, ctx: Context) -> bool:
 _VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
 
 
+def _replaced_earlier_last(rel: str, ctx: Context, run: str) -> bool:
+    """Whether ``rel`` was Lightning's last of a callback in the earlier run, and stepstone's last of that
+    callback then (the resumed state names it as its own) is gone in ``run``, replaced by a new last."""
+    prev = _CHAIN.get(run, "")
+    earlier_l, earlier_s = ctx.lightning.get(prev, {}), ctx.stepstone.get(prev, {})
+    now = ctx.stepstone[run].get("checkpoints", [])
+    pairs = zip(earlier_l.get("checkpoints", []), earlier_s.get("checkpoints", []), now, strict=False)
+    for lightning_then, stepstone_then, stepstone_now in pairs:
+        mine = stepstone_then["last_model_path"]
+        if lightning_then["last_model_path"] == rel and mine in earlier_s.get("files", {}):
+            return (
+                mine not in ctx.stepstone[run].get("files", {}) and stepstone_now["last_model_path"] != mine
+            )
+    return False
+
+
 def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     """(6) A top-k file's callback state names the ``last`` of its own trigger; Lightning's the one before.
 
@@ -414,10 +430,10 @@ def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     ``last_model_path`` ('' at the first), so its resumed run reports that, and its next ``last`` save sees
     ``last.ckpt`` as someone else's file and writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. Explains,
     in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
-    a last file and Lightning '' or that name with a ``-vN`` suffix; a versioned last file only in Lightning
+    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk; a versioned last file only in Lightning
     whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
-    holds stepstone's global_step; the earlier run's last file only in Lightning, where stepstone's earlier
-    run tracked it and the resumed run replaced it with a new last.
+    holds stepstone's global_step; the earlier run's last file of a callback only in Lightning, where
+    stepstone's last of that callback in the earlier run is gone, replaced by a new last.
     """
     if _resume_step(ctx, d.run) is None:
         return False
@@ -426,19 +442,18 @@ def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
         mine, theirs = d.stepstone, d.lightning
         if not (isinstance(mine, str) and mine and is_last_name(mine)) or not isinstance(theirs, str):
             return False
+        dangling = (
+            is_last_name(theirs) and os.path.dirname(theirs) == os.path.dirname(mine) and theirs not in lf
+        )
         return _saves_last_in(ctx, os.path.dirname(mine)) and (
-            theirs == "" or _VERSION.sub("", theirs) == mine
+            theirs == "" or _VERSION.sub("", theirs) == mine or dangling
         )
     if not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
         return False
     if d.field == "files.only_in_lightning":
         if _VERSION.search(d.key) is not None:
             return _VERSION.sub("", d.key) in sf
-        # The earlier run's last, which the resumed state names as its own: replaced by the new last.
-        earlier = ctx.stepstone.get(_CHAIN.get(d.run, ""), {})
-        tracked = {c["last_model_path"] for c in earlier.get("checkpoints", [])}
-        current = {c["last_model_path"] for c in ctx.stepstone[d.run].get("checkpoints", [])}
-        return d.key in tracked and d.key in earlier.get("files", {}) and d.key not in current
+        return _replaced_earlier_last(d.key, ctx, d.run)
     if d.field == "files.content" and isinstance(d.stepstone, dict):
         step = d.stepstone.get("global_step")
         siblings = [i for r, i in lf.items() if _VERSION.search(r) and _VERSION.sub("", r) == d.key]

@@ -253,3 +253,43 @@ def test_last_path_of_same_trigger_explains_the_replaced_earlier_last() -> None:
         config, {"stop": untracked, "resume_mid": lightning}, {"stop": untracked, "resume_mid": stepstone}
     )
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed_replaced_last() -> None:
+    config = _config()
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    state = _callback_state("")
+    current = {"ckpt0/final-6.ckpt": {"epoch": 2, "global_step": 6}}
+    lightning = _resumed(
+        files={**source, **current}, checkpoints=[{**state, "last_model_path": "ckpt0/final-4.ckpt"}]
+    )
+    stepstone = _resumed(
+        files={**source, **current}, checkpoints=[{**state, "last_model_path": "ckpt0/final-6.ckpt"}]
+    )
+    assert compare(config, {"resume_mid": lightning}, {"resume_mid": stepstone}) == []
+    on_disk = {
+        **lightning,
+        "files": {**source, **current, "ckpt0/final-4.ckpt": {"epoch": 1, "global_step": 4}},
+    }
+    diffs = compare(config, {"resume_mid": on_disk}, {"resume_mid": {**stepstone, "files": on_disk["files"]}})
+    assert [d.field for d in diffs] == ["checkpoint.last_model_path"]
+    # The earlier run's last under Lightning's name (epoch 2) and stepstone's (epoch 1, see 1b); stepstone's
+    # resumed run replaced its own.
+    stop_l = _fit(
+        files={"ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 3}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/2-last.ckpt"}],
+    )
+    stop_s = _fit(
+        files={"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 3}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}],
+    )
+    new = {"ckpt0/3-last.ckpt": {"epoch": 3, "global_step": 5}}
+    now = [{**state, "last_model_path": "ckpt0/3-last.ckpt"}]
+    after_l = _resumed(
+        files={**source, **new, "ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 3}}, checkpoints=now
+    )
+    after_s = _resumed(files={**source, **new}, checkpoints=now)
+    diffs = compare(config, {"stop": stop_l, "resume_mid": after_l}, {"stop": stop_s, "resume_mid": after_s})
+    assert [d.run for d in diffs] == ["stop"] * len(
+        diffs
+    )  # the stop run's own difference is not explained here
