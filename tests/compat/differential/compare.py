@@ -302,9 +302,13 @@ def _one_epoch_later(a: Any, b: Any, final_epochs: set[Any]) -> bool:
 
 
 def _newest_last(files: dict[str, Any], dirpath: str) -> tuple[str, Any] | None:
-    last = [(i["global_step"], r) for r, i in _last_files(files, dirpath).items() if isinstance(i, dict)]
+    last = [
+        (i["global_step"], r)
+        for r, i in _last_files(files, dirpath).items()
+        if isinstance(i, dict) and "global_step" in i
+    ]
     if not last or len({step for step, _ in last}) != len(last):
-        return None  # none, or two at the newest step: not the single final save this predicate is about
+        return None  # none, or two at one step: not a single final save this predicate can pair
     _, rel = max(last)
     return rel, files[rel]
 

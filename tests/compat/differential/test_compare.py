@@ -293,3 +293,9 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     assert [d.run for d in diffs] == ["stop"] * len(
         diffs
     )  # the stop run's own difference is not explained here
+
+
+def test_a_dangling_last_link_is_reported_not_a_crash() -> None:
+    dangling = {"ckpt0/last.ckpt": {"link": "gone.ckpt", "load_error": "FileNotFoundError"}}
+    diffs = compare(_config(), {"fit": _fit(files=dangling)}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
