@@ -465,6 +465,22 @@ def _last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     return False
 
 
+def _no_dangling_last(d: Difference, ctx: Context) -> bool:
+    """(7) A replaced linked ``last`` is deleted; Lightning 2.6 can leave the old link, dangling.
+
+    With ``save_last="link"`` and a templated last name (``final-{step}``), Lightning sometimes keeps the
+    previous last link after its top-k target was deleted, so a ``last``-named file on disk cannot be loaded.
+    stepstone deletes the previous last once the new one is committed. Explains only a last-named link that
+    exists only in Lightning and cannot be loaded (its target is gone), in a folder of a ``save_last="link"``
+    callback.
+    """
+    if d.field != "files.only_in_lightning" or not _is_last_file(d) or not isinstance(d.lightning, dict):
+        return False
+    dirpath = os.path.dirname(d.key)
+    links = any(c["save_last"] == "link" and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
+    return links and "link" in d.lightning and d.lightning.get("load_error") == "FileNotFoundError"
+
+
 Predicate = Callable[[Difference, Context], bool]
 DELIBERATE: dict[str, Predicate] = {
     "last_refreshed_every_trigger": _last_refreshed,
@@ -475,6 +491,7 @@ DELIBERATE: dict[str, Predicate] = {
     "restored_metrics_on_resume": _restored_metrics,
     "restored_metrics_in_checkpoint_decisions": _restored_metric_decisions,
     "last_path_of_same_trigger": _last_path_of_trigger,
+    "no_dangling_last_link": _no_dangling_last,
     # (5) "a failed save raises" is not exercised: the program never makes a save fail.
 }
 

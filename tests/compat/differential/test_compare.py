@@ -295,7 +295,13 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     )  # the stop run's own difference is not explained here
 
 
-def test_a_dangling_last_link_is_reported_not_a_crash() -> None:
+def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     dangling = {"ckpt0/last.ckpt": {"link": "gone.ckpt", "load_error": "FileNotFoundError"}}
-    diffs = compare(_config(), {"fit": _fit(files=dangling)}, {"fit": _fit(files={})})
+    config = _config()  # save_last=True: no link expected, so the dangling one is reported (and no crash)
+    diffs = compare(config, {"fit": _fit(files=dangling)}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
+    config["checkpoints"][0]["save_last"] = "link"
+    assert compare(config, {"fit": _fit(files=dangling)}, {"fit": _fit(files={})}) == []
+    loadable = {"ckpt0/last.ckpt": {"link": "a.ckpt", "epoch": 0, "global_step": 1}}
+    diffs = compare(config, {"fit": _fit(files=loadable)}, {"fit": _fit(files={})})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
