@@ -25,6 +25,11 @@ from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
+from stepstone.callbacks.checkpoint_schedule import (
+    epoch_due,
+    saves_on_train_epoch_end,
+    validation_follows_epoch,
+)
 from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
@@ -163,6 +168,8 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = 0
         self._last_time_checked: float | None = None
         self._last_checkpoint_saved = ""
+        self._last_step_written: int | None = None  # global_step of the last file this run wrote
+        self._held_step: int | None = None  # see ``_hold_restored_step``
         self._defer_save_until_validation = False
         self._pending_last = ""
         self._warned: set[str] = set()
@@ -240,13 +247,23 @@ class ModelCheckpoint(Callback):
         if self._deferred_deletions:
             self._delete(trainer, [])
 
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """A new batch: triggers at the restored step count again (Lightning saves there too)."""
+        if self._held_step is not None:
+            self._last_global_step_saved, self._held_step = self._held_step, None
+
+    def _hold_restored_step(self, step: int) -> None:
+        """Save nothing at ``step`` until the next batch: the restored batch's hooks ran before the checkpoint."""
+        self._held_step = self._last_global_step_saved
+        self._last_global_step_saved = step
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Step and time triggers."""
+        """Step and time triggers (Lightning's order: a trigger may wait for validation before anything else)."""
         self._poll_pending(trainer)
-        if self._should_skip(trainer):
-            return
         step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
         time_due = False
         now = time.monotonic()
@@ -259,68 +276,81 @@ class ModelCheckpoint(Callback):
         if time_due:
             self._last_time_checked = now
         candidates = self._monitor_candidates(trainer)
-        waiting = self.monitor not in candidates or self._validation_pending(trainer)
-        if self.monitor is not None and trainer._val_enabled() and waiting:
-            # The metric comes from validation that has not run yet (or runs right after this batch): save
-            # when it is available instead of saving with a stale or missing value.
+        if self.monitor is not None and (
+            self.monitor not in candidates or validation_follows_epoch(trainer, self._save_on_train_epoch_end)
+        ):
+            # The metric is missing (e.g. validation has not run yet), or this is the epoch's last batch and
+            # its validation follows: save after validation with the fresh value. Lightning 2.6 decides this
+            # before the other skip rules, so even a trigger at an already saved step (global_step 0 while
+            # accumulating) waits, and where checks run at the training epoch end, it never saves it
+            # (``on_validation_end``).
             self._defer_save_until_validation = True
             return
-        self._save_on_trigger(trainer, candidates)
+        if self._should_skip(trainer):
+            return
+        self._save_on_trigger(trainer, candidates, lightning_saves_last=True)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
         self._poll_pending(trainer)
         if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
             return
-        if self._epoch_due(trainer):
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+        self._epoch_end_check(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
         self._poll_pending(trainer)
-        if self._should_skip(trainer):
+        if self._should_skip(trainer) or self._should_save_on_train_epoch_end(trainer):
+            # Lightning's contract: nothing is saved here then, not even a step/time save deferred for a
+            # missing metric (it is dropped; the next trigger saves).
             return
         if self._defer_save_until_validation:
             self._defer_save_until_validation = False
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+            self._save_on_trigger(trainer, self._monitor_candidates(trainer), lightning_saves_last=True)
             return
-        if not self._should_save_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+        self._epoch_end_check(trainer)
+
+    def _epoch_end_check(self, trainer: Trainer) -> None:
+        if self._epoch_due(trainer):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
+        elif (
+            self.save_last == "link"
+            and self._last_checkpoint_saved
+            and self._last_step_written != trainer.global_step
+        ):
+            # Lightning refreshes a linked last at every epoch-end check once anything was saved, due or not.
+            self._save_on_trigger(
+                trainer, self._monitor_candidates(trainer), top_k=False, lightning_saves_last=True
+            )
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Make ``last`` hold the final state when training ended between triggers."""
-        if self.save_last and not self._should_skip(trainer):
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
+        """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
+
+        So a run resumed right after a batch end, which writes no file for the restored step at its triggers
+        (see ``checkpoint_io``), still leaves its own ``last`` when it saved nothing else (Lightning's rule).
+        """
+        if not self.save_last or self._should_skip(trainer, any_step=True):
+            return
+        if self._last_step_written == trainer.global_step:
+            return  # this run's last already holds this step
+        self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
 
     # --- decisions ----------------------------------------------------------------------------------
-    def _should_skip(self, trainer: Trainer) -> bool:
+    def _should_skip(self, trainer: Trainer, any_step: bool = False) -> bool:
         from stepstone.trainer.state import TrainerFn
 
         return (
             bool(trainer.fast_dev_run)
             or trainer.state.fn != TrainerFn.FITTING
             or trainer.sanity_checking
-            or self._last_global_step_saved == trainer.global_step
+            or (not any_step and self._last_global_step_saved == trainer.global_step)
         )
 
     def _epoch_due(self, trainer: Trainer) -> bool:
-        return self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        return epoch_due(trainer, self._every_n_epochs)
 
     def _should_save_on_train_epoch_end(self, trainer: Trainer) -> bool:
-        if self._save_on_train_epoch_end is not None:
-            return self._save_on_train_epoch_end
-        if trainer.check_val_every_n_epoch != 1:
-            return False
-        if not trainer._val_enabled():
-            return True
-        return trainer.val_check_interval == 1.0
-
-    def _validation_pending(self, trainer: Trainer) -> bool:
-        """Whether validation runs right after this training batch (so a val metric is about to change)."""
-        loop = trainer.fit_loop
-        return trainer._val_enabled() and loop._should_validate(
-            loop.batch_idx, loop.batch_progress.is_last_batch
-        )
+        return saves_on_train_epoch_end(trainer, self._save_on_train_epoch_end)
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
         candidates = dict(trainer.callback_metrics)
@@ -344,7 +374,11 @@ class ModelCheckpoint(Callback):
 
     # --- saving -------------------------------------------------------------------------------------
     def _save_on_trigger(
-        self, trainer: Trainer, candidates: dict[str, torch.Tensor], top_k: bool = True
+        self,
+        trainer: Trainer,
+        candidates: dict[str, torch.Tensor],
+        top_k: bool = True,
+        lightning_saves_last: bool = False,
     ) -> None:
         """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
 
@@ -370,7 +404,9 @@ class ModelCheckpoint(Callback):
             if top_k:
                 written = self._save_topk(trainer, candidates, to_delete)
             # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
-            self._save_last(trainer, candidates, written, to_delete, snapshot["last_model_path"])
+            self._save_last(
+                trainer, candidates, written, to_delete, snapshot["last_model_path"], lightning_saves_last
+            )
         except BaseException as error:
             self._trigger_deletions = []
             for name, value in snapshot.items():
@@ -488,9 +524,18 @@ class ModelCheckpoint(Callback):
         written: str,
         to_delete: list[str],
         previous: str,
+        lightning_saves_last: bool = False,
     ) -> None:
         if not self.save_last:
             return
+        # Lightning counts a step as saved (no second trigger at it) only for files it writes; where it writes
+        # no last file at this trigger (epoch-end checks without a top-k save) or links the old one, this
+        # refreshed last leaves the count as it was.
+        lightning_links = (
+            self.save_last == "link" and bool(self._last_checkpoint_saved) and self.save_top_k != 0
+        )
+        counts = written or (lightning_saves_last and not lightning_links)
+        step_saved = self._last_global_step_saved
         from stepstone.checkpoint import copy_file, link_file
 
         if written:
@@ -513,7 +558,10 @@ class ModelCheckpoint(Callback):
             barrier(f"save last {filepath}")
         else:
             self._save_checkpoint(trainer, filepath)
+            if not counts:
+                self._last_global_step_saved = step_saved
         self._last_checkpoint_saved = written or filepath
+        self._last_step_written = trainer.global_step
 
     def _versioned_path(
         self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None

@@ -189,7 +189,7 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         # ModelCheckpoint saves at the restored step. stepstone runs them (an exact resume), yet likewise writes no
         # second file for that step (the interrupted run may have written it already).
         for callback in trainer.checkpoint_callbacks:
-            callback._last_global_step_saved = trainer.global_step
+            callback._hold_restored_step(trainer.global_step)
     max_epochs = trainer.fit_loop.max_epochs
     if max_epochs != -1 and trainer.current_epoch > max_epochs:
         raise MisconfigurationException(

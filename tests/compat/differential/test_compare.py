@@ -290,3 +290,192 @@ def test_a_metrics_file_of_a_resumed_run_is_filtered_only_when_lightning_ran_not
         d.field for d in compare(_config(), {"fit": fresh}, {"fit": {**fresh, "files": logged["files"]}})
     ]
     assert fields == ["files.only_in_stepstone"]
+
+
+def test_last_at_final_trigger_explains_only_an_epoch_one_lower_at_the_same_step() -> None:
+    last = "ckpt0/last.ckpt"
+    lightning = {"fit": _fit(files={last: {"epoch": 2, "global_step": 4}})}
+    ok = {"fit": _fit(files={last: {"epoch": 1, "global_step": 4}})}
+    assert compare(_config(), lightning, ok) == []
+    for other in ({"epoch": 0, "global_step": 4}, {"epoch": 1, "global_step": 3}):
+        diffs = compare(_config(), lightning, {"fit": _fit(files={last: other})})
+        assert [d.field for d in diffs] == ["files.content"]
+    linked = {"fit": _fit(files={last: {"link": "a.ckpt", "epoch": 2, "global_step": 4}})}
+    assert [d.field for d in compare(_config(), linked, ok)] == ["files.content"]
+    topk = "ckpt0/epoch=1-step=4.ckpt"  # not a last file
+    diffs = compare(_config(), {"fit": _fit(files={topk: {"epoch": 2, "global_step": 4}})}, {"fit": _fit()})
+    assert [d.field for d in diffs] == ["files.content"]
+
+
+def test_last_predicates_cover_a_logger_version_folder() -> None:
+    config = _config()
+    config["checkpoints"][0]["dirpath"] = None
+    last = "logs/version_0/checkpoints/last.ckpt"
+    lightning = {"fit": _fit(files={last: {"epoch": 2, "global_step": 4}})}
+    assert compare(config, lightning, {"fit": _fit(files={last: {"epoch": 1, "global_step": 4}})}) == []
+    assert compare(config, lightning, {"fit": _fit(files={last: {"epoch": 3, "global_step": 8}})}) == []
+    hparams = "logs/version_0/hparams.yaml"
+    diffs = compare(config, {"fit": _fit(files={hparams: "file"})}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def _callback_state(best: str) -> dict[str, Any]:
+    return {
+        "dirpath": "ckpt0",
+        "best_model_path": best,
+        "best_model_score": None,
+        "kth_best_model_path": "",
+        "kth_value": None,
+        "last_model_path": "",
+        "current_score": None,
+        "best_k_models": {},
+    }
+
+
+def test_restored_metric_decisions_need_a_restored_key_the_callback_uses() -> None:
+    config = _config()
+    config["checkpoints"][0].update(monitor="val_m", filename=None)
+    topk = "ckpt0/epoch=0-step=1.ckpt"
+    files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    lightning = {"resume_mid": _resumed(checkpoints=[_callback_state("")], files=files)}
+    stepstone = {
+        "resume_mid": _resumed(
+            metrics_at_start=["val_m"],
+            checkpoints=[_callback_state(topk)],
+            files={**files, topk: {"epoch": 0, "global_step": 1}},
+        )
+    }
+    assert compare(config, lightning, stepstone) == []
+    config["checkpoints"][0]["monitor"] = "train_m"  # not restored: its decisions must match
+    found = {d.field for d in compare(config, lightning, stepstone)}
+    assert found == {"checkpoint.best_model_path", "files.only_in_stepstone"}
+    config["checkpoints"][0]["filename"] = "{epoch}-{val_m:.2f}"  # the restored key names the file
+    assert compare(config, lightning, stepstone) == []
+    not_resumed = {"fit": {**stepstone["resume_mid"], "ckpt_path": None}}
+    diffs = compare(config, {"fit": {**lightning["resume_mid"], "ckpt_path": None}}, not_resumed)
+    assert "checkpoint.best_model_path" in {d.field for d in diffs}
+
+
+def test_last_at_final_trigger_pairs_templated_names_and_their_last_model_path() -> None:
+    config = _config()
+    config["checkpoints"][0]["save_last"] = True
+    lightning_last, stepstone_last = "ckpt0/epoch=2-last.ckpt", "ckpt0/epoch=1-last.ckpt"
+    state = _callback_state("")
+
+    def run(last: str, epoch: int) -> dict[str, Any]:
+        files = {last: {"epoch": epoch, "global_step": 4}}
+        return _fit(files=files, checkpoints=[{**state, "last_model_path": last}])
+
+    assert compare(config, {"fit": run(lightning_last, 2)}, {"fit": run(stepstone_last, 1)}) == []
+    # Two epochs apart, or a different step: not the same final save.
+    diffs = compare(config, {"fit": run(lightning_last, 2)}, {"fit": run("ckpt0/epoch=0-last.ckpt", 0)})
+    assert {d.field for d in diffs} == {
+        "checkpoint.last_model_path",
+        "files.only_in_lightning",
+        "files.only_in_stepstone",
+    }
+
+
+def test_last_path_of_same_trigger_only_in_a_resumed_run() -> None:
+    config = _config()
+    base = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    state = _callback_state("")
+    lightning = _resumed(
+        files={
+            **base,
+            "ckpt0/last.ckpt": {"epoch": 0, "global_step": 1},
+            "ckpt0/last-v1.ckpt": {"epoch": 1, "global_step": 4},
+        },
+        checkpoints=[{**state, "last_model_path": "ckpt0/last-v1.ckpt"}],
+    )
+    stepstone = _resumed(
+        files={**base, "ckpt0/last.ckpt": {"epoch": 1, "global_step": 4}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/last.ckpt"}],
+    )
+    assert compare(config, {"resume_mid": lightning}, {"resume_mid": stepstone}) == []
+    fresh = {"fit": {**lightning, "ckpt_path": None}}, {"fit": {**stepstone, "ckpt_path": None}}
+    assert {d.field for d in compare(config, *fresh)} == {
+        "checkpoint.last_model_path",
+        "files.only_in_lightning",
+        "files.content",
+    }
+    empty = _resumed(files=base, checkpoints=[state])
+    named = _resumed(files=base, checkpoints=[{**state, "last_model_path": "ckpt0/last.ckpt"}])
+    assert compare(config, {"resume_mid": empty}, {"resume_mid": named}) == []
+    assert [d.field for d in compare(config, {"resume_mid": named}, {"resume_mid": empty})] == [
+        "checkpoint.last_model_path"
+    ]
+
+
+def test_last_path_of_same_trigger_explains_the_replaced_earlier_last() -> None:
+    config = _config()
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    old, new = "ckpt0/2-last.ckpt", "ckpt0/3-last.ckpt"
+    state = _callback_state("")
+    stop = _fit(
+        files={**source, old: {"epoch": 2, "global_step": 3}}, checkpoints=[{**state, "last_model_path": old}]
+    )
+    after = {old: {"epoch": 2, "global_step": 3}, new: {"epoch": 3, "global_step": 3}}
+    lightning = _resumed(files={**source, **after}, checkpoints=[{**state, "last_model_path": new}])
+    stepstone = _resumed(files={**source, new: after[new]}, checkpoints=[{**state, "last_model_path": new}])
+    assert (
+        compare(config, {"stop": stop, "resume_mid": lightning}, {"stop": stop, "resume_mid": stepstone})
+        == []
+    )
+    untracked = {**stop, "checkpoints": [state]}
+    diffs = compare(
+        config, {"stop": untracked, "resume_mid": lightning}, {"stop": untracked, "resume_mid": stepstone}
+    )
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed_replaced_last() -> None:
+    config = _config()
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    state = _callback_state("")
+    current = {"ckpt0/final-6.ckpt": {"epoch": 2, "global_step": 6}}
+    lightning = _resumed(
+        files={**source, **current}, checkpoints=[{**state, "last_model_path": "ckpt0/final-4.ckpt"}]
+    )
+    stepstone = _resumed(
+        files={**source, **current}, checkpoints=[{**state, "last_model_path": "ckpt0/final-6.ckpt"}]
+    )
+    assert compare(config, {"resume_mid": lightning}, {"resume_mid": stepstone}) == []
+    on_disk = {
+        **lightning,
+        "files": {**source, **current, "ckpt0/final-4.ckpt": {"epoch": 1, "global_step": 4}},
+    }
+    diffs = compare(config, {"resume_mid": on_disk}, {"resume_mid": {**stepstone, "files": on_disk["files"]}})
+    assert [d.field for d in diffs] == ["checkpoint.last_model_path"]
+    # The earlier run's last under Lightning's name (epoch 2) and stepstone's (epoch 1, see 1b); stepstone's
+    # resumed run replaced its own.
+    stop_l = _fit(
+        files={"ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 3}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/2-last.ckpt"}],
+    )
+    stop_s = _fit(
+        files={"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 3}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}],
+    )
+    new = {"ckpt0/3-last.ckpt": {"epoch": 3, "global_step": 5}}
+    now = [{**state, "last_model_path": "ckpt0/3-last.ckpt"}]
+    after_l = _resumed(
+        files={**source, **new, "ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 3}}, checkpoints=now
+    )
+    after_s = _resumed(files={**source, **new}, checkpoints=now)
+    diffs = compare(config, {"stop": stop_l, "resume_mid": after_l}, {"stop": stop_s, "resume_mid": after_s})
+    assert [d.run for d in diffs] == ["stop"] * len(
+        diffs
+    )  # the stop run's own difference is not explained here
+
+
+def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
+    dangling = {"ckpt0/last.ckpt": {"link": "gone.ckpt", "load_error": "FileNotFoundError"}}
+    config = _config()  # save_last=True: no link expected, so the dangling one is reported (and no crash)
+    diffs = compare(config, {"fit": _fit(files=dangling)}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
+    config["checkpoints"][0]["save_last"] = "link"
+    assert compare(config, {"fit": _fit(files=dangling)}, {"fit": _fit(files={})}) == []
+    loadable = {"ckpt0/last.ckpt": {"link": "a.ckpt", "epoch": 0, "global_step": 1}}
+    diffs = compare(config, {"fit": _fit(files=loadable)}, {"fit": _fit(files={})})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
