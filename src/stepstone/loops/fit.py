@@ -418,8 +418,9 @@ class FitLoop:
         if self._num_ready_batches_reached():
             self._update_schedulers("epoch", plateau=True)
         hub.send(to_log, step=max(self.batches_that_stepped - 1, 0))
-        for logger in trainer.loggers:
-            logger.save()
+        if trainer.is_global_zero:  # loggers write on rank 0 only (a save creates the version folder)
+            for logger in trainer.loggers:
+                logger.save()
         hub.train_results.reset()
         self.tail = None
         self.epoch_progress.increment("completed")
