@@ -1,0 +1,256 @@
+"""Deliberate differences of ModelCheckpoint's last files (refreshed at every trigger, the final trigger's last,
+the last path a checkpoint stores, no dangling links).
+
+Each predicate explains one documented stepstone behaviour (README "Differences from Lightning") and only the
+observations it causes, in the situation where it causes them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from compat.differential.configs import Config
+from compat.differential.difference import (
+    Context,
+    Difference,
+    is_last_name,
+    resume_step,
+)
+
+
+def _last_files(files: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    return {r: i for r, i in files.items() if os.path.dirname(r) == dirpath and is_last_name(r)}
+
+
+def _is_dir_of(checkpoint: Config, dirpath: str) -> bool:
+    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
+        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
+    return bool(checkpoint["dirpath"] == dirpath)
+
+
+def _is_last_file(d: Difference) -> bool:
+    """A difference about a last-named file (also one in a logger's ``version_N/checkpoints``)."""
+    return d.field.startswith("files.") and d.kind in ("last", "logger") and is_last_name(d.key)
+
+
+def _saves_last_in(ctx: Context, dirpath: str) -> bool:
+    return any(c["save_last"] and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
+
+
+def last_refreshed(d: Difference, ctx: Context) -> bool:
+    """(1) ``last`` is refreshed at every trigger (Lightning 2.6: only when a top-k file is written then).
+
+    Explains a difference in a last-named file (its presence or the epoch/global_step inside) or in
+    ``last_model_path`` when, in that directory, stepstone holds no more last files than Lightning (at least
+    one) and its newest is strictly newer (higher global_step) than Lightning's newest.
+    """
+    if d.field == "checkpoint.last_model_path":
+        index = int(d.key)
+        dirpath = ctx.lightning[d.run]["checkpoints"][index]["dirpath"]
+    elif _is_last_file(d):
+        dirpath = os.path.dirname(d.key)
+    else:
+        return False
+    saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
+    if not saves_last:
+        return False
+    lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
+    sf = _last_files(ctx.stepstone[d.run].get("files", {}), dirpath)
+    steps_l = [i["global_step"] for i in lf.values() if isinstance(i, dict) and "global_step" in i]
+    steps_s = [i["global_step"] for i in sf.values() if isinstance(i, dict) and "global_step" in i]
+    if not steps_s or len(sf) > max(1, len(lf)):
+        return False
+    return not steps_l or max(steps_s) > max(steps_l)
+
+
+def _one_epoch_later(a: Any, b: Any, final_epochs: set[Any]) -> bool:
+    """Lightning's file ``a`` is stepstone's ``b`` written again after the epoch counter moved on."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or "link" in a or "global_step" not in b:
+        return False
+    return (
+        a.get("global_step") == b["global_step"]
+        and a.get("epoch") == b.get("epoch", -2) + 1
+        and a.get("epoch") in final_epochs
+    )
+
+
+def _newest_last(files: dict[str, Any], dirpath: str) -> tuple[str, Any] | None:
+    last = [
+        (i["global_step"], r)
+        for r, i in _last_files(files, dirpath).items()
+        if isinstance(i, dict) and "global_step" in i
+    ]
+    if not last or len({step for step, _ in last}) != len(last):
+        return None  # none, or two at one step: not a single final save this predicate can pair
+    _, rel = max(last)
+    return rel, files[rel]
+
+
+_CHAIN = {
+    "continue": "fit",
+    "resume_file": "stop",
+    "resume_mid": "stop",
+}  # the run whose files a run starts with
+
+
+def _final_last_pair(ctx: Context, run: str, dirpath: str) -> tuple[tuple[str, Any], tuple[str, Any]] | None:
+    """Lightning's and stepstone's newest last files in ``dirpath`` after ``run`` if they are the same final
+    save, Lightning's written after the epoch counter moved on (see :func:`last_at_final_trigger`)."""
+    if run not in ctx.lightning or run not in ctx.stepstone:
+        return None
+    newest_l = _newest_last(ctx.lightning[run].get("files", {}), dirpath)
+    newest_s = _newest_last(ctx.stepstone[run].get("files", {}), dirpath)
+    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
+    if newest_l is None or newest_s is None or not _one_epoch_later(newest_l[1], newest_s[1], final_epochs):
+        return None
+    return newest_l, newest_s
+
+
+def last_at_final_trigger(d: Difference, ctx: Context) -> bool:
+    """(1b) ``last`` holds the final trigger's save; Lightning writes it again when training ends.
+
+    Lightning 2.6 saves ``last`` in ``on_train_end`` only if the callback saved nothing in the run (no top-k
+    file at any trigger), after the epoch counter moved on; stepstone already wrote ``last`` at that final
+    trigger (1) and the step has not changed since, so it does not serialize the same state again. Same
+    global_step and weights; the ``epoch`` inside is the trigger's epoch (as in every epoch-end checkpoint)
+    rather than the count of finished epochs, and so is an ``{epoch}`` in a templated last name. Explains,
+    where Lightning's newest last file is a plain file (not a link) holding the final epoch of one of its runs
+    and stepstone's newest last file in that folder holds the same global_step and exactly one epoch less:
+    the content of a last file (such a pair under one name), or, when the names differ, each of the two files and
+    ``last_model_path`` naming them; and in a later run of the chain, stepstone's such file from the earlier
+    run, still on disk beside Lightning's.
+    """
+    if d.field == "checkpoint.last_model_path" and isinstance(d.lightning, str) and d.lightning:
+        dirpath = os.path.dirname(d.lightning)
+    elif _is_last_file(d):
+        dirpath = os.path.dirname(d.key)
+    else:
+        return False
+    if not _saves_last_in(ctx, dirpath):
+        return False
+    final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
+    if d.field == "files.content":  # the same name: no need to pair the files
+        return _one_epoch_later(d.lightning, d.stepstone, final_epochs)
+    newest = _final_last_pair(ctx, d.run, dirpath)
+    earlier = _final_last_pair(ctx, _CHAIN.get(d.run, ""), dirpath)
+    # The earlier run's final last, still on disk in this run (a resumed run does not track it).
+    if (
+        d.field == "files.only_in_stepstone"
+        and earlier is not None
+        and d.key == earlier[1][0]
+        and earlier[0][0] in ctx.lightning[d.run].get("files", {})
+    ):
+        return True
+    if newest is None:
+        return False
+    newest_l, newest_s = newest
+    pair = {"files.only_in_lightning": newest_l[0], "files.only_in_stepstone": newest_s[0]}
+    if d.field in pair:
+        return newest_l[0] != newest_s[0] and d.key == pair[d.field]
+    return (d.lightning, d.stepstone) == (newest_l[0], newest_s[0])
+
+
+def _uses_any(checkpoint: Config, keys: set[str]) -> bool:
+    template = checkpoint["filename"] or ""
+    return checkpoint["monitor"] in keys or any(
+        re.search(r"\{" + re.escape(k) + r"[:}]", template) for k in keys
+    )
+
+
+def restored_metric_decisions(d: Difference, ctx: Context) -> bool:
+    """(4, consequence) A resumed run's checkpoints use the restored metrics; Lightning's miss them at first.
+
+    With the monitored key restored, a step/epoch trigger before the key is logged again saves a top-k file
+    (Lightning defers or skips it), and a key in the file name template is formatted with its restored value
+    (Lightning writes 0 for a missing key). Explains, in a resumed run, differences of a callback (its
+    attributes, and files in its folder) whose monitor or file name template uses a key that stepstone restored
+    at the start and Lightning did not have.
+    """
+    if resume_step(ctx, d.run) is None:
+        return False
+    keys = set(ctx.stepstone[d.run].get("metrics_at_start") or []) - set(
+        ctx.lightning[d.run].get("metrics_at_start") or []
+    )
+    affected = [c for c in ctx.config["checkpoints"] if keys and _uses_any(c, keys)]
+    if d.field.startswith("checkpoint.") and d.key.isdigit():
+        index = int(d.key)
+        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in affected
+    if d.field.startswith("files.") and d.key.endswith(".ckpt") and d.kind != "manual":
+        return any(_is_dir_of(c, os.path.dirname(d.key)) for c in affected)
+    return False
+
+
+_VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
+
+
+def _replaced_earlier_last(rel: str, ctx: Context, run: str) -> bool:
+    """Whether ``rel`` was Lightning's last of a callback in the earlier run, and stepstone's last of that
+    callback then (the resumed state names it as its own) is gone in ``run``, replaced by a new last."""
+    prev = _CHAIN.get(run, "")
+    earlier_l, earlier_s = ctx.lightning.get(prev, {}), ctx.stepstone.get(prev, {})
+    now = ctx.stepstone[run].get("checkpoints", [])
+    pairs = zip(earlier_l.get("checkpoints", []), earlier_s.get("checkpoints", []), now, strict=False)
+    for lightning_then, stepstone_then, stepstone_now in pairs:
+        mine = stepstone_then["last_model_path"]
+        if lightning_then["last_model_path"] == rel and mine in earlier_s.get("files", {}):
+            return (
+                mine not in ctx.stepstone[run].get("files", {}) and stepstone_now["last_model_path"] != mine
+            )
+    return False
+
+
+def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
+    """(6) A top-k file's callback state names the ``last`` of its own trigger; Lightning's the one before.
+
+    stepstone decides ``last``'s name before it writes the top-k file, so a run resumed from that file knows
+    the ``last`` file on disk as its own: it overwrites it in place. Lightning stores the previous trigger's
+    ``last_model_path`` ('' at the first), so its resumed run reports that, and its next ``last`` save sees
+    ``last.ckpt`` as someone else's file and writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. Explains,
+    in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
+    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk; a versioned last file only in Lightning
+    whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
+    holds stepstone's global_step; the earlier run's last file of a callback only in Lightning, where
+    stepstone's last of that callback in the earlier run is gone, replaced by a new last.
+    """
+    if resume_step(ctx, d.run) is None:
+        return False
+    lf, sf = ctx.lightning[d.run].get("files", {}), ctx.stepstone[d.run].get("files", {})
+    if d.field == "checkpoint.last_model_path":
+        mine, theirs = d.stepstone, d.lightning
+        if not (isinstance(mine, str) and mine and is_last_name(mine)) or not isinstance(theirs, str):
+            return False
+        dangling = (
+            is_last_name(theirs) and os.path.dirname(theirs) == os.path.dirname(mine) and theirs not in lf
+        )
+        return _saves_last_in(ctx, os.path.dirname(mine)) and (
+            theirs == "" or _VERSION.sub("", theirs) == mine or dangling
+        )
+    if not _is_last_file(d) or not _saves_last_in(ctx, os.path.dirname(d.key)):
+        return False
+    if d.field == "files.only_in_lightning":
+        if _VERSION.search(d.key) is not None:
+            return _VERSION.sub("", d.key) in sf
+        return _replaced_earlier_last(d.key, ctx, d.run)
+    if d.field == "files.content" and isinstance(d.stepstone, dict):
+        step = d.stepstone.get("global_step")
+        siblings = [i for r, i in lf.items() if _VERSION.search(r) and _VERSION.sub("", r) == d.key]
+        return any(isinstance(i, dict) and i.get("global_step") == step for i in siblings)
+    return False
+
+
+def no_dangling_last(d: Difference, ctx: Context) -> bool:
+    """(7) A replaced linked ``last`` is deleted; Lightning 2.6 can leave the old link, dangling.
+
+    With ``save_last="link"`` and a templated last name (``final-{step}``), Lightning sometimes keeps the
+    previous last link after its top-k target was deleted, so a ``last``-named file on disk cannot be loaded.
+    stepstone deletes the previous last once the new one is committed. Explains only a last-named link that
+    exists only in Lightning and cannot be loaded (its target is gone), in a folder of a ``save_last="link"``
+    callback.
+    """
+    if d.field != "files.only_in_lightning" or not _is_last_file(d) or not isinstance(d.lightning, dict):
+        return False
+    dirpath = os.path.dirname(d.key)
+    links = any(c["save_last"] == "link" and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
+    return links and "link" in d.lightning and d.lightning.get("load_error") == "FileNotFoundError"

@@ -1,0 +1,94 @@
+"""What both frameworks' observations are compared as: one difference, and what a deliberate-difference
+predicate may look at (plus the resume facts several predicates share)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from compat.differential.configs import Config
+from compat.differential.program import LAST_STEMS, Observation
+
+MISSING = "<absent>"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One observation that differs. ``key`` narrows ``field`` (a file name, a callback index)."""
+
+    run: str
+    field: str
+    key: str
+    lightning: Any
+    stepstone: Any
+    kind: str = ""  # a coarse label of the key (e.g. "last", "versioned") so categories group like with like
+
+    @property
+    def category(self) -> str:
+        return f"{self.run}.{self.field}" + (f"[{self.kind}]" if self.kind else "")
+
+    def __str__(self) -> str:
+        where = f"{self.run}.{self.field}" + (f"[{self.key}]" if self.key else "")
+        return f"{where}: lightning={self.lightning!r} stepstone={self.stepstone!r}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a deliberate-difference predicate may look at."""
+
+    config: Config
+    lightning: dict[str, Observation]
+    stepstone: dict[str, Observation]
+    explained: frozenset[tuple[str, str]]  # (run, deliberate name) pairs already used by earlier differences
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def is_last_name(rel: str) -> bool:
+    """Whether a file name is one of the last-checkpoint names the generated configs use."""
+    stem = os.path.basename(rel)
+    return stem.startswith(LAST_STEMS) or "-last" in stem
+
+
+def file_kind(rel: str) -> str:
+    name = os.path.basename(rel)
+    if name.startswith("."):
+        return "hidden"
+    if rel.startswith("logs"):
+        return "logger"
+    if rel.startswith("manual"):
+        return "manual"
+    if is_last_name(rel):
+        return "last"
+    if re.search(r"-v\d+\.ckpt$", name):
+        return "versioned"
+    return "topk"
+
+
+def resume_file(ctx: Context, run: str) -> dict[str, Any] | None:
+    """``epoch``/``global_step`` inside the file a run resumed from (None if the run did not resume)."""
+    source = ctx.lightning[run].get("ckpt_path")
+    if not source or source != ctx.stepstone[run].get("ckpt_path"):
+        return None
+    for name in (run, "stop", "fit"):
+        info = ctx.lightning.get(name, {}).get("files", {}).get(source)
+        if isinstance(info, dict) and "global_step" in info:
+            return info
+    return None
+
+
+def resume_step(ctx: Context, run: str) -> int | None:
+    """global_step inside the file a run resumed from (None if the run did not resume)."""
+    info = resume_file(ctx, run)
+    return None if info is None else int(info["global_step"])
