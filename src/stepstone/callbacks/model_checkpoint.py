@@ -770,7 +770,7 @@ class ModelCheckpoint(Callback):
 
 
 def _writes_directories(trainer: Trainer) -> bool:
-    from stepstone.strategies.fsdp import FSDPStrategy
+    from stepstone.strategies import is_fsdp
 
     strategy = trainer._strategy
-    return isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded"
+    return is_fsdp(strategy) and strategy.state_dict_type == "sharded"

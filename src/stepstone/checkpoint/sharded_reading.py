@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.sharded_commit import (
@@ -25,6 +24,9 @@ from stepstone.checkpoint.sharded_commit import (
     verify_dir,
 )
 from stepstone.errors import CheckpointCorruptError, UnsafeCheckpointError
+
+if TYPE_CHECKING:  # torch.distributed.checkpoint costs ~1 s to import: only code reading a directory pays it
+    from torch.distributed.checkpoint.metadata import Metadata
 
 __all__ = [
     "check_metadata_safe",
@@ -59,6 +61,8 @@ def template_from_metadata(path: str) -> dict[str, Any]:
     Returns:
         The nested state, shaped as it was saved.
     """
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
     metadata = check_metadata_safe(path)
     template: dict[str, Any] = {}
     for key, stored in metadata.state_dict_metadata.items():
@@ -115,6 +119,8 @@ def check_metadata_safe(path: str) -> Metadata:
         CheckpointCorruptError: the metadata file is missing.
         UnsafeCheckpointError: it needs a class outside the allow-list (it could run code).
     """
+    from torch.distributed.checkpoint.metadata import Metadata
+
     metadata_path = os.path.join(path, ".metadata")
     try:
         with open(metadata_path, "rb") as stream:

@@ -9,6 +9,12 @@
 - :mod:`~stepstone.strategies.fsdp`: :class:`FSDPStrategy` (FSDP2), DDP's interface plus sharded state.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any, TypeGuard
+
 from stepstone.strategies.collectives import (
     DEFAULT_TIMEOUT,
     CollectiveError,
@@ -33,10 +39,36 @@ from stepstone.strategies.environment import (
     launcher_environment,
     single_process,
 )
-from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.strategies.launcher import ChildExit, ChildProcessFailed, ScriptLauncher, find_free_port
 from stepstone.strategies.sampler import distributed_loader, set_loader_epoch
 from stepstone.strategies.spawn import SpawnedRankFailed, ddp_spawn
+
+if TYPE_CHECKING:
+    from stepstone.strategies.fsdp import FSDPStrategy
+
+_FSDP_MODULE = "stepstone.strategies.fsdp"
+
+
+def __getattr__(name: str) -> Any:
+    # FSDPStrategy is exported lazily: its module imports torch.distributed.checkpoint, which costs ~1 s, so
+    # `import stepstone` (and the `stepstone ckpt` command line) pays for it only when FSDP is used.
+    if name == "FSDPStrategy":
+        return importlib.import_module(_FSDP_MODULE).FSDPStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_fsdp(strategy: object) -> TypeGuard[FSDPStrategy]:
+    """Whether ``strategy`` is an :class:`FSDPStrategy`, without importing FSDP when it was never used.
+
+    Args:
+        strategy: any strategy object (or None).
+
+    Returns:
+        True for an FSDPStrategy (or a subclass).
+    """
+    module = sys.modules.get(_FSDP_MODULE)
+    return module is not None and isinstance(strategy, module.FSDPStrategy)
+
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -64,6 +96,7 @@ __all__ = [
     "find_free_port",
     "init_process_group",
     "is_distributed",
+    "is_fsdp",
     "launcher_environment",
     "reduce",
     "set_loader_epoch",

@@ -17,10 +17,11 @@ import torch
 
 from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
 from stepstone.loops.progress import loops_state
-from stepstone.strategies.fsdp import FSDPStrategy
+from stepstone.strategies import is_fsdp
 from stepstone.trainer.resume_state import dump_resume_state, load_resume_state
 
 if TYPE_CHECKING:
+    from stepstone.strategies.fsdp import FSDPStrategy
     from stepstone.trainer.state import TrainerFn
     from stepstone.trainer.trainer import Trainer
 
@@ -38,7 +39,7 @@ def _plain_dict(value: Any) -> dict[str, Any]:
 
 def _fsdp(trainer: Trainer) -> FSDPStrategy | None:
     strategy = trainer._strategy
-    return strategy if isinstance(strategy, FSDPStrategy) and strategy._module is not None else None
+    return strategy if is_fsdp(strategy) and strategy._module is not None else None
 
 
 def _model_state(trainer: Trainer) -> dict[str, Any]:

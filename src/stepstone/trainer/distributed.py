@@ -18,7 +18,7 @@ import torch
 
 from stepstone.checkpoint import SaveHandle
 from stepstone.errors import MisconfigurationException
-from stepstone.strategies import collectives
+from stepstone.strategies import collectives, is_fsdp
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.environment import (
     check_matches,
@@ -26,7 +26,6 @@ from stepstone.strategies.environment import (
     launcher_environment,
     single_process,
 )
-from stepstone.strategies.fsdp import FSDPStrategy
 from stepstone.strategies.launcher import ScriptLauncher
 from stepstone.trainer.device import Placement, resolve_placement
 
@@ -143,6 +142,8 @@ def resolve_distributed(
     if isinstance(strategy, DDPStrategy):
         chosen = strategy
     elif strategy == "fsdp":
+        from stepstone.strategies.fsdp import FSDPStrategy  # imported only when asked for (costly)
+
         chosen = FSDPStrategy(single_process())  # Lightning's default: state_dict_type="full"
     else:
         chosen = DDPStrategy(single_process())
@@ -206,7 +207,7 @@ def save_on_all_ranks(
 
     record = None
     strategy = trainer._strategy
-    if isinstance(strategy, FSDPStrategy) and strategy.state_dict_type == "sharded":
+    if is_fsdp(strategy) and strategy.state_dict_type == "sharded":
         from stepstone.checkpoint.sharded import save_sharded
 
         # A directory: every rank writes its own shards; rank 0 writes the marker last (the commit).

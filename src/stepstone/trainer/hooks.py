@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from stepstone.callbacks.callback import Callback
 from stepstone.core.hooks import ModelHooks
 from stepstone.core.module import LightningModule
+from stepstone.strategies import is_fsdp
 from stepstone.strategies.ddp import DDPStrategy
-from stepstone.strategies.fsdp import FSDPStrategy
 
 if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
@@ -167,7 +167,7 @@ class HookRunner:
         step as such a call. Other strategies evaluate the module directly.
         """
         strategy = self._trainer._strategy
-        if not isinstance(strategy, FSDPStrategy) or strategy._module is None:
+        if not is_fsdp(strategy) or strategy._module is None:
             return self.module(name, *args)
         return self._through(strategy, name, args)
 

@@ -18,7 +18,7 @@ from stepstone.core.saving import read_checkpoint
 from stepstone.errors import MisconfigurationException
 from stepstone.loops.evaluation import run_evaluation
 from stepstone.loops.prediction import run_prediction
-from stepstone.strategies.fsdp import FSDPStrategy
+from stepstone.strategies import is_fsdp
 from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
     dump_checkpoint,
@@ -234,7 +234,7 @@ class Runner:
         t.ckpt_path = path
         t.fit_loop.restarting = False  # until a checkpoint's loop state says otherwise
         self._prepare_fit_data(train_loaders, val_loaders)
-        if isinstance(t._strategy, FSDPStrategy):
+        if is_fsdp(t._strategy):
             # FSDP shards the parameters first: the optimizers, then the checkpoint, are made for the shards.
             t._strategy.setup(module, t._placement.device)
             self._configure_optimizers(module)
