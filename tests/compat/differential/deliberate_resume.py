@@ -296,16 +296,25 @@ def epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
     return False
 
 
+_EXTRA_VALIDATION = ("pending_validation_after_resume", "full_epoch_after_epoch_end_restart_consequences")
+
+
 def metrics_file_after_resume(d: Difference, ctx: Context) -> bool:
-    """(7) A resumed run that trains nothing still logs what finishing the interrupted epoch logs.
+    """(7) A resumed run logs what stepstone's deliberate resume behaviour runs and Lightning skips.
 
     stepstone completes an interrupted epoch end after a resume (the epoch means from the restored partial
-    sums; see ``restored_metrics_on_resume``), so its logger writes a metrics file; Lightning skips that epoch
-    end and, when it then trains and validates nothing either (its epoch-end restart, or nothing left to
-    train), writes none. Explains only a logger's ``metrics.csv`` present only in stepstone, in a resumed run
-    in which Lightning trained and validated nothing.
+    sums; see ``restored_metrics_on_resume``) and runs a validation Lightning skips (``pending_validation`` /
+    the epoch-end restart); each logs, so its logger writes a metrics file where Lightning, logging nothing
+    else in that run, writes none. Explains only a logger's ``metrics.csv`` present only in stepstone, in a
+    resumed run in which Lightning trained and validated nothing, or in which stepstone ran a validation
+    Lightning did not and that ``val_runs`` difference was already explained by one of those names.
     """
     if d.field != "files.only_in_stepstone" or d.kind != "logger" or not d.key.endswith("/metrics.csv"):
         return False
+    if resume_step(ctx, d.run) is None:
+        return False
     ran = ctx.lightning[d.run]
-    return resume_step(ctx, d.run) is not None and not ran.get("trained") and not ran.get("val_runs")
+    if not ran.get("trained") and not ran.get("val_runs"):
+        return True
+    extra = [v for v in ctx.stepstone[d.run].get("val_runs") or [] if v not in (ran.get("val_runs") or [])]
+    return bool(extra) and any((d.run, name) in ctx.explained for name in _EXTRA_VALIDATION)

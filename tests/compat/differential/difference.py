@@ -62,10 +62,12 @@ def is_last_name(rel: str) -> bool:
 
 
 def file_kind(rel: str) -> str:
+    """A coarse label of a file: ``hidden``, ``logger`` (a logger's own files), ``manual``, ``last``,
+    ``versioned`` or ``topk`` (checkpoints in a logger's ``version_N/checkpoints`` are labelled by name)."""
     name = os.path.basename(rel)
     if name.startswith("."):
         return "hidden"
-    if rel.startswith("logs"):
+    if rel.startswith("logs") and not name.endswith(".ckpt"):
         return "logger"
     if rel.startswith("manual"):
         return "manual"

@@ -7,6 +7,7 @@ from typing import Any
 
 from compat.differential import configs
 from compat.differential.compare import compare
+from compat.differential.difference import file_kind
 
 
 def _fit(**changes: Any) -> dict[str, Any]:
@@ -479,3 +480,21 @@ def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     loadable = {"ckpt0/last.ckpt": {"link": "a.ckpt", "epoch": 0, "global_step": 1}}
     diffs = compare(config, {"fit": _fit(files=loadable)}, {"fit": _fit(files={})})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_a_metrics_file_is_filtered_with_the_pending_validation_that_logged_it() -> None:
+    metrics = {"logs/version_1/metrics.csv": "file"}
+    lightning = _continued([[1, 0], [1, 1]], val_runs=[], global_step=4, current_epoch=2)
+    pending = {**lightning, "val_runs": [[2, 0]], "files": {**lightning["files"], **metrics}}
+    assert compare(_config(), {"continue": lightning}, {"continue": pending}) == []
+    # The same file without that validation (stepstone logged something Lightning did not): reported.
+    unexplained = {**lightning, "files": pending["files"]}
+    fields = [d.field for d in compare(_config(), {"continue": lightning}, {"continue": unexplained})]
+    assert fields == ["files.only_in_stepstone"]
+
+
+def test_checkpoints_in_a_logger_folder_are_labelled_by_name() -> None:
+    assert file_kind("logs/version_0/metrics.csv") == "logger"
+    assert file_kind("logs/version_1/checkpoints/epoch=4-step=25.ckpt") == "topk"
+    assert file_kind("logs/version_1/checkpoints/last.ckpt") == "last"
+    assert file_kind("logs/version_1/checkpoints/epoch=0-v1.ckpt") == "versioned"
