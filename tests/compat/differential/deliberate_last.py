@@ -44,7 +44,8 @@ def last_refreshed(d: Difference, ctx: Context) -> bool:
 
     Explains a difference in a last-named file (its presence or the epoch/global_step inside) or in
     ``last_model_path`` when, in that directory, stepstone holds no more last files than Lightning (at least
-    one) and its newest is strictly newer (higher global_step) than Lightning's newest.
+    one) and its newest is strictly newer (higher global_step) than Lightning's newest; and, in a resumed run,
+    the consequence :func:`_earlier_refresh_holds_the_name` describes.
     """
     if d.field == "checkpoint.last_model_path":
         index = int(d.key)
@@ -56,6 +57,8 @@ def last_refreshed(d: Difference, ctx: Context) -> bool:
     saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
     if not saves_last:
         return False
+    if _earlier_refresh_holds_the_name(d, ctx):
+        return True
     lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
     sf = _last_files(ctx.stepstone[d.run].get("files", {}), dirpath)
     steps_l = [i["global_step"] for i in lf.values() if isinstance(i, dict) and "global_step" in i]
@@ -63,6 +66,46 @@ def last_refreshed(d: Difference, ctx: Context) -> bool:
     if not steps_s or len(sf) > max(1, len(lf)):
         return False
     return not steps_l or max(steps_s) > max(steps_l)
+
+
+def _earlier_refresh_holds_the_name(d: Difference, ctx: Context) -> bool:
+    """(1, consequence) A resumed run's last is ``X-vN`` where Lightning's is ``X``: the earlier run's refreshed
+    last (Lightning never wrote it) still holds ``X``.
+
+    The earlier run refreshed ``last`` to ``X`` after the file resumed from was written, so the restored state names
+    another last; the resumed run's save of ``X`` then finds a file it does not track and steps the version counter
+    (Lightning's rule, which Lightning applies alike to its own untracked files). Explains, in a resumed run, for a
+    callback whose ``last_model_path`` is ``X-vN`` in stepstone and ``X`` in Lightning, where stepstone's earlier run
+    ended with ``last_model_path`` ``X``, Lightning's earlier run had no ``X``, stepstone's ``X`` is still that
+    file, and ``X-vN`` holds what Lightning's ``X`` holds: that ``last_model_path`` and the file ``X-vN``.
+    """
+    prev = _CHAIN.get(d.run, "")
+    if resume_step(ctx, d.run) is None or prev not in ctx.lightning or prev not in ctx.stepstone:
+        return False
+    lf, sf = ctx.lightning[d.run].get("files", {}), ctx.stepstone[d.run].get("files", {})
+    earlier_lf = ctx.lightning[prev].get("files", {})
+    earlier_sf = ctx.stepstone[prev].get("files", {})
+    now = zip(
+        ctx.lightning[d.run].get("checkpoints", []), ctx.stepstone[d.run].get("checkpoints", []), strict=False
+    )
+    then = ctx.stepstone[prev].get("checkpoints", [])
+    for index, (lightning_now, stepstone_now) in enumerate(now):
+        theirs, mine = lightning_now["last_model_path"], stepstone_now["last_model_path"]
+        if not (theirs and mine and _VERSION.search(mine) and _VERSION.sub("", mine) == theirs):
+            continue
+        held = (
+            index < len(then)
+            and then[index]["last_model_path"] == theirs
+            and theirs in earlier_sf
+            and theirs not in earlier_lf
+            and sf.get(theirs) == earlier_sf[theirs]
+        )
+        if not held or not isinstance(lf.get(theirs), dict) or sf.get(mine) != lf[theirs]:
+            continue
+        if d.field == "checkpoint.last_model_path":
+            return d.key == str(index)
+        return d.field == "files.only_in_stepstone" and d.key == mine
+    return False
 
 
 def _one_epoch_later(a: Any, b: Any, final_epochs: set[Any]) -> bool:
@@ -76,11 +119,14 @@ def _one_epoch_later(a: Any, b: Any, final_epochs: set[Any]) -> bool:
     )
 
 
-def _newest_last(files: dict[str, Any], dirpath: str) -> tuple[str, Any] | None:
+def _newest_last(
+    files: dict[str, Any], dirpath: str, stale: tuple[str, Any] | None
+) -> tuple[str, Any] | None:
+    """The newest last file in ``dirpath``, leaving out ``stale`` (an earlier run's final last, unchanged)."""
     last = [
         (i["global_step"], r)
         for r, i in _last_files(files, dirpath).items()
-        if isinstance(i, dict) and "global_step" in i
+        if isinstance(i, dict) and "global_step" in i and (stale is None or (r, i) != stale)
     ]
     if not last or len({step for step, _ in last}) != len(last):
         return None  # none, or two at one step: not a single final save this predicate can pair
@@ -100,8 +146,11 @@ def _final_last_pair(ctx: Context, run: str, dirpath: str) -> tuple[tuple[str, A
     save, Lightning's written after the epoch counter moved on (see :func:`last_at_final_trigger`)."""
     if run not in ctx.lightning or run not in ctx.stepstone:
         return None
-    newest_l = _newest_last(ctx.lightning[run].get("files", {}), dirpath)
-    newest_s = _newest_last(ctx.stepstone[run].get("files", {}), dirpath)
+    # The earlier run's final last pair, still on disk as it was, is not this run's final save.
+    earlier = _final_last_pair(ctx, _CHAIN.get(run, ""), dirpath)
+    stale_l, stale_s = (None, None) if earlier is None else earlier
+    newest_l = _newest_last(ctx.lightning[run].get("files", {}), dirpath, stale_l)
+    newest_s = _newest_last(ctx.stepstone[run].get("files", {}), dirpath, stale_s)
     final_epochs = {obs.get("current_epoch") for obs in ctx.lightning.values()}
     if newest_l is None or newest_s is None or not _one_epoch_later(newest_l[1], newest_s[1], final_epochs):
         return None
@@ -119,8 +168,9 @@ def last_at_final_trigger(d: Difference, ctx: Context) -> bool:
     where Lightning's newest last file is a plain file (not a link) holding the final epoch of one of its runs
     and stepstone's newest last file in that folder holds the same global_step and exactly one epoch less:
     the content of a last file (such a pair under one name), or, when the names differ, each of the two files and
-    ``last_model_path`` naming them; and in a later run of the chain, stepstone's such file from the earlier
-    run, still on disk beside Lightning's.
+    ``last_model_path`` naming them; and in a later run of the chain, each framework's such file from the
+    earlier run, still on disk unchanged beside the other's (it is not that later run's newest: the pair there
+    may be two ``-vN`` names, written past the untracked earlier files).
     """
     if d.field == "checkpoint.last_model_path" and isinstance(d.lightning, str) and d.lightning:
         dirpath = os.path.dirname(d.lightning)
@@ -135,14 +185,15 @@ def last_at_final_trigger(d: Difference, ctx: Context) -> bool:
         return _one_epoch_later(d.lightning, d.stepstone, final_epochs)
     newest = _final_last_pair(ctx, d.run, dirpath)
     earlier = _final_last_pair(ctx, _CHAIN.get(d.run, ""), dirpath)
-    # The earlier run's final last, still on disk in this run (a resumed run does not track it).
-    if (
-        d.field == "files.only_in_stepstone"
-        and earlier is not None
-        and d.key == earlier[1][0]
-        and earlier[0][0] in ctx.lightning[d.run].get("files", {})
-    ):
-        return True
+    # The earlier run's final last, still on disk unchanged in this run (a resumed run does not track it), beside
+    # the other framework's.
+    if earlier is not None:
+        (l_name, l_info), (s_name, s_info) = earlier
+        lf, sf = ctx.lightning[d.run].get("files", {}), ctx.stepstone[d.run].get("files", {})
+        if d.field == "files.only_in_stepstone" and (d.key, d.stepstone) == (s_name, s_info) and l_name in lf:
+            return True
+        if d.field == "files.only_in_lightning" and (d.key, d.lightning) == (l_name, l_info) and s_name in sf:
+            return True
     if newest is None:
         return False
     newest_l, newest_s = newest

@@ -498,3 +498,96 @@ def test_checkpoints_in_a_logger_folder_are_labelled_by_name() -> None:
     assert file_kind("logs/version_1/checkpoints/epoch=4-step=25.ckpt") == "topk"
     assert file_kind("logs/version_1/checkpoints/last.ckpt") == "last"
     assert file_kind("logs/version_1/checkpoints/epoch=0-v1.ckpt") == "versioned"
+def _with_last(files: dict[str, Any], last: str, resumed: bool = False) -> dict[str, Any]:
+    """A stop run (or a run resumed from its mid-epoch file) whose callback's ``last_model_path`` is ``last``."""
+    source = {"manual/mid.ckpt": {"epoch": 1, "global_step": 5}}
+    state = {**_callback_state(""), "last_model_path": last}
+    make = _resumed if resumed else _fit
+    return make(files={**source, **files}, checkpoints=[state])
+
+
+def test_last_at_final_trigger_pairs_versioned_lasts_written_past_the_earlier_final_last() -> None:
+    # Both stop runs end with their final last (Lightning's rewritten at train end, one epoch later); the
+    # resumed runs do not track it and write a -v1 beside it (seed 899).
+    earlier_l, earlier_s = (
+        {"ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 6}},
+        {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 6}},
+    )
+    lightning = {
+        "stop": _with_last(earlier_l, "ckpt0/2-last.ckpt"),
+        "resume_mid": _with_last(
+            {**earlier_l, "ckpt0/2-last-v1.ckpt": {"epoch": 2, "global_step": 6}},
+            "ckpt0/2-last-v1.ckpt",
+            True,
+        ),
+    }
+    stepstone = {
+        "stop": _with_last(earlier_s, "ckpt0/1-last.ckpt"),
+        "resume_mid": _with_last(
+            {**earlier_s, "ckpt0/1-last-v1.ckpt": {"epoch": 1, "global_step": 6}},
+            "ckpt0/1-last-v1.ckpt",
+            True,
+        ),
+    }
+    assert compare(_config(), lightning, stepstone) == []
+    # A resumed last at another step is not the same final save.
+    other = copy.deepcopy(stepstone)
+    other["resume_mid"]["files"]["ckpt0/1-last-v1.ckpt"]["global_step"] = 5
+    diffs = compare(_config(), lightning, other)
+    assert {(d.field, d.key) for d in diffs} == {
+        ("checkpoint.last_model_path", "0"),
+        ("files.only_in_lightning", "ckpt0/2-last-v1.ckpt"),
+        ("files.only_in_stepstone", "ckpt0/1-last-v1.ckpt"),
+    }
+
+
+def test_last_at_final_trigger_explains_the_earlier_final_last_only_in_lightning_only_unchanged() -> None:
+    # The resumed runs write the same new last; the stop runs' final lasts stay on disk (seed 1994).
+    earlier_l, earlier_s = (
+        {"ckpt0/2-last.ckpt": {"epoch": 2, "global_step": 6}},
+        {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 6}},
+    )
+    new = {"ckpt0/3-last.ckpt": {"epoch": 3, "global_step": 9}}
+    lightning = {
+        "stop": _with_last(earlier_l, "ckpt0/2-last.ckpt"),
+        "resume_mid": _with_last({**earlier_l, **new}, "ckpt0/3-last.ckpt", True),
+    }
+    stepstone = {
+        "stop": _with_last(earlier_s, "ckpt0/1-last.ckpt"),
+        "resume_mid": _with_last({**earlier_s, **new}, "ckpt0/3-last.ckpt", True),
+    }
+    assert compare(_config(), lightning, stepstone) == []
+    changed = copy.deepcopy(lightning)
+    changed["resume_mid"]["files"]["ckpt0/2-last.ckpt"] = {"epoch": 2, "global_step": 7}
+    diffs = compare(_config(), changed, stepstone)
+    assert [(d.field, d.key) for d in diffs] == [("files.only_in_lightning", "ckpt0/2-last.ckpt")]
+
+
+def test_last_refreshed_explains_a_versioned_last_past_the_earlier_refreshed_last() -> None:
+    # stepstone's stop run refreshed last to final-6 at train end (Lightning kept final-5); the state resumed
+    # from names final-5, so stepstone's resumed run writes final-6-v1 where Lightning writes final-6 (seed 1275).
+    final_6 = {"epoch": 3, "global_step": 6}
+    lightning = {
+        "stop": _with_last({"ckpt0/final-5.ckpt": {"epoch": 2, "global_step": 5}}, "ckpt0/final-5.ckpt"),
+        "resume_mid": _with_last({"ckpt0/final-6.ckpt": final_6}, "ckpt0/final-6.ckpt", True),
+    }
+    stepstone = {
+        "stop": _with_last({"ckpt0/final-6.ckpt": final_6}, "ckpt0/final-6.ckpt"),
+        "resume_mid": _with_last(
+            {"ckpt0/final-6.ckpt": final_6, "ckpt0/final-6-v1.ckpt": final_6}, "ckpt0/final-6-v1.ckpt", True
+        ),
+    }
+    assert compare(_config(), lightning, stepstone) == []
+    reported = {("checkpoint.last_model_path", "0"), ("files.only_in_stepstone", "ckpt0/final-6-v1.ckpt")}
+    # Lightning's stop run had final-6 too: the name was taken alike, the -v1 is not explained.
+    taken = copy.deepcopy(lightning)
+    taken["stop"]["files"]["ckpt0/final-6.ckpt"] = final_6
+    assert {(d.field, d.key) for d in compare(_config(), taken, stepstone) if d.run != "stop"} == reported
+    # The -v1 holds another save than Lightning's final-6.
+    other = copy.deepcopy(stepstone)
+    other["resume_mid"]["files"]["ckpt0/final-6-v1.ckpt"] = {"epoch": 3, "global_step": 7}
+    assert {(d.field, d.key) for d in compare(_config(), lightning, other)} == reported
+    # Not resumed: nothing of the earlier run explains it.
+    fresh_l = {"stop": lightning["stop"], "resume_mid": {**lightning["resume_mid"], "ckpt_path": None}}
+    fresh_s = {"stop": stepstone["stop"], "resume_mid": {**stepstone["resume_mid"], "ckpt_path": None}}
+    assert {(d.field, d.key) for d in compare(_config(), fresh_l, fresh_s)} >= reported
