@@ -113,7 +113,7 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
         return extra  # no step and no validation ran, so every value there came from the checkpoint
     restored = set(stepstone.get("metrics_at_start") or [])
     if _finished_epoch_end(ctx, run):
-        restored |= _epoch_keys(ctx.config)
+        restored |= epoch_keys(ctx.config)
     runs_l, runs_s, step = lightning.get("val_runs"), stepstone.get("val_runs"), resume_step(ctx, run)
     if isinstance(runs_s, list) and runs_s and runs_s[0][0] == step and runs_s[1:] == runs_l:
         restored.add(VAL_KEY)  # logged by the pending validation (3), which Lightning does not run
@@ -123,7 +123,7 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
 _MISSING_MONITOR = re.compile(r"ModelCheckpoint\(monitor='([^']+)'\)` could not find the monitored key")
 
 
-def _epoch_keys(config: Config) -> set[str]:
+def epoch_keys(config: Config) -> set[str]:
     """``callback_metrics`` keys that hold the training metric's epoch mean once an epoch has ended."""
     if not config["logging"]["train_on_epoch"]:
         return set()
@@ -150,7 +150,7 @@ def monitor_found_after_resume(d: Difference, ctx: Context) -> bool:
         return True
     info = resume_file(ctx, d.run) or {}
     first = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])[:1]]
-    return key in _epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
+    return key in epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
 
 
 def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
@@ -165,7 +165,7 @@ def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
     return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
 
 
-def _number_same(observed: Any, expected: float) -> bool:
+def number_same(observed: Any, expected: float) -> bool:
     if isinstance(observed, str):  # NaN and infinities are recorded as their repr
         return math.isnan(expected) and observed == "nan"
     return isinstance(observed, float) and same(observed, expected)
@@ -186,21 +186,35 @@ def whole_epoch_mean(d: Difference, ctx: Context) -> bool:
         or not isinstance(d.stepstone, dict)
     ):
         return False
-    pairs_l = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])]
-    pairs_s = [list(t[:2]) for t in ctx.stepstone[d.run].get("trained", [])]
-    if resume_step(ctx, d.run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
-        return False
-    epoch, extra = pairs_l[0][0], d.stepstone.keys() - d.lightning.keys()
-    if any(e != epoch for e, _ in pairs_l) or not d.lightning.keys() <= d.stepstone.keys():
+    means = resumed_epoch_means(ctx, d.run)
+    extra = d.stepstone.keys() - d.lightning.keys()
+    if means is None or not d.lightning.keys() <= d.stepstone.keys():
         return False
     if not extra <= _restored_keys(ctx, d.run, extra):
         return False
     differing = {k for k in d.lightning if not same(d.lightning[k], d.stepstone[k])}
-    if not differing or not differing <= _epoch_keys(ctx.config):
+    if not differing or not differing <= epoch_keys(ctx.config):
         return False
+    after, whole = means
+    return all(number_same(d.stepstone[k], whole) and number_same(d.lightning[k], after) for k in differing)
+
+
+def resumed_epoch_means(ctx: Context, run: str) -> tuple[float, float] | None:
+    """The training metric's epoch mean (Lightning's, stepstone's) at the end of a run resumed mid-epoch.
+
+    Returns None unless ``run`` resumed mid-epoch (Lightning's first batch is not batch 0), both frameworks
+    trained the same batches and the run ended inside that epoch. Lightning's mean covers the batches trained
+    after the resume, stepstone's every batch of the epoch so far (7).
+    """
+    pairs_l = [list(t[:2]) for t in ctx.lightning[run].get("trained", [])]
+    pairs_s = [list(t[:2]) for t in ctx.stepstone[run].get("trained", [])]
+    if resume_step(ctx, run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
+        return None
+    epoch = pairs_l[0][0]
+    if any(e != epoch for e, _ in pairs_l):
+        return None
     whole = _epoch_mean(ctx, epoch, list(range(pairs_l[-1][1] + 1)))
-    after = _epoch_mean(ctx, epoch, [i for _, i in pairs_l])
-    return all(_number_same(d.stepstone[k], whole) and _number_same(d.lightning[k], after) for k in differing)
+    return _epoch_mean(ctx, epoch, [i for _, i in pairs_l]), whole
 
 
 def _batches_per_epoch(config: Config) -> int:

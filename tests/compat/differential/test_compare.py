@@ -479,3 +479,50 @@ def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     loadable = {"ckpt0/last.ckpt": {"link": "a.ckpt", "epoch": 0, "global_step": 1}}
     diffs = compare(config, {"fit": _fit(files=loadable)}, {"fit": _fit(files={})})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with_the_exact_values() -> None:
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]]]
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+
+    def run(mean: float, name: str, score: float | None = None) -> dict[str, Any]:
+        path, score = f"ckpt0/{name}.ckpt", mean if score is None else score
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": score,
+            "kth_best_model_path": path,
+            "kth_value": score,
+            "last_model_path": "",
+            "current_score": score,
+            "best_k_models": {path: score},
+        }
+        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 1, "global_step": 6}}
+        obs = _resumed(
+            trained=trained, callback_metrics={"train_m": mean}, checkpoints=[callback], files=files
+        )
+        return {"resume_mid": obs}
+
+    assert compare(config, run(after, "6-0.375"), run(whole, "6-0.292-v1")) == []
+    # A score or a name that is not the other mean is reported.
+    wrong_name = compare(config, run(after, "6-0.375"), run(whole, "6-0.300"))
+    assert {d.field for d in wrong_name} >= {"checkpoint.best_model_path", "files.only_in_stepstone"}
+    assert "checkpoint.best_model_score" not in {d.field for d in wrong_name}
+    # Monitoring another key, only the names may carry the means; the scores must agree.
+    config["checkpoints"][0]["monitor"] = "val_m"
+    assert compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.5)) == []
+    fields = {d.field for d in compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.25))}
+    assert "checkpoint.current_score" in fields and "checkpoint.best_model_path" not in fields
+    config["checkpoints"][0]["monitor"] = "train_m"
+    # Without the whole-epoch mean in callback_metrics, nothing is excused.
+    same_metrics = run(whole, "6-0.292")
+    same_metrics["resume_mid"]["callback_metrics"] = {"train_m": after}
+    assert {"checkpoint.current_score", "files.only_in_stepstone"} <= {
+        d.field for d in compare(config, run(after, "6-0.375"), same_metrics)
+    }
