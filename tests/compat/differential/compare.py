@@ -113,6 +113,7 @@ DELIBERATE: dict[str, Predicate] = {
     "mid_epoch_resume_data": resume.mid_epoch_data,
     "mid_epoch_resume_weights": resume.mid_epoch_weights,
     "pending_validation_after_resume": resume.pending_validation,
+    "pending_validation_in_checkpoint_decisions": resume.pending_validation_decisions,
     "restored_metrics_on_resume": resume.restored_metrics,
     "monitored_key_found_after_resume": resume.monitor_found_after_resume,
     "whole_epoch_mean_after_mid_epoch_resume": resume.whole_epoch_mean,

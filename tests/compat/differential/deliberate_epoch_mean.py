@@ -13,27 +13,14 @@ import os
 import re
 from typing import Any
 
-from compat.differential.configs import Config
 from compat.differential.deliberate_resume import epoch_keys, number_same, resumed_epoch_means
-from compat.differential.difference import Context, Difference, resume_step
+from compat.differential.difference import Context, Difference, is_dir_of, resume_step, uses_any
 
 _WHOLE_EPOCH_MEAN = "whole_epoch_mean_after_mid_epoch_resume"
 _SCORES = {"checkpoint.current_score", "checkpoint.best_model_score", "checkpoint.kth_value"}
 _PATHS = {"checkpoint.best_model_path", "checkpoint.kth_best_model_path", "checkpoint.last_model_path"}
 _NUMBER = re.compile(r"\d+\.\d+")
 _VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
-
-
-def _is_dir_of(checkpoint: Config, dirpath: str) -> bool:
-    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
-        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
-    return bool(checkpoint["dirpath"] == dirpath)
-
-
-def _uses_epoch_mean(checkpoint: Config, keys: set[str]) -> bool:
-    template = checkpoint["filename"] or ""
-    in_name = any(re.search(r"\{" + re.escape(k) + r"[:}]", template) for k in keys)
-    return checkpoint["monitor"] in keys or in_name
 
 
 def _rendered(text: str, expected: float) -> bool:
@@ -110,7 +97,7 @@ def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
         return False
     means = resumed_epoch_means(ctx, d.run)
     keys = epoch_keys(ctx.config)
-    users = [c for c in ctx.config["checkpoints"] if _uses_epoch_mean(c, keys)]
+    users = [c for c in ctx.config["checkpoints"] if uses_any(c, keys)]
     if means is None or not users:
         return False
     if d.field.startswith("checkpoint.") and d.key.isdigit():
@@ -126,6 +113,6 @@ def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
             return _best_k_match(d.lightning, d.stepstone, means, monitored)
         return False
     if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
-        in_folder = any(_is_dir_of(c, os.path.dirname(d.key)) for c in users)
+        in_folder = any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
         return in_folder and d.kind != "manual" and _paired_file(d, ctx, means)
     return False

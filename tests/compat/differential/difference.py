@@ -92,3 +92,18 @@ def resume_step(ctx: Context, run: str) -> int | None:
     """global_step inside the file a run resumed from (None if the run did not resume)."""
     info = resume_file(ctx, run)
     return None if info is None else int(info["global_step"])
+
+
+def is_dir_of(checkpoint: Config, dirpath: str) -> bool:
+    """Whether ``dirpath`` (relative to the run's root) is where the checkpoint callback ``checkpoint`` saves."""
+    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
+        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
+    return bool(checkpoint["dirpath"] == dirpath)
+
+
+def uses_any(checkpoint: Config, keys: set[str]) -> bool:
+    """Whether the checkpoint callback ``checkpoint`` monitors one of ``keys`` or formats one into its names."""
+    template = checkpoint["filename"] or ""
+    return checkpoint["monitor"] in keys or any(
+        re.search(r"\{" + re.escape(k) + r"[:}]", template) for k in keys
+    )

@@ -526,3 +526,36 @@ def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with
     assert {"checkpoint.current_score", "files.only_in_stepstone"} <= {
         d.field for d in compare(config, run(after, "6-0.375"), same_metrics)
     }
+
+
+def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_before_lightnings_first() -> None:
+    config = _config()
+    config["checkpoints"][0].update(monitor="val_m", filename="{step}", save_last=None)
+
+    def run(saved_at: int, val_runs: list[list[int]]) -> dict[str, Any]:
+        path = f"ckpt0/step={saved_at}.ckpt"
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": 0.5,
+            "kth_best_model_path": path,
+            "kth_value": 0.5,
+            "last_model_path": "",
+            "current_score": 0.5,
+            "best_k_models": {path: 0.5},
+        }
+        files = {
+            "manual/mid.ckpt": {"epoch": 0, "global_step": 1},
+            path: {"epoch": 1, "global_step": saved_at},
+        }
+        return {"resume_mid": _resumed(val_runs=val_runs, checkpoints=[callback], files=files)}
+
+    lightning = run(6, [[4, 1], [6, 2]])
+    # stepstone's pending validation at the resumed step 1 published val_m: it saved at step 4, Lightning could not.
+    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) == []
+    # Without that validation, or saved after Lightning's first validation, nothing is excused.
+    assert compare(config, lightning, run(4, [[4, 1], [6, 2]])) != []
+    assert compare(config, lightning, run(5, [[1, 0], [4, 1], [6, 2]])) != []
+    # Nor in a callback that does not use the validation key.
+    config["checkpoints"][0]["monitor"] = "train_m"
+    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) != []
