@@ -76,12 +76,22 @@ def file_kind(rel: str) -> str:
     return "topk"
 
 
+_STARTS_FROM = {
+    "continue": "fit",
+    "resume_file": "stop",
+    "resume_mid": "stop",
+}  # whose files a run starts with
+
+
 def resume_file(ctx: Context, run: str) -> dict[str, Any] | None:
     """``epoch``/``global_step`` inside the file a run resumed from (None if the run did not resume)."""
     source = ctx.lightning[run].get("ckpt_path")
     if not source or source != ctx.stepstone[run].get("ckpt_path"):
         return None
-    for name in (run, "stop", "fit"):
+    # The file as it was when the run started: the run may have overwritten it (a callback saving under the
+    # same name), so the earlier run of its chain comes first; the run's own files hold a file saved between
+    # the runs (``manual/final.ckpt``, written after ``fit`` was observed).
+    for name in (_STARTS_FROM.get(run, run), run):
         info = ctx.lightning.get(name, {}).get("files", {}).get(source)
         if isinstance(info, dict) and "global_step" in info:
             return info
