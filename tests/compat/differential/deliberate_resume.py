@@ -14,8 +14,10 @@ from typing import Any
 from compat.differential.configs import TRAIN_KEY, VAL_KEY, Config
 from compat.differential.difference import (
     MISSING,
+    STARTS_FROM,
     Context,
     Difference,
+    file_kind,
     is_dir_of,
     resume_file,
     resume_step,
@@ -342,11 +344,14 @@ def epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
 
     Explains the step/epoch counters, validation runs, final metrics and weights, and the checkpoint files
     (and the ModelCheckpoint attributes naming them) written from the resumed step on, in a run that
-    :func:`_epoch_end_restart` matches.
+    :func:`_epoch_end_restart` matches; and an earlier top-k file that such a save replaced in stepstone
+    (:func:`_evicted_by_later_save`).
     """
     if d.field in _TRAINING_CONSEQUENCES:
         return _epoch_end_restart(ctx, d.run)
     step = resume_step(ctx, d.run)
+    if step is not None and _evicted_by_later_save(d, ctx, step):
+        return _epoch_end_restart(ctx, d.run)
     if d.field.startswith("files.") and d.kind != "logger" and step is not None:
         written = [v for v in (d.lightning, d.stepstone) if isinstance(v, dict) and "global_step" in v]
         # From the resumed step on: validation after an accumulating batch of the epoch Lightning skipped saves
@@ -359,6 +364,27 @@ def epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
     if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath":
         return _epoch_end_restart(ctx, d.run)
     return False
+
+
+def _evicted_by_later_save(d: Difference, ctx: Context, step: int) -> bool:
+    """Whether ``d`` is a top-k file only Lightning still has, that stepstone had when the run started and
+    replaced by a top-k save of the same folder from the resumed ``step`` on (``save_top_k`` keeps k files)."""
+    if d.field != "files.only_in_lightning" or d.kind not in ("topk", "versioned"):
+        return False
+    dirpath = os.path.dirname(d.key)
+    started = ctx.stepstone.get(STARTS_FROM.get(d.run, ""), {}).get("files", {})
+    callbacks = [c for c in ctx.config["checkpoints"] if is_dir_of(c, dirpath)]
+    if started.get(d.key) != d.lightning or not any(c["save_top_k"] > 0 for c in callbacks):
+        return False
+    files_l = ctx.lightning[d.run].get("files", {})
+    return any(
+        os.path.dirname(rel) == dirpath
+        and rel not in files_l
+        and file_kind(rel) in ("topk", "versioned")
+        and isinstance(info, dict)
+        and info.get("global_step", -1) >= step
+        for rel, info in ctx.stepstone[d.run].get("files", {}).items()
+    )
 
 
 def metrics_file_after_resume(d: Difference, ctx: Context) -> bool:

@@ -76,7 +76,7 @@ def file_kind(rel: str) -> str:
     return "topk"
 
 
-_STARTS_FROM = {
+STARTS_FROM = {
     "continue": "fit",
     "resume_file": "stop",
     "resume_mid": "stop",
@@ -91,7 +91,7 @@ def resume_file(ctx: Context, run: str) -> dict[str, Any] | None:
     # The file as it was when the run started: the run may have overwritten it (a callback saving under the
     # same name), so the earlier run of its chain comes first; the run's own files hold a file saved between
     # the runs (``manual/final.ckpt``, written after ``fit`` was observed).
-    for name in (_STARTS_FROM.get(run, run), run):
+    for name in (STARTS_FROM.get(run, run), run):
         info = ctx.lightning.get(name, {}).get("files", {}).get(source)
         if isinstance(info, dict) and "global_step" in info:
             return info

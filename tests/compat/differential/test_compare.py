@@ -559,3 +559,28 @@ def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_befor
     # Nor in a callback that does not use the validation key.
     config["checkpoints"][0]["monitor"] = "train_m"
     assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) != []
+
+
+def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_stepstone_had_it() -> None:
+    config = _two_batch_epochs()
+    config["checkpoints"][0].update(save_top_k=1, save_last=None)
+    earlier = {"ckpt0/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}}
+    fit = _fit(files=earlier)
+    empty = _continued([], global_step=2, current_epoch=3)
+    empty["files"] = {**empty["files"], **earlier}
+    whole = _continued([[1, 0], [1, 1]], global_step=3, current_epoch=3)
+    whole["files"] = {**whole["files"], "ckpt0/epoch=1-step=3.ckpt": {"epoch": 1, "global_step": 3}}
+    callback = {"dirpath": "ckpt0", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    empty["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=0-step=1.ckpt"}]
+    whole["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=1-step=3.ckpt"}]
+    # stepstone's save at step 3 (after the resumed step 2) replaced its top-1 file of step 1.
+    assert compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole}) == []
+    # Not when stepstone never had that file.
+    fit_without = _fit(files={})
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit_without, "continue": whole})
+    assert [d.field for d in diffs if d.run == "continue"] == ["files.only_in_lightning"]
+    # Nor when the callback keeps every file (nothing is replaced).
+    config["checkpoints"][0]["save_top_k"] = -1
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]
