@@ -22,7 +22,6 @@ from compat.differential.difference import (
     resume_file,
     resume_step,
     same,
-    uses_any,
 )
 from compat.differential.program import Observation
 
@@ -66,54 +65,6 @@ def pending_validation(d: Difference, ctx: Context) -> bool:
     if d.field != "val_runs" or step is None or not isinstance(d.stepstone, list) or not d.stepstone:
         return False
     return d.stepstone[0][0] == step and d.stepstone[1:] == d.lightning
-
-
-def _early_save(ctx: Context, run: str, checkpoint: Config, step: int) -> bool:
-    """Whether stepstone saved a file (only it has) in ``checkpoint``'s folder after the resumed ``step`` and no
-    later than Lightning's first validation after the resume (before which Lightning lacks the validation key;
-    a trigger at that step's batch end comes before that validation)."""
-    runs_l = ctx.lightning[run].get("val_runs") or []
-    first_val = runs_l[0][0] if runs_l else math.inf
-    files_l = ctx.lightning[run].get("files", {})
-    return any(
-        isinstance(info, dict)
-        and step < info.get("global_step", -1) <= first_val
-        and rel not in files_l
-        and rel.endswith(".ckpt")
-        and is_dir_of(checkpoint, os.path.dirname(rel))
-        for rel, info in ctx.stepstone[run].get("files", {}).items()
-    )
-
-
-def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
-    """(3, consequence) A checkpoint trigger soon after a resume sees the pending validation's metric.
-
-    stepstone runs the interrupted epoch's validation right after the resume (3), so the validation key is in
-    ``callback_metrics`` before Lightning's first validation of the resumed run; a trigger in between saves a
-    top-k file (Lightning skips it: the monitored key is missing) or formats the key into the name (Lightning
-    writes 0), and later top-k decisions follow from that one. Explains, in a run where (3) explained
-    ``val_runs`` and Lightning did not start with the key, the attributes of a callback that monitors it or
-    formats it into its names, and files in its folder written after the resume, when stepstone saved there
-    (a file only it has) before Lightning's first validation.
-    """
-    step = resume_step(ctx, d.run)
-    if step is None or (d.run, "pending_validation_after_resume") not in ctx.explained:
-        return False
-    if VAL_KEY in (ctx.lightning[d.run].get("metrics_at_start") or []):
-        return False
-    users = [
-        c for c in ctx.config["checkpoints"] if uses_any(c, {VAL_KEY}) and _early_save(ctx, d.run, c, step)
-    ]
-    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath" and d.key.isdigit():
-        index = int(d.key)
-        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in users
-    if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
-        info = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
-        written_after = isinstance(info, dict) and info.get("global_step", -1) > step
-        return (
-            written_after and d.kind != "manual" and any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
-        )
-    return False
 
 
 def nothing_ran(obs: Observation) -> bool:

@@ -1,9 +1,10 @@
-"""Deliberate difference: ModelCheckpoint sees the whole-epoch mean after a mid-epoch resume.
+"""Deliberate differences of a resumed run's metrics that reach ModelCheckpoint's decisions.
 
-A consequence of (7) ``whole_epoch_mean_after_mid_epoch_resume``: the epoch mean that reaches
-``callback_metrics`` is also what a ModelCheckpoint monitors or formats into a file name, so the scores it
-records and the names it writes carry stepstone's whole-epoch mean where Lightning's carry the mean of the
-batches after the resume. The predicate recomputes both means from the configuration and checks them.
+(7, consequence) The whole-epoch mean after a mid-epoch resume is also what a ModelCheckpoint monitors or
+formats into a file name, so the scores it records and the names it writes carry stepstone's whole-epoch mean
+where Lightning's carry the mean of the batches after the resume (the predicate recomputes both means from the
+configuration and checks them). (3, consequence) The pending validation's metric is there for a trigger
+before Lightning's first validation of the resumed run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 from typing import Any
 
+from compat.differential.configs import VAL_KEY, Config
 from compat.differential.deliberate_resume import epoch_keys, number_same, resumed_epoch_means
 from compat.differential.difference import Context, Difference, is_dir_of, resume_step, uses_any
 
@@ -115,4 +117,52 @@ def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
     if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
         in_folder = any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
         return in_folder and d.kind != "manual" and _paired_file(d, ctx, means)
+    return False
+
+
+def _early_save(ctx: Context, run: str, checkpoint: Config, step: int) -> bool:
+    """Whether stepstone saved a file (only it has) in ``checkpoint``'s folder after the resumed ``step`` and no
+    later than Lightning's first validation after the resume (before which Lightning lacks the validation key;
+    a trigger at that step's batch end comes before that validation)."""
+    runs_l = ctx.lightning[run].get("val_runs") or []
+    first_val = runs_l[0][0] if runs_l else math.inf
+    files_l = ctx.lightning[run].get("files", {})
+    return any(
+        isinstance(info, dict)
+        and step < info.get("global_step", -1) <= first_val
+        and rel not in files_l
+        and rel.endswith(".ckpt")
+        and is_dir_of(checkpoint, os.path.dirname(rel))
+        for rel, info in ctx.stepstone[run].get("files", {}).items()
+    )
+
+
+def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
+    """(3, consequence) A checkpoint trigger soon after a resume sees the pending validation's metric.
+
+    stepstone runs the interrupted epoch's validation right after the resume (3), so the validation key is in
+    ``callback_metrics`` before Lightning's first validation of the resumed run; a trigger in between saves a
+    top-k file (Lightning skips it: the monitored key is missing) or formats the key into the name (Lightning
+    writes 0), and later top-k decisions follow from that one. Explains, in a run where (3) explained
+    ``val_runs`` and Lightning did not start with the key, the attributes of a callback that monitors it or
+    formats it into its names, and files in its folder written after the resume, when stepstone saved there
+    (a file only it has) before Lightning's first validation.
+    """
+    step = resume_step(ctx, d.run)
+    if step is None or (d.run, "pending_validation_after_resume") not in ctx.explained:
+        return False
+    if VAL_KEY in (ctx.lightning[d.run].get("metrics_at_start") or []):
+        return False
+    users = [
+        c for c in ctx.config["checkpoints"] if uses_any(c, {VAL_KEY}) and _early_save(ctx, d.run, c, step)
+    ]
+    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath" and d.key.isdigit():
+        index = int(d.key)
+        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in users
+    if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
+        info = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
+        written_after = isinstance(info, dict) and info.get("global_step", -1) > step
+        return (
+            written_after and d.kind != "manual" and any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
+        )
     return False
