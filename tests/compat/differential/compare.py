@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from compat.differential import deliberate_checkpoint_decisions as decisions
 from compat.differential import deliberate_last as last
 from compat.differential import deliberate_resume as resume
 from compat.differential.configs import Config
@@ -112,9 +113,11 @@ DELIBERATE: dict[str, Predicate] = {
     "mid_epoch_resume_data": resume.mid_epoch_data,
     "mid_epoch_resume_weights": resume.mid_epoch_weights,
     "pending_validation_after_resume": resume.pending_validation,
+    "pending_validation_in_checkpoint_decisions": decisions.pending_validation_decisions,
     "restored_metrics_on_resume": resume.restored_metrics,
     "monitored_key_found_after_resume": resume.monitor_found_after_resume,
     "whole_epoch_mean_after_mid_epoch_resume": resume.whole_epoch_mean,
+    "whole_epoch_mean_in_checkpoints": decisions.checkpoint_epoch_mean,
     "full_epoch_after_epoch_end_restart": resume.epoch_end_restart_batches,
     "full_epoch_after_epoch_end_restart_consequences": resume.epoch_end_restart_consequences,
     "metrics_file_after_resume": resume.metrics_file_after_resume,

@@ -7,14 +7,18 @@ observations it causes, in the situation where it causes them.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
 from compat.differential.configs import TRAIN_KEY, VAL_KEY, Config
 from compat.differential.difference import (
     MISSING,
+    STARTS_FROM,
     Context,
     Difference,
+    file_kind,
+    is_dir_of,
     resume_file,
     resume_step,
     same,
@@ -113,7 +117,7 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
         return extra  # no step and no validation ran, so every value there came from the checkpoint
     restored = set(stepstone.get("metrics_at_start") or [])
     if _finished_epoch_end(ctx, run):
-        restored |= _epoch_keys(ctx.config)
+        restored |= epoch_keys(ctx.config)
     runs_l, runs_s, step = lightning.get("val_runs"), stepstone.get("val_runs"), resume_step(ctx, run)
     if isinstance(runs_s, list) and runs_s and runs_s[0][0] == step and runs_s[1:] == runs_l:
         restored.add(VAL_KEY)  # logged by the pending validation (3), which Lightning does not run
@@ -123,7 +127,7 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
 _MISSING_MONITOR = re.compile(r"ModelCheckpoint\(monitor='([^']+)'\)` could not find the monitored key")
 
 
-def _epoch_keys(config: Config) -> set[str]:
+def epoch_keys(config: Config) -> set[str]:
     """``callback_metrics`` keys that hold the training metric's epoch mean once an epoch has ended."""
     if not config["logging"]["train_on_epoch"]:
         return set()
@@ -150,7 +154,7 @@ def monitor_found_after_resume(d: Difference, ctx: Context) -> bool:
         return True
     info = resume_file(ctx, d.run) or {}
     first = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])[:1]]
-    return key in _epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
+    return key in epoch_keys(ctx.config) and first == [[info.get("epoch", -2) + 1, 0]]
 
 
 def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
@@ -165,7 +169,7 @@ def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
     return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
 
 
-def _number_same(observed: Any, expected: float) -> bool:
+def number_same(observed: Any, expected: float) -> bool:
     if isinstance(observed, str):  # NaN and infinities are recorded as their repr
         return math.isnan(expected) and observed == "nan"
     return isinstance(observed, float) and same(observed, expected)
@@ -186,21 +190,35 @@ def whole_epoch_mean(d: Difference, ctx: Context) -> bool:
         or not isinstance(d.stepstone, dict)
     ):
         return False
-    pairs_l = [list(t[:2]) for t in ctx.lightning[d.run].get("trained", [])]
-    pairs_s = [list(t[:2]) for t in ctx.stepstone[d.run].get("trained", [])]
-    if resume_step(ctx, d.run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
-        return False
-    epoch, extra = pairs_l[0][0], d.stepstone.keys() - d.lightning.keys()
-    if any(e != epoch for e, _ in pairs_l) or not d.lightning.keys() <= d.stepstone.keys():
+    means = resumed_epoch_means(ctx, d.run)
+    extra = d.stepstone.keys() - d.lightning.keys()
+    if means is None or not d.lightning.keys() <= d.stepstone.keys():
         return False
     if not extra <= _restored_keys(ctx, d.run, extra):
         return False
     differing = {k for k in d.lightning if not same(d.lightning[k], d.stepstone[k])}
-    if not differing or not differing <= _epoch_keys(ctx.config):
+    if not differing or not differing <= epoch_keys(ctx.config):
         return False
+    after, whole = means
+    return all(number_same(d.stepstone[k], whole) and number_same(d.lightning[k], after) for k in differing)
+
+
+def resumed_epoch_means(ctx: Context, run: str) -> tuple[float, float] | None:
+    """The training metric's epoch mean (Lightning's, stepstone's) at the end of a run resumed mid-epoch.
+
+    Returns None unless ``run`` resumed mid-epoch (Lightning's first batch is not batch 0), both frameworks
+    trained the same batches and the run ended inside that epoch. Lightning's mean covers the batches trained
+    after the resume, stepstone's every batch of the epoch so far (7).
+    """
+    pairs_l = [list(t[:2]) for t in ctx.lightning[run].get("trained", [])]
+    pairs_s = [list(t[:2]) for t in ctx.stepstone[run].get("trained", [])]
+    if resume_step(ctx, run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
+        return None
+    epoch = pairs_l[0][0]
+    if any(e != epoch for e, _ in pairs_l):
+        return None
     whole = _epoch_mean(ctx, epoch, list(range(pairs_l[-1][1] + 1)))
-    after = _epoch_mean(ctx, epoch, [i for _, i in pairs_l])
-    return all(_number_same(d.stepstone[k], whole) and _number_same(d.lightning[k], after) for k in differing)
+    return _epoch_mean(ctx, epoch, [i for _, i in pairs_l]), whole
 
 
 def _batches_per_epoch(config: Config) -> int:
@@ -277,11 +295,14 @@ def epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
 
     Explains the step/epoch counters, validation runs, final metrics and weights, and the checkpoint files
     (and the ModelCheckpoint attributes naming them) written from the resumed step on, in a run that
-    :func:`_epoch_end_restart` matches.
+    :func:`_epoch_end_restart` matches; and an earlier top-k file that such a save replaced in stepstone
+    (:func:`_evicted_by_later_save`).
     """
     if d.field in _TRAINING_CONSEQUENCES:
         return _epoch_end_restart(ctx, d.run)
     step = resume_step(ctx, d.run)
+    if step is not None and _evicted_by_later_save(d, ctx, step):
+        return _epoch_end_restart(ctx, d.run)
     if d.field.startswith("files.") and d.kind != "logger" and step is not None:
         written = [v for v in (d.lightning, d.stepstone) if isinstance(v, dict) and "global_step" in v]
         # From the resumed step on: validation after an accumulating batch of the epoch Lightning skipped saves
@@ -297,6 +318,27 @@ def epoch_end_restart_consequences(d: Difference, ctx: Context) -> bool:
 
 
 _EXTRA_VALIDATION = ("pending_validation_after_resume", "full_epoch_after_epoch_end_restart_consequences")
+
+
+def _evicted_by_later_save(d: Difference, ctx: Context, step: int) -> bool:
+    """Whether ``d`` is a top-k file only Lightning still has, that stepstone had when the run started and
+    replaced by a top-k save of the same folder from the resumed ``step`` on (``save_top_k`` keeps k files)."""
+    if d.field != "files.only_in_lightning" or d.kind not in ("topk", "versioned"):
+        return False
+    dirpath = os.path.dirname(d.key)
+    started = ctx.stepstone.get(STARTS_FROM.get(d.run, ""), {}).get("files", {})
+    callbacks = [c for c in ctx.config["checkpoints"] if is_dir_of(c, dirpath)]
+    if started.get(d.key) != d.lightning or not any(c["save_top_k"] > 0 for c in callbacks):
+        return False
+    files_l = ctx.lightning[d.run].get("files", {})
+    return any(
+        os.path.dirname(rel) == dirpath
+        and rel not in files_l
+        and file_kind(rel) in ("topk", "versioned")
+        and isinstance(info, dict)
+        and info.get("global_step", -1) >= step
+        for rel, info in ctx.stepstone[d.run].get("files", {}).items()
+    )
 
 
 def metrics_file_after_resume(d: Difference, ctx: Context) -> bool:

@@ -78,12 +78,22 @@ def file_kind(rel: str) -> str:
     return "topk"
 
 
+STARTS_FROM = {
+    "continue": "fit",
+    "resume_file": "stop",
+    "resume_mid": "stop",
+}  # whose files a run starts with
+
+
 def resume_file(ctx: Context, run: str) -> dict[str, Any] | None:
     """``epoch``/``global_step`` inside the file a run resumed from (None if the run did not resume)."""
     source = ctx.lightning[run].get("ckpt_path")
     if not source or source != ctx.stepstone[run].get("ckpt_path"):
         return None
-    for name in (run, "stop", "fit"):
+    # The file as it was when the run started: the run may have overwritten it (a callback saving under the
+    # same name), so the earlier run of its chain comes first; the run's own files hold a file saved between
+    # the runs (``manual/final.ckpt``, written after ``fit`` was observed).
+    for name in (STARTS_FROM.get(run, run), run):
         info = ctx.lightning.get(name, {}).get("files", {}).get(source)
         if isinstance(info, dict) and "global_step" in info:
             return info
@@ -94,3 +104,18 @@ def resume_step(ctx: Context, run: str) -> int | None:
     """global_step inside the file a run resumed from (None if the run did not resume)."""
     info = resume_file(ctx, run)
     return None if info is None else int(info["global_step"])
+
+
+def is_dir_of(checkpoint: Config, dirpath: str) -> bool:
+    """Whether ``dirpath`` (relative to the run's root) is where the checkpoint callback ``checkpoint`` saves."""
+    if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints
+        return dirpath == "checkpoints" or dirpath.endswith("/checkpoints")
+    return bool(checkpoint["dirpath"] == dirpath)
+
+
+def uses_any(checkpoint: Config, keys: set[str]) -> bool:
+    """Whether the checkpoint callback ``checkpoint`` monitors one of ``keys`` or formats one into its names."""
+    template = checkpoint["filename"] or ""
+    return checkpoint["monitor"] in keys or any(
+        re.search(r"\{" + re.escape(k) + r"[:}]", template) for k in keys
+    )

@@ -498,6 +498,8 @@ def test_checkpoints_in_a_logger_folder_are_labelled_by_name() -> None:
     assert file_kind("logs/version_1/checkpoints/epoch=4-step=25.ckpt") == "topk"
     assert file_kind("logs/version_1/checkpoints/last.ckpt") == "last"
     assert file_kind("logs/version_1/checkpoints/epoch=0-v1.ckpt") == "versioned"
+
+
 def _with_last(files: dict[str, Any], last: str, resumed: bool = False) -> dict[str, Any]:
     """A stop run (or a run resumed from its mid-epoch file) whose callback's ``last_model_path`` is ``last``."""
     source = {"manual/mid.ckpt": {"epoch": 1, "global_step": 5}}
@@ -591,3 +593,108 @@ def test_last_refreshed_explains_a_versioned_last_past_the_earlier_refreshed_las
     fresh_l = {"stop": lightning["stop"], "resume_mid": {**lightning["resume_mid"], "ckpt_path": None}}
     fresh_s = {"stop": stepstone["stop"], "resume_mid": {**stepstone["resume_mid"], "ckpt_path": None}}
     assert {(d.field, d.key) for d in compare(_config(), fresh_l, fresh_s)} >= reported
+
+
+def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with_the_exact_values() -> None:
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]]]
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+
+    def run(mean: float, name: str, score: float | None = None) -> dict[str, Any]:
+        path, score = f"ckpt0/{name}.ckpt", mean if score is None else score
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": score,
+            "kth_best_model_path": path,
+            "kth_value": score,
+            "last_model_path": "",
+            "current_score": score,
+            "best_k_models": {path: score},
+        }
+        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 1, "global_step": 6}}
+        obs = _resumed(
+            trained=trained, callback_metrics={"train_m": mean}, checkpoints=[callback], files=files
+        )
+        return {"resume_mid": obs}
+
+    assert compare(config, run(after, "6-0.375"), run(whole, "6-0.292-v1")) == []
+    # A score or a name that is not the other mean is reported.
+    wrong_name = compare(config, run(after, "6-0.375"), run(whole, "6-0.300"))
+    assert {d.field for d in wrong_name} >= {"checkpoint.best_model_path", "files.only_in_stepstone"}
+    assert "checkpoint.best_model_score" not in {d.field for d in wrong_name}
+    # Monitoring another key, only the names may carry the means; the scores must agree.
+    config["checkpoints"][0]["monitor"] = "val_m"
+    assert compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.5)) == []
+    fields = {d.field for d in compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.25))}
+    assert "checkpoint.current_score" in fields and "checkpoint.best_model_path" not in fields
+    config["checkpoints"][0]["monitor"] = "train_m"
+    # Without the whole-epoch mean in callback_metrics, nothing is excused.
+    same_metrics = run(whole, "6-0.292")
+    same_metrics["resume_mid"]["callback_metrics"] = {"train_m": after}
+    assert {"checkpoint.current_score", "files.only_in_stepstone"} <= {
+        d.field for d in compare(config, run(after, "6-0.375"), same_metrics)
+    }
+
+
+def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_before_lightnings_first() -> None:
+    config = _config()
+    config["checkpoints"][0].update(monitor="val_m", filename="{step}", save_last=None)
+
+    def run(saved_at: int, val_runs: list[list[int]]) -> dict[str, Any]:
+        path = f"ckpt0/step={saved_at}.ckpt"
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": 0.5,
+            "kth_best_model_path": path,
+            "kth_value": 0.5,
+            "last_model_path": "",
+            "current_score": 0.5,
+            "best_k_models": {path: 0.5},
+        }
+        files = {
+            "manual/mid.ckpt": {"epoch": 0, "global_step": 1},
+            path: {"epoch": 1, "global_step": saved_at},
+        }
+        return {"resume_mid": _resumed(val_runs=val_runs, checkpoints=[callback], files=files)}
+
+    lightning = run(6, [[4, 1], [6, 2]])
+    # stepstone's pending validation at the resumed step 1 published val_m: it saved at step 4, Lightning could not.
+    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) == []
+    # Without that validation, or saved after Lightning's first validation, nothing is excused.
+    assert compare(config, lightning, run(4, [[4, 1], [6, 2]])) != []
+    assert compare(config, lightning, run(5, [[1, 0], [4, 1], [6, 2]])) != []
+    # Nor in a callback that does not use the validation key.
+    config["checkpoints"][0]["monitor"] = "train_m"
+    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) != []
+
+
+def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_stepstone_had_it() -> None:
+    config = _two_batch_epochs()
+    config["checkpoints"][0].update(save_top_k=1, save_last=None)
+    earlier = {"ckpt0/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}}
+    fit = _fit(files=earlier)
+    empty = _continued([], global_step=2, current_epoch=3)
+    empty["files"] = {**empty["files"], **earlier}
+    whole = _continued([[1, 0], [1, 1]], global_step=3, current_epoch=3)
+    whole["files"] = {**whole["files"], "ckpt0/epoch=1-step=3.ckpt": {"epoch": 1, "global_step": 3}}
+    callback = {"dirpath": "ckpt0", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    empty["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=0-step=1.ckpt"}]
+    whole["checkpoints"] = [{**callback, "best_model_path": "ckpt0/epoch=1-step=3.ckpt"}]
+    # stepstone's save at step 3 (after the resumed step 2) replaced its top-1 file of step 1.
+    assert compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole}) == []
+    # Not when stepstone never had that file.
+    fit_without = _fit(files={})
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit_without, "continue": whole})
+    assert [d.field for d in diffs if d.run == "continue"] == ["files.only_in_lightning"]
+    # Nor when the callback keeps every file (nothing is replaced).
+    config["checkpoints"][0]["save_top_k"] = -1
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]

@@ -1,0 +1,168 @@
+"""Deliberate differences of a resumed run's metrics that reach ModelCheckpoint's decisions.
+
+(7, consequence) The whole-epoch mean after a mid-epoch resume is also what a ModelCheckpoint monitors or
+formats into a file name, so the scores it records and the names it writes carry stepstone's whole-epoch mean
+where Lightning's carry the mean of the batches after the resume (the predicate recomputes both means from the
+configuration and checks them). (3, consequence) The pending validation's metric is there for a trigger
+before Lightning's first validation of the resumed run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+from compat.differential.configs import VAL_KEY, Config
+from compat.differential.deliberate_resume import epoch_keys, number_same, resumed_epoch_means
+from compat.differential.difference import Context, Difference, is_dir_of, resume_step, uses_any
+
+_WHOLE_EPOCH_MEAN = "whole_epoch_mean_after_mid_epoch_resume"
+_SCORES = {"checkpoint.current_score", "checkpoint.best_model_score", "checkpoint.kth_value"}
+_PATHS = {"checkpoint.best_model_path", "checkpoint.kth_best_model_path", "checkpoint.last_model_path"}
+_NUMBER = re.compile(r"\d+\.\d+")
+_VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
+
+
+def _rendered(text: str, expected: float) -> bool:
+    """Whether ``text`` (a number in a file name) is ``expected`` as some format precision renders it."""
+    decimals = len(text.split(".", 1)[1])
+    return not math.isnan(expected) and abs(float(text) - expected) <= 0.5 * 10**-decimals + 1e-6
+
+
+def names_match(lightning: Any, stepstone: Any, after: float, whole: float) -> bool:
+    """Whether two checkpoint names differ only where a number renders ``after`` (Lightning) and ``whole``
+    (stepstone), at least once, and in a ``-vN`` suffix (stepstone's name may collide with an earlier run's)."""
+    if not isinstance(lightning, str) or not isinstance(stepstone, str):
+        return False
+    name_l, name_s = _VERSION.sub("", lightning), _VERSION.sub("", stepstone)
+    if _NUMBER.split(name_l) != _NUMBER.split(name_s):
+        return False
+    pairs = [(a, b) for a, b in zip(_NUMBER.findall(name_l), _NUMBER.findall(name_s), strict=True) if a != b]
+    return bool(pairs) and all(_rendered(a, after) and _rendered(b, whole) for a, b in pairs)
+
+
+def _best_k_match(lightning: Any, stepstone: Any, means: tuple[float, float], monitored: bool) -> bool:
+    if not isinstance(lightning, dict) or not isinstance(stepstone, dict) or len(lightning) != len(stepstone):
+        return False
+    after, whole = means
+    for path_l, score_l in lightning.items():
+        path_s = path_l if path_l in stepstone else None
+        if path_s is None:
+            paired = [p for p in stepstone if names_match(path_l, p, after, whole)]
+            path_s = paired[0] if len(paired) == 1 else None
+        if path_s is None:
+            return False
+        score_s = stepstone[path_s]
+        if score_l != score_s and not (monitored and _scores_match(score_l, score_s, means)):
+            return False
+    return True
+
+
+def _scores_match(lightning: Any, stepstone: Any, means: tuple[float, float]) -> bool:
+    return number_same(lightning, means[0]) and number_same(stepstone, means[1])
+
+
+def _paired_file(d: Difference, ctx: Context, means: tuple[float, float]) -> bool:
+    """A file only in one framework whose twin (same epoch/global_step, written after the resume) is only in
+    the other, under the name with the other mean."""
+    mine = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
+    step = resume_step(ctx, d.run)
+    if not isinstance(mine, dict) or step is None or mine.get("global_step", -1) < step:
+        return False
+    other = ctx.stepstone[d.run] if d.field == "files.only_in_lightning" else ctx.lightning[d.run]
+    theirs = ctx.lightning[d.run] if d.field == "files.only_in_lightning" else ctx.stepstone[d.run]
+    twins = [
+        rel
+        for rel, info in other.get("files", {}).items()
+        if info == mine
+        and rel not in theirs.get("files", {})
+        and os.path.dirname(rel) == os.path.dirname(d.key)
+    ]
+    after, whole = means
+    if d.field == "files.only_in_lightning":
+        return any(names_match(d.key, rel, after, whole) for rel in twins)
+    return any(names_match(rel, d.key, after, whole) for rel in twins)
+
+
+def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
+    """(7, consequence) ModelCheckpoint monitors and names files with the whole-epoch mean after a mid-epoch resume.
+
+    Explains, in a run whose ``callback_metrics`` differ only by (7), for a callback that monitors an epoch-mean
+    key or formats one into its file name: a score (``current_score``, ``best_model_score``, ``kth_value``) that
+    is Lightning's after-resume mean vs stepstone's whole-epoch mean; a path or ``best_k_models`` whose names
+    differ only by those means rendered (and a ``-vN`` suffix) and whose scores differ only by them; a file
+    written after the resume that exists in each framework under its own such name.
+    """
+    if (d.run, _WHOLE_EPOCH_MEAN) not in ctx.explained:
+        return False
+    means = resumed_epoch_means(ctx, d.run)
+    keys = epoch_keys(ctx.config)
+    users = [c for c in ctx.config["checkpoints"] if uses_any(c, keys)]
+    if means is None or not users:
+        return False
+    if d.field.startswith("checkpoint.") and d.key.isdigit():
+        index = int(d.key)
+        if index >= len(ctx.config["checkpoints"]) or ctx.config["checkpoints"][index] not in users:
+            return False
+        monitored = ctx.config["checkpoints"][index]["monitor"] in keys
+        if d.field in _SCORES:
+            return monitored and _scores_match(d.lightning, d.stepstone, means)
+        if d.field in _PATHS:
+            return names_match(d.lightning, d.stepstone, *means)
+        if d.field == "checkpoint.best_k_models":
+            return _best_k_match(d.lightning, d.stepstone, means, monitored)
+        return False
+    if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
+        in_folder = any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
+        return in_folder and d.kind != "manual" and _paired_file(d, ctx, means)
+    return False
+
+
+def _early_save(ctx: Context, run: str, checkpoint: Config, step: int) -> bool:
+    """Whether stepstone saved a file (only it has) in ``checkpoint``'s folder after the resumed ``step`` and no
+    later than Lightning's first validation after the resume (before which Lightning lacks the validation key;
+    a trigger at that step's batch end comes before that validation)."""
+    runs_l = ctx.lightning[run].get("val_runs") or []
+    first_val = runs_l[0][0] if runs_l else math.inf
+    files_l = ctx.lightning[run].get("files", {})
+    return any(
+        isinstance(info, dict)
+        and step < info.get("global_step", -1) <= first_val
+        and rel not in files_l
+        and rel.endswith(".ckpt")
+        and is_dir_of(checkpoint, os.path.dirname(rel))
+        for rel, info in ctx.stepstone[run].get("files", {}).items()
+    )
+
+
+def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
+    """(3, consequence) A checkpoint trigger soon after a resume sees the pending validation's metric.
+
+    stepstone runs the interrupted epoch's validation right after the resume (3), so the validation key is in
+    ``callback_metrics`` before Lightning's first validation of the resumed run; a trigger in between saves a
+    top-k file (Lightning skips it: the monitored key is missing) or formats the key into the name (Lightning
+    writes 0), and later top-k decisions follow from that one. Explains, in a run where (3) explained
+    ``val_runs`` and Lightning did not start with the key, the attributes of a callback that monitors it or
+    formats it into its names, and files in its folder written after the resume, when stepstone saved there
+    (a file only it has) before Lightning's first validation.
+    """
+    step = resume_step(ctx, d.run)
+    if step is None or (d.run, "pending_validation_after_resume") not in ctx.explained:
+        return False
+    if VAL_KEY in (ctx.lightning[d.run].get("metrics_at_start") or []):
+        return False
+    users = [
+        c for c in ctx.config["checkpoints"] if uses_any(c, {VAL_KEY}) and _early_save(ctx, d.run, c, step)
+    ]
+    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath" and d.key.isdigit():
+        index = int(d.key)
+        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in users
+    if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
+        info = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
+        written_after = isinstance(info, dict) and info.get("global_step", -1) > step
+        return (
+            written_after and d.kind != "manual" and any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
+        )
+    return False
