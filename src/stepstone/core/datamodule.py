@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from stepstone.core.hparams import AttributeDict, init_hparams_state, save_hyperparameters
+from stepstone.core.mixins.hparams_mixin import HyperparametersMixin
 from stepstone.core.saving import instantiate_from_hparams, read_checkpoint
 from stepstone.core.transfer import move_to_device
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["LightningDataModule"]
 
 
-class LightningDataModule:
+class LightningDataModule(HyperparametersMixin):
     """Groups ``prepare_data``, ``setup`` and the ``*_dataloader`` methods (Lightning's DataModule).
 
     Stateful datamodules return their state from :meth:`state_dict`; it is stored in checkpoints under the
@@ -32,32 +32,9 @@ class LightningDataModule:
     CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
 
     def __init__(self) -> None:
+        super().__init__()
         self.trainer: Trainer | None = None
         self.prepare_data_per_node = True
-        self._hparams: AttributeDict | None
-        self._hparams_initial: AttributeDict | None
-        self._hparams_name: str
-        self._log_hyperparams: bool
-        init_hparams_state(self)
-
-    def save_hyperparameters(
-        self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None, logger: bool = True
-    ) -> None:
-        """Store the ``__init__`` arguments in ``self.hparams`` and in checkpoints (see LightningModule)."""
-        self._log_hyperparams = logger
-        save_hyperparameters(self, args, ignore, frame or inspect.currentframe())
-
-    @property
-    def hparams(self) -> AttributeDict:
-        """The saved hyperparameters."""
-        if self._hparams is None:
-            self._hparams = AttributeDict()
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        """The hyperparameters as first saved, unaffected by later edits of ``hparams``."""
-        return AttributeDict(self._hparams_initial or {})
 
     def prepare_data(self) -> None:
         """Download or prepare data (called once before setup)."""

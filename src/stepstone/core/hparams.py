@@ -1,5 +1,7 @@
 """``save_hyperparameters()``: collect a module's ``__init__`` arguments into ``self.hparams``.
 
+The mechanics behind :class:`stepstone.core.mixins.HyperparametersMixin`.
+
 Hyperparameters travel inside checkpoints, which must stay loadable with ``torch.load(weights_only=True)``.
 So a value that such a loader would refuse is rejected here, when it is saved, with the name of the
 argument and the fix — not months later when somebody tries to load the file.
@@ -274,8 +276,9 @@ def logged_hparams(module: Any, datamodule: Any) -> dict[str, Any] | None:
         RuntimeError: a key is in both with different values (Lightning's error): the loggers would show one
             of them as if it were both.
     """
-    from_module = module._log_hyperparams
-    from_datamodule = datamodule is not None and datamodule._log_hyperparams
+    # getattr: a subclass whose __init__ skipped super().__init__() never called save_hyperparameters either.
+    from_module = getattr(module, "_log_hyperparams", False)
+    from_datamodule = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
     if from_module and from_datamodule:
         ours, theirs = module.hparams_initial, datamodule.hparams_initial
         conflicts = [key for key in ours.keys() & theirs.keys() if _differ(ours[key], theirs[key])]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from stepstone.core.hooks import ModelHooks
-from stepstone.core.hparams import AttributeDict, init_hparams_state, save_hyperparameters
+from stepstone.core.mixins.hparams_mixin import HyperparametersMixin
 from stepstone.core.optimizers import LightningOptimizer, resolve_clipping
 from stepstone.core.saving import load_module_from_checkpoint
 from stepstone.core.transfer import move_to_device
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["LightningModule"]
 
 
-class LightningModule(ModelHooks, nn.Module):
+class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     """Base class for models trained by :class:`stepstone.Trainer` (Lightning's ``LightningModule``).
 
     Override ``training_step`` and ``configure_optimizers`` (and ``validation_step``, ``test_step``,
@@ -46,11 +45,6 @@ class LightningModule(ModelHooks, nn.Module):
         self.automatic_optimization: bool = True
         self._strict_loading: bool | None = None  # None: not set by the user (strict)
         self.prepare_data_per_node: bool = True
-        self._hparams: AttributeDict | None
-        self._hparams_initial: AttributeDict | None
-        self._hparams_name: str
-        self._log_hyperparams: bool
-        init_hparams_state(self)
         self._example_input_array: Any = None
         self._param_requires_grad_state: dict[nn.Parameter, bool] = {}
 
@@ -133,40 +127,6 @@ class LightningModule(ModelHooks, nn.Module):
     @example_input_array.setter
     def example_input_array(self, value: Any) -> None:
         self._example_input_array = value
-
-    # --- hyperparameters ----------------------------------------------------------------------------
-    def save_hyperparameters(
-        self,
-        *args: Any,
-        ignore: Sequence[str] | str | None = None,
-        frame: Any = None,
-        logger: bool = True,
-    ) -> None:
-        """Store the ``__init__`` arguments in ``self.hparams`` and in every checkpoint.
-
-        Args:
-            *args: nothing (all arguments), argument names, or one dict/Namespace/dataclass to use as hparams.
-            ignore: argument names to leave out.
-            frame: the frame to read the arguments from (default: the caller's).
-            logger: whether the Trainer sends the hparams to the loggers.
-
-        Raises:
-            MisconfigurationException: a value cannot be stored in a weights_only-safe checkpoint.
-        """
-        self._log_hyperparams = logger
-        save_hyperparameters(self, args, ignore, frame or inspect.currentframe())
-
-    @property
-    def hparams(self) -> AttributeDict:
-        """The saved hyperparameters (an attribute-accessible dict)."""
-        if self._hparams is None:
-            self._hparams = AttributeDict()
-        return self._hparams
-
-    @property
-    def hparams_initial(self) -> AttributeDict:
-        """The hyperparameters as first saved, unaffected by later edits of ``hparams``."""
-        return AttributeDict(self._hparams_initial or {})
 
     # --- logging ------------------------------------------------------------------------------------
     def log(

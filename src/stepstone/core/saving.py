@@ -1,4 +1,8 @@
-"""``load_from_checkpoint``: rebuild a module or datamodule from a checkpoint's hparams and weights."""
+"""``load_from_checkpoint``: rebuild a module or datamodule from a checkpoint's hparams and weights.
+
+Also Lightning's public path of ``save_hparams_to_yaml`` / ``load_hparams_from_yaml`` (written in
+:mod:`stepstone.core.hparams_yaml`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,16 @@ from typing import Any
 import torch
 import yaml
 
+from stepstone.core.hparams_yaml import load_hparams_from_yaml, save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
 
-__all__ = ["instantiate_from_hparams", "load_module_from_checkpoint", "read_checkpoint"]
+__all__ = [
+    "instantiate_from_hparams",
+    "load_hparams_from_yaml",
+    "load_module_from_checkpoint",
+    "read_checkpoint",
+    "save_hparams_to_yaml",
+]
 
 
 def read_checkpoint(

@@ -7,18 +7,13 @@ which writes the same ``version_N`` folders and the same ``hparams.yaml``.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import enum
 import os
-import tempfile
 import warnings
 from argparse import Namespace
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 
-import torch
-import yaml
-
+from stepstone.core.hparams_yaml import save_hparams_to_yaml, write_atomically
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers.logger import Logger
 
@@ -102,77 +97,6 @@ def _convert_params(params: Mapping[str, Any] | Namespace | None) -> dict[str, A
     raise TypeError(f"params={params!r} must be a dict, an AttributeDict or an argparse.Namespace.")
 
 
-def _to_plain(value: Any) -> Any:
-    """Convert ``value`` into types ``yaml.safe_dump`` writes (tensors and arrays become floats or lists).
-
-    Raises:
-        TypeError: when ``value`` has no faithful plain form (a class, a function, an arbitrary object).
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, enum.Enum):
-        return _to_plain(value.value)
-    if isinstance(value, (complex, torch.dtype, torch.device)):
-        return str(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Namespace):
-        value = vars(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {
-            k if isinstance(k, (str, int, float, bool)) else str(k): _to_plain(v) for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((_to_plain(v) for v in value), key=repr)
-    if callable(getattr(value, "tolist", None)) and not isinstance(value, type):
-        # torch tensors and numpy arrays/scalars: 0-d gives a Python number, n-d nested lists.
-        return _to_plain(value.tolist())
-    raise TypeError(f"{type(value).__qualname__} has no plain YAML form")
-
-
-def _atomic_write(path: str, write: Callable[[IO[str]], object]) -> None:
-    """Write a file through a temporary sibling and ``os.replace`` so readers never see half a file."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def save_hparams_to_yaml(path: str, hparams: Mapping[str, Any] | Namespace) -> None:
-    """Write ``hparams`` to ``path`` with ``yaml.safe_dump``, atomically.
-
-    Values without a plain form are skipped with a warning (as Lightning does) instead of failing the run.
-
-    Args:
-        path: the ``.yaml`` file to (re)write; its folder is created when missing.
-        hparams: the hyperparameters.
-
-    Raises:
-        TypeError: when ``hparams`` is not a dict, an AttributeDict or a Namespace.
-    """
-    plain: dict[str, Any] = {}
-    for key, value in _convert_params(hparams).items():
-        try:
-            plain[str(key)] = _to_plain(value)
-        except TypeError as err:
-            warnings.warn(f"Skipping hyperparameter {key!r} in {path}: {err}.", UserWarning, stacklevel=2)
-    text = yaml.safe_dump(plain, sort_keys=False)
-    _atomic_write(path, lambda handle: handle.write(text))
-
-
 # --- the CSV logger ------------------------------------------------------------------------------------
 class ExperimentWriter:
     """Buffers metric rows and writes them to ``metrics.csv``; writes ``hparams.yaml`` (``CSVLogger.experiment``).
@@ -223,6 +147,7 @@ class ExperimentWriter:
             params: hyperparameter name to value.
         """
         self.hparams.update(params)
+        os.makedirs(self.log_dir, exist_ok=True)
         save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
 
     def save(self) -> None:
@@ -253,7 +178,7 @@ class ExperimentWriter:
             writer.writerows(old_rows)
             writer.writerows(self.metrics)
 
-        _atomic_write(self.metrics_file_path, write)
+        write_atomically(self.metrics_file_path, write)
         self.metrics_keys = fieldnames
         self._file_written = True
 

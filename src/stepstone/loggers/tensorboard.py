@@ -11,6 +11,7 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
+from stepstone.core.hparams_yaml import save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers.csv_logs import (
     HPARAMS_FILE,
@@ -20,7 +21,6 @@ from stepstone.loggers.csv_logs import (
     _convert_params,
     _next_version,
     _version_dir,
-    save_hparams_to_yaml,
 )
 from stepstone.loggers.logger import Logger
 

@@ -417,10 +417,9 @@ class FitLoop:
         to_log = hub.publish_epoch(hub.train_results)
         if self._num_ready_batches_reached():
             self._update_schedulers("epoch", plateau=True)
-        hub.send(to_log, step=max(self.batches_that_stepped - 1, 0))
-        if trainer.is_global_zero:  # loggers write on rank 0 only (a save creates the version folder)
-            for logger in trainer.loggers:
-                logger.save()
+        hub.send(
+            to_log, step=max(self.batches_that_stepped - 1, 0)
+        )  # each logger saved after its log_metrics
         hub.train_results.reset()
         self.tail = None
         self.epoch_progress.increment("completed")

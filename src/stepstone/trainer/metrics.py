@@ -235,6 +235,7 @@ class MetricsHub:
             )  # an int, as Lightning logs it (CSV "0", not "0.0")
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
+            logger.save()  # after every log_metrics, as Lightning: a file logger's rows reach the disk now
 
     def reset_all(self) -> None:
         """Forget every published value (after the sanity check, as Lightning does)."""

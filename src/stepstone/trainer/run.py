@@ -182,6 +182,7 @@ class Runner:
         for logger in t.loggers:
             if params is not None:
                 logger.log_hyperparams(params)
+            logger.log_graph(t.lightning_module)
             logger.save()
 
     def _find(self, kind: str, explicit: Any) -> list[Iterable[Any]] | None:

@@ -20,6 +20,7 @@ from stepstone.core.optimizers import LightningOptimizer, SchedulerConfig
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers.csv_logs import CSVLogger
 from stepstone.loggers.logger import Logger
+from stepstone.loggers.tensorboard import TensorBoardLogger
 from stepstone.loops.fit import FitLoop
 from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
@@ -53,7 +54,8 @@ class Trainer:
         devices: ``"auto"``, ``1`` or ``[gpu_index]``; with DDP, processes per node.
         num_nodes: nodes (DDP).
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (CUDA).
-        logger: True/None (a CSVLogger under ``default_root_dir/lightning_logs``), False, a Logger or a list.
+        logger: True/None (a CSVLogger under ``default_root_dir/lightning_logs``), False, a logger (any object
+            with Lightning's Logger methods) or an iterable of them.
         callbacks: callbacks to run; ModelCheckpoint instances always run last.
         fast_dev_run: run 1 (or N) batch(es) of each loop, without loggers or checkpoints, to find bugs fast.
         max_epochs: stop after this many epochs; default 1000 when ``max_steps`` is unset, -1 for no limit.
@@ -429,9 +431,9 @@ class Trainer:
         if not self.loggers:
             return self._default_root_dir
         first = self.loggers[0]
-        return (
-            first.log_dir if isinstance(first, CSVLogger) or first.log_dir else first.save_dir
-        ) or self._default_root_dir
+        # Lightning's rule: its own file loggers give their version folder, any other logger its save_dir.
+        own = isinstance(first, (CSVLogger, TensorBoardLogger))
+        return (first.log_dir if own else first.save_dir) or self._default_root_dir
 
     @property
     def checkpoint_callbacks(self) -> list[ModelCheckpoint]:
@@ -703,21 +705,33 @@ def _resolve_plugins(plugins: Any) -> bool:
     return bool(items)
 
 
+# What the Trainer calls on a logger (Lightning's Logger interface); any object that has them is accepted.
+_LOGGER_METHODS = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize", "after_save_checkpoint")
+
+
 def _resolve_loggers(logger: Any, root: str, fast_dev_run: bool) -> list[Logger]:
+    """Lightning's rules: falsy means none, True/None the default CSVLogger, an iterable its items, else itself.
+
+    Loggers are duck typed as in Lightning: any object with the Logger methods works (a ``MagicMock()`` is an
+    iterable, so it means no logger, as in Lightning).
+    """
     if fast_dev_run or logger is False:
         return []
     if logger is None or logger is True:
         return [CSVLogger(save_dir=root)]
-    if isinstance(logger, Logger):
-        return [logger]
-    if isinstance(logger, Iterable):
+    loggers: list[Any] = []
+    if logger and not isinstance(logger, (str, bytes)) and isinstance(logger, Iterable):
         loggers = list(logger)
-        bad = [type(x).__name__ for x in loggers if not isinstance(x, Logger)]
-        if not bad:
-            return loggers
-    raise MisconfigurationException(
-        f"Trainer(logger={logger!r}) is invalid; pass True, False, a stepstone Logger or a list of them."
-    )
+    elif logger:
+        loggers = [logger]
+    for item in loggers:
+        missing = [m for m in _LOGGER_METHODS if not callable(getattr(item, m, None))]
+        if missing:
+            raise MisconfigurationException(
+                f"Trainer(logger={logger!r}) is invalid: {item!r} has no {', '.join(missing)} method; pass True, "
+                "False, a logger (a stepstone.loggers.Logger or any object with its methods) or a list of them."
+            )
+    return loggers
 
 
 def _resolve_callbacks(
