@@ -249,13 +249,15 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
     ``on_train_epoch_end``), Lightning first goes on with epoch ``k``'s batch counter: it trains no batch at all
     (when validation was due after that last batch, it skips it) or a single batch labelled ``batch_idx=n`` of
     an ``n``-batch epoch (the loader's first batch), and counts that as an epoch; then whole epochs follow.
+    Without ``max_steps`` the same relabelled batch follows a file written in ``on_train_epoch_end`` (Lightning
+    restarts an epoch it had not marked completed); only that one-batch shape is matched then.
     stepstone trains whole epochs from the next one, ``e``. Matches only when the file's ``epoch`` is ``k``,
     stepstone's batches are whole epochs from ``e`` (``k``, or ``k + 1`` for an ``on_train_epoch_end`` file,
     whose epoch is not completed yet) and Lightning's are ``[]`` or ``[[k, n]]`` followed by whole epochs from
     ``k + 1``.
     """
     info = resume_file(ctx, run)
-    if info is None or ctx.config["trainer"]["max_steps"] == -1 or not isinstance(info.get("epoch"), int):
+    if info is None or not isinstance(info.get("epoch"), int):
         return False
     lightning, stepstone = ctx.lightning[run], ctx.stepstone[run]
     pairs_l = [list(t[:2]) for t in lightning.get("trained", [])]
@@ -265,8 +267,12 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
         return False
     if not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):
         return False
-    if pairs_l[:1] == [[finished, per_epoch]]:
+    iteration_based = ctx.config["trainer"]["max_steps"] != -1
+    # Without max_steps only from an on_train_epoch_end file (its epoch not completed: stepstone goes on at k + 1).
+    if pairs_l[:1] == [[finished, per_epoch]] and (iteration_based or pairs_s[0] == [finished + 1, 0]):
         return _whole_epochs_from(pairs_l[1:], finished + 1, per_epoch)
+    if not iteration_based:
+        return False
     counted = lightning.get("current_epoch")  # the empty epoch still counts (absent if the run raised)
     return _whole_epochs_from(pairs_l, finished + 1, per_epoch) and (counted is None or counted > finished)
 

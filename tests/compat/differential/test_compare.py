@@ -698,3 +698,20 @@ def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_st
     config["checkpoints"][0]["save_top_k"] = -1
     diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_the_relabelled_batch_without_max_steps_is_filtered_only_after_an_epoch_end_file() -> None:
+    # A file written in on_train_epoch_end of epoch 0 ("epoch" 0): Lightning trains batch_idx=n of epoch 0 first.
+    epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
+    source = "ckpt0/epoch=0-step=2.ckpt"
+    relabelled = _continued([[0, 2], [1, 0], [1, 1]], ckpt_path=source, files=epoch_end, global_step=5)
+    next_epoch = _continued([[1, 0], [1, 1]], ckpt_path=source, files=epoch_end, global_step=4)
+    no_max_steps = _two_batch_epochs(-1)
+    assert compare(no_max_steps, {"resume_file": relabelled}, {"resume_file": next_epoch}) == []
+    # Without max_steps, Lightning's empty epoch is not excused.
+    empty = _continued([[1, 0], [1, 1]], ckpt_path=source, files=epoch_end, global_step=4, current_epoch=3)
+    restarted = _continued(
+        [[0, 0], [0, 1]], ckpt_path=source, files=epoch_end, global_step=4, current_epoch=3
+    )
+    fields = [d.field for d in compare(no_max_steps, {"resume_file": empty}, {"resume_file": restarted})]
+    assert "trained.batches" in fields
