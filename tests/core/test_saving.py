@@ -132,3 +132,12 @@ def test_a_legacy_entry_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> Non
     path = _file(tmp_path, "bad.ckpt", module_arguments=[1, 2])
     with pytest.raises(MisconfigurationException, match="'module_arguments' entry is a list"):
         plain.load_from_checkpoint(path)
+
+
+def test_hparams_file_overrides_the_saved_hyperparameters_and_must_exist(tmp_path: Path) -> None:
+    path = _save(tmp_path, Tied())
+    (tmp_path / "hparams.yaml").write_text("double: true\n")
+    loaded = Tied.load_from_checkpoint(path, hparams_file=tmp_path / "hparams.yaml")
+    assert loaded.hparams["double"] is True and loaded.encoder.weight.dtype == torch.float64
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        Tied.load_from_checkpoint(path, hparams_file=tmp_path / "missing.yaml")

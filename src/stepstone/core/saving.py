@@ -6,16 +6,17 @@ Also Lightning's public path of ``save_hparams_to_yaml`` / ``load_hparams_from_y
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from stepstone.core.hparams_yaml import load_hparams_from_yaml, save_hparams_to_yaml
+from stepstone.core.hparams_yaml import _MISSING, _read_yaml, load_hparams_from_yaml, save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
 
 __all__ = [
@@ -51,8 +52,11 @@ def _read_hparams_file(hparams_file: str | Path) -> dict[str, Any]:
         raise MisconfigurationException(
             f"load_from_checkpoint(hparams_file={str(hparams_file)!r}): only .yaml/.yml files are supported."
         )
-    with path.open() as f:
-        loaded = yaml.safe_load(f) or {}
+    # The one YAML reader of the hyper-parameter files (yaml.safe_load, local or fsspec), as load_hparams_from_yaml.
+    loaded = _read_yaml(str(path))
+    if loaded is _MISSING:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    loaded = loaded or {}
     if not isinstance(loaded, dict):
         raise MisconfigurationException(
             f"load_from_checkpoint(hparams_file={str(hparams_file)!r}): the file must hold a mapping, "
