@@ -20,7 +20,6 @@ __all__ = [
     "check_fit_methods",
     "check_optimization",
     "print_results",
-    "print_summary",
     "val_check_batch",
     "warn_eval_modules",
 ]
@@ -103,18 +102,6 @@ def check_data_arguments(fn: TrainerFn, dataloaders: Any, datamodule: Any) -> No
         raise MisconfigurationException(
             f"trainer.{fn.value}() received both dataloaders and a datamodule; pass one of them."
         )
-
-
-def print_summary(module: LightningModule) -> None:
-    """One line: trainable and frozen parameter counts and the size of the parameters."""
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    size_mb = sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
-    print(
-        f"{type(module).__name__}: {trainable:,} trainable params, {total - trainable:,} non-trainable, "
-        f"{size_mb:.3f} MB",
-        file=sys.stderr,
-    )
 
 
 def print_results(stage: str, results: list[dict[str, float]]) -> None:

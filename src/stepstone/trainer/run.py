@@ -33,7 +33,6 @@ from stepstone.trainer.checks import (
     check_fit_methods,
     check_optimization,
     print_results,
-    print_summary,
     val_check_batch,
     warn_eval_modules,
 )
@@ -259,8 +258,6 @@ class Runner:
                 # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights.
                 t._strategy.setup(module, t._placement.device)
         self._log_hyperparams()
-        if t.enable_model_summary and t.is_global_zero:
-            print_summary(module)
         t._metrics.eval_steps_seen.clear()
         t._hooks.both("on_fit_start")
         if not t.fit_loop.restarting:  # Lightning's rule: a run resumed between epochs checks too

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from stepstone.callbacks.callback import Callback, check_state_keys
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
+from stepstone.callbacks.model_summary import ModelSummary
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
 from stepstone.core.datamodule import LightningDataModule
 from stepstone.core.module import LightningModule
@@ -73,7 +74,8 @@ class Trainer:
         log_every_n_steps: how often per-step values are sent to loggers (default 50).
         enable_checkpointing: add a default ModelCheckpoint when none is given (default True).
         enable_progress_bar: show a progress bar (default True).
-        enable_model_summary: print a one-line parameter summary at fit start (default True).
+        enable_model_summary: add a :class:`~stepstone.callbacks.ModelSummary` (the layer table printed at fit
+            start) when the callbacks hold none (default True).
         accumulate_grad_batches: optimizer step every N batches, loss divided by N.
         gradient_clip_val: clip gradients at this value before each optimizer step.
         gradient_clip_algorithm: ``"norm"`` (default) or ``"value"``.
@@ -192,7 +194,9 @@ class Trainer:
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.enable_model_summary = True if enable_model_summary is None else bool(enable_model_summary)
         self.loggers = _resolve_loggers(logger, self._default_root_dir, bool(self.fast_dev_run))
-        self.callbacks = _resolve_callbacks(callbacks, enable_checkpointing, enable_progress_bar)
+        self.callbacks = _resolve_callbacks(
+            callbacks, enable_checkpointing, enable_progress_bar, self.enable_model_summary
+        )
         self.fit_loop = FitLoop(self, max_epochs_, min_epochs_, max_steps_, min_steps_)
         self.state = TrainerState()
         self.should_stop = False
@@ -738,6 +742,7 @@ def _resolve_callbacks(
     callbacks: list[Callback] | Callback | None,
     enable_checkpointing: bool | None,
     enable_progress_bar: bool | None,
+    enable_model_summary: bool,
 ) -> list[Callback]:
     items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
     bad = [type(cb).__name__ for cb in items if not isinstance(cb, Callback)]
@@ -760,6 +765,8 @@ def _resolve_callbacks(
         )
     if enable_progress_bar is not False and not has_bar:
         items.append(TQDMProgressBar())
+    if enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
+        items.append(ModelSummary())
     # Checkpoint callbacks run last so they see everything other callbacks logged (Lightning's order).
     return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + [
         cb for cb in items if isinstance(cb, ModelCheckpoint)
