@@ -35,7 +35,9 @@ def _optimizers(module: torch.nn.Module, scenario: str) -> Any:
     return [adam_a, adam_b, sgd], [{"scheduler": scheduler, "name": "mine", "interval": "step"}]
 
 
-def _fit(name: str, scenario: str, root: Path, **monitor: Any) -> tuple[list[list[str]], dict[str, Any], Any]:
+def _fit(
+    name: str, scenario: str, root: Path, accumulate: int = 1, **monitor: Any
+) -> tuple[list[list[str]], dict[str, Any], Any]:
     """Fit 2 epochs of 5 batches with a CSVLogger; return metrics.csv, ``lrs`` and the lr callback_metrics."""
     pl, _ = framework(name)
     package = "lightning.pytorch" if name == "lightning" else "stepstone"
@@ -71,6 +73,7 @@ def _fit(name: str, scenario: str, root: Path, **monitor: Any) -> tuple[list[lis
             max_epochs=2,
             limit_train_batches=5,
             log_every_n_steps=2,
+            accumulate_grad_batches=accumulate,
             enable_progress_bar=False,
             enable_model_summary=False,
             enable_checkpointing=False,
@@ -94,6 +97,7 @@ def _fit(name: str, scenario: str, root: Path, **monitor: Any) -> tuple[list[lis
         ("epoch", {}),
         ("epoch", {"logging_interval": "step"}),
         ("several", {"log_momentum": True}),
+        ("groups", {"accumulate": 2}),  # rows at each batch start of a logged step, as in Lightning
     ],
 )
 def test_logged_rows_names_and_values_match_lightning(
