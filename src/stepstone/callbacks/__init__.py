@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.early_stopping import EarlyStopping
+from stepstone.callbacks.lambda_function import LambdaCallback
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
+from stepstone.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
+from stepstone.callbacks.timer import Timer
 
-__all__ = ["Callback", "ModelCheckpoint", "ProgressBar", "TQDMProgressBar"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "LambdaCallback",
+    "ModelCheckpoint",
+    "OnExceptionCheckpoint",
+    "ProgressBar",
+    "TQDMProgressBar",
+    "Timer",
+]

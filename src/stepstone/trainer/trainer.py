@@ -29,6 +29,7 @@ from stepstone.trainer import arguments as args
 from stepstone.trainer.device import Placement, resolve_placement
 from stepstone.trainer.distributed import resolve_distributed, wants_ddp
 from stepstone.trainer.hooks import HookRunner, is_overridden
+from stepstone.trainer.max_time import add_max_time_timer
 from stepstone.trainer.metrics import MetricsHub
 from stepstone.trainer.run import Runner
 from stepstone.trainer.signals import DEFAULT_PREEMPTION_SIGNALS, PreemptionHandler, resolve_signals
@@ -192,7 +193,9 @@ class Trainer:
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.enable_model_summary = True if enable_model_summary is None else bool(enable_model_summary)
         self.loggers = _resolve_loggers(logger, self._default_root_dir, bool(self.fast_dev_run))
-        self.callbacks = _resolve_callbacks(callbacks, enable_checkpointing, enable_progress_bar)
+        self.callbacks = add_max_time_timer(
+            _resolve_callbacks(callbacks, enable_checkpointing, enable_progress_bar), self._max_time
+        )
         self.fit_loop = FitLoop(self, max_epochs_, min_epochs_, max_steps_, min_steps_)
         self.state = TrainerState()
         self.should_stop = False
