@@ -229,13 +229,15 @@ class FitLoop:
                 # Nothing to train: as in Lightning, the restored epoch is not completed (current_epoch stays the
                 # checkpoint's).
                 return
-            if self._complete_epoch_on_run:
-                self._complete_epoch_on_run = False
+            complete, self._complete_epoch_on_run = self._complete_epoch_on_run, False
+            if self.done():
+                # As in Lightning, a run stopped before it starts (should_stop set in on_fit_start, e.g. by a
+                # Timer whose budget the checkpoint spent) leaves the restored epoch uncompleted.
+                return
+            if complete:
                 epoch = self.epoch_progress
                 epoch.current.completed = epoch.current.processed
                 epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
-            if self.done():
-                return
             every = self.trainer.check_val_every_n_epoch
             if self.trainer._val_enabled() and (every is None or (self.current_epoch + 1) % every == 0):
                 self.trainer._raise_val_limit_error()  # Lightning sets up this epoch's validation data here
