@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.early_stopping import EarlyStopping
 from stepstone.callbacks.lambda_function import LambdaCallback
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
@@ -12,6 +13,7 @@ from stepstone.callbacks.timer import Timer
 
 __all__ = [
     "Callback",
+    "Checkpoint",
     "EarlyStopping",
     "LambdaCallback",
     "ModelCheckpoint",

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.trainer.signals import Preempted
 from stepstone.trainer.state import TrainerStatus
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["OnExceptionCheckpoint"]
 
 
-class OnExceptionCheckpoint(Callback):
+class OnExceptionCheckpoint(Checkpoint):
     """Save a checkpoint to ``dirpath/filename.ckpt`` when an exception interrupts the Trainer; the error is re-raised.
 
     The file is written by ``trainer.save_checkpoint``, so it is committed like every stepstone checkpoint (it

@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 
 from stepstone.callbacks.callback import Callback
-from stepstone.callbacks.model_checkpoint import ModelCheckpoint
+from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.timer import Timer
 
 __all__ = ["add_max_time_timer"]
@@ -18,7 +18,7 @@ def add_max_time_timer(callbacks: list[Callback], max_time: timedelta | None) ->
     """Add ``Timer(duration=max_time, interval="step")`` unless the callbacks already hold a Timer.
 
     Lightning appends it after the user's callbacks and the defaults, and checkpoint callbacks run last: so it
-    goes before the first ModelCheckpoint.
+    goes before the first checkpoint callback.
 
     Args:
         callbacks: the Trainer's callbacks, checkpoint callbacks last.
@@ -32,5 +32,5 @@ def add_max_time_timer(callbacks: list[Callback], max_time: timedelta | None) ->
     if any(isinstance(cb, Timer) for cb in callbacks):
         log.info("Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer.")
         return callbacks
-    at = next((i for i, cb in enumerate(callbacks) if isinstance(cb, ModelCheckpoint)), len(callbacks))
+    at = next((i for i, cb in enumerate(callbacks) if isinstance(cb, Checkpoint)), len(callbacks))
     return [*callbacks[:at], Timer(duration=max_time, interval="step"), *callbacks[at:]]

@@ -12,6 +12,7 @@ import torch
 from torch.optim import Optimizer
 
 from stepstone.callbacks.callback import Callback, check_state_keys
+from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
 from stepstone.core.datamodule import LightningDataModule
@@ -193,9 +194,8 @@ class Trainer:
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.enable_model_summary = True if enable_model_summary is None else bool(enable_model_summary)
         self.loggers = _resolve_loggers(logger, self._default_root_dir, bool(self.fast_dev_run))
-        self.callbacks = add_max_time_timer(
-            _resolve_callbacks(callbacks, enable_checkpointing, enable_progress_bar), self._max_time
-        )
+        self.callbacks = _resolve_callbacks(callbacks, enable_checkpointing, enable_progress_bar)
+        self.callbacks = add_max_time_timer(self.callbacks, self._max_time)  # Lightning's max_time is a Timer
         self.fit_loop = FitLoop(self, max_epochs_, min_epochs_, max_steps_, min_steps_)
         self.state = TrainerState()
         self.should_stop = False
@@ -749,10 +749,12 @@ def _resolve_callbacks(
             f"Trainer(callbacks=...) contains {bad}, which are not stepstone Callback instances."
         )
     check_state_keys(items)
-    has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in items)
+    given = [type(cb).__name__ for cb in items if isinstance(cb, Checkpoint)]
+    has_checkpoint = bool(given)
     if enable_checkpointing is False and has_checkpoint:
         raise MisconfigurationException(
-            "Trainer(enable_checkpointing=False) was given together with a ModelCheckpoint callback; remove one of them."
+            f"Trainer(enable_checkpointing=False) was given together with the checkpoint callback {given[0]}; remove "
+            "one of them."
         )
     if enable_checkpointing is not False and not has_checkpoint:
         items.append(ModelCheckpoint())
@@ -764,6 +766,6 @@ def _resolve_callbacks(
     if enable_progress_bar is not False and not has_bar:
         items.append(TQDMProgressBar())
     # Checkpoint callbacks run last so they see everything other callbacks logged (Lightning's order).
-    return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + [
-        cb for cb in items if isinstance(cb, ModelCheckpoint)
+    return [cb for cb in items if not isinstance(cb, Checkpoint)] + [
+        cb for cb in items if isinstance(cb, Checkpoint)
     ]
