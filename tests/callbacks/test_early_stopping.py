@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +24,7 @@ from scripted import loader
 from stepstone.callbacks import EarlyStopping, ModelCheckpoint
 from stepstone.callbacks.early_stopping import EarlyStoppingReason
 from stepstone.errors import MisconfigurationException
+from stepstone.strategies import find_free_port
 
 FRAMEWORKS = {
     "lightning": (PL, PLEarlyStopping, PLModelCheckpoint),
@@ -246,3 +250,38 @@ def test_fast_dev_run_never_stops_early(tmp_path: Path) -> None:
         "stepstone", tmp_path, [1.0], {"monitor": "val_loss", "stopping_threshold": 5.0}, fast_dev_run=True
     )
     assert got["should_stop"] is False and got["reason"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_under_ddp_one_rank_stopping_stops_every_rank(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    script = Path(__file__).with_name("early_stopping_ddp_script.py")
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={find_free_port()}",
+    ]
+    done = subprocess.run(
+        [*launcher, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    # Rank 1's metric stops improving after epoch 0: patience 2 runs out at epoch 2, on both ranks.
+    assert one["wait_count"] == 2 and zero["wait_count"] == 0
+    assert zero["current_epoch"] == one["current_epoch"] == 3
+    assert zero["stopped_epoch"] == one["stopped_epoch"] == 2
+    assert zero["global_step"] == one["global_step"]
+
+
+def test_lightning_import_paths() -> None:
+    import stepstone.callbacks.early_stopping as module
+
+    names = ("EarlyStopping", "Timer", "LambdaCallback", "OnExceptionCheckpoint", "Checkpoint")
+    for name in names:
+        assert getattr(L.callbacks, name).__name__ == getattr(PL.pytorch.callbacks, name).__name__ == name
+    assert module.EarlyStoppingReason.PATIENCE_EXHAUSTED.value == 3

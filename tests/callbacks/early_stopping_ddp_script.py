@@ -1,0 +1,66 @@
+"""Run by test_early_stopping.py under torchrun (2 gloo ranks): each rank logs its own val_loss.
+
+Rank 0's keeps improving, rank 1's never does after the first epoch: rank 1 alone would stop, and so every
+rank must stop at the same epoch. Each rank writes what it saw to ``out/rank<N>.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import stepstone as L
+from stepstone.callbacks import EarlyStopping
+from stepstone.strategies import DDPStrategy
+
+
+class PerRank(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        epoch = self.current_epoch
+        value = 1.0 - 0.1 * epoch if self.global_rank == 0 else 1.0 + 0.1 * epoch
+        self.log("val_loss", torch.tensor(value))  # no sync_dist: each rank sees its own
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def main(out: Path) -> None:
+    data = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4)
+    stopper = EarlyStopping("val_loss", patience=2)
+    trainer = L.Trainer(
+        strategy=DDPStrategy(timeout=timedelta(seconds=30)),
+        accelerator="cpu",
+        devices=2,
+        max_epochs=10,
+        callbacks=[stopper],
+        default_root_dir=str(out),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(PerRank(), data, data)
+    seen = {
+        "current_epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "stopped_epoch": stopper.stopped_epoch,
+        "wait_count": stopper.wait_count,
+    }
+    torch.save(seen, out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
