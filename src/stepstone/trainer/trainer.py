@@ -64,7 +64,8 @@ class Trainer:
         min_epochs: train at least this many epochs even if ``should_stop`` is set.
         max_steps: stop after this many optimizer steps (-1: no limit).
         min_steps: train at least this many optimizer steps.
-        max_time: stop after this much time (``timedelta``, dict, or ``"DD:HH:MM:SS"``).
+        max_time: stop after this much training time (``timedelta``, dict, or ``"DD:HH:MM:SS"``); adds a
+            ``Timer`` callback (Lightning's), whose elapsed time a resumed run counts on from.
         limit_train_batches: batches per training epoch (int) or fraction of them (float).
         limit_val_batches: same for validation (0 disables validation).
         limit_test_batches: same for test.
