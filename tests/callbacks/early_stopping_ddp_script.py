@@ -1,12 +1,15 @@
-"""Run by test_early_stopping.py under torchrun (2 gloo ranks): each rank logs its own val_loss.
+"""Run by the callback tests under torchrun (2 gloo ranks); each rank writes what it saw to ``out/rank<N>.pt``.
 
-Rank 0's keeps improving, rank 1's never does after the first epoch: rank 1 alone would stop, and so every
-rank must stop at the same epoch. Each rank writes what it saw to ``out/rank<N>.pt``.
+``early_stopping``: each rank logs its own val_loss. Rank 0's keeps improving, rank 1's never does after the
+first epoch: rank 1 alone would stop, and so every rank must stop at the same epoch.
+``timer_rank<N>``: only rank N's clock says the time budget is spent; rank 0's decides for both.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import types
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import stepstone as L
-from stepstone.callbacks import EarlyStopping
+import stepstone.callbacks.timer as timer_module
+from stepstone.callbacks import EarlyStopping, Timer
 from stepstone.strategies import DDPStrategy
 
 
@@ -36,15 +40,21 @@ class PerRank(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def main(out: Path) -> None:
+def main(out: Path, scenario: str) -> None:
     data = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4)
     stopper = EarlyStopping("val_loss", patience=2)
+    callbacks: list[L.Callback] = [stopper]
+    if scenario.startswith("timer_rank"):
+        callbacks = [Timer(duration={"hours": 1})]
+        if int(scenario.removeprefix("timer_rank")) == int(os.environ["RANK"]):
+            later = iter(range(0, 10**9, 3600))  # every reading an hour after the last: out of time at once
+            timer_module.time = types.SimpleNamespace(monotonic=lambda: float(next(later)))  # type: ignore[assignment]
     trainer = L.Trainer(
         strategy=DDPStrategy(timeout=timedelta(seconds=30)),
         accelerator="cpu",
         devices=2,
         max_epochs=10,
-        callbacks=[stopper],
+        callbacks=callbacks,
         default_root_dir=str(out),
         logger=False,
         enable_checkpointing=False,
@@ -63,4 +73,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])

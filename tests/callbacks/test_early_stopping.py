@@ -252,8 +252,8 @@ def test_fast_dev_run_never_stops_early(tmp_path: Path) -> None:
     assert got["should_stop"] is False and got["reason"] == 0
 
 
-@pytest.mark.timeout(90)
-def test_under_ddp_one_rank_stopping_stops_every_rank(tmp_path: Path) -> None:
+def run_ddp(out: Path, scenario: str) -> list[dict[str, Any]]:
+    """Run ``early_stopping_ddp_script.py`` on 2 gloo ranks under torchrun; what each rank saw."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
     }
@@ -267,10 +267,15 @@ def test_under_ddp_one_rank_stopping_stops_every_rank(tmp_path: Path) -> None:
         f"--master_port={find_free_port()}",
     ]
     done = subprocess.run(
-        [*launcher, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=60
+        [*launcher, str(script), str(out), scenario], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    zero, one = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    return [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
+
+
+@pytest.mark.timeout(90)
+def test_under_ddp_one_rank_stopping_stops_every_rank(tmp_path: Path) -> None:
+    zero, one = run_ddp(tmp_path, "early_stopping")
     # Rank 1's metric stops improving after epoch 0: patience 2 runs out at epoch 2, on both ranks.
     assert one["wait_count"] == 2 and zero["wait_count"] == 0
     assert zero["current_epoch"] == one["current_epoch"] == 3

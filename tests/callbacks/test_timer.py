@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException as 
 import stepstone as L
 import stepstone.callbacks.timer as timer_module
 from both_frameworks import quiet
+from callbacks.test_early_stopping import run_ddp
 from scripted import loader
 from stepstone.callbacks import ModelCheckpoint, Timer
 from stepstone.errors import MisconfigurationException
@@ -202,3 +203,11 @@ def test_invalid_interval() -> None:
         PLTimer(interval="batch")
     with pytest.raises(MisconfigurationException, match=r"Timer\(interval='batch'\).*step, epoch"):
         Timer(interval="batch")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("rank", "steps"), [(0, 1), (1, 20)])
+def test_under_ddp_rank_zeros_clock_decides(tmp_path: Path, rank: int, steps: int) -> None:
+    # Only this rank's clock says the budget is spent: rank 0's stops both after one batch, rank 1's stops none.
+    zero, one = run_ddp(tmp_path, f"timer_rank{rank}")
+    assert zero["global_step"] == one["global_step"] == steps
