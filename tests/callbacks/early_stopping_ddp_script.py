@@ -40,7 +40,7 @@ class PerRank(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def main(out: Path, scenario: str) -> None:
+def run(out: Path, scenario: str) -> None:
     data = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=4)
     stopper = EarlyStopping("val_loss", patience=2)
     callbacks: list[L.Callback] = [stopper]
@@ -49,6 +49,7 @@ def main(out: Path, scenario: str) -> None:
         if int(scenario.removeprefix("timer_rank")) == int(os.environ["RANK"]):
             later = iter(range(0, 10**9, 3600))  # every reading an hour after the last: out of time at once
             timer_module.time = types.SimpleNamespace(monotonic=lambda: float(next(later)))  # type: ignore[assignment]
+    torch.manual_seed(0)
     trainer = L.Trainer(
         strategy=DDPStrategy(timeout=timedelta(seconds=30)),
         accelerator="cpu",
@@ -69,8 +70,16 @@ def main(out: Path, scenario: str) -> None:
         "stopped_epoch": stopper.stopped_epoch,
         "wait_count": stopper.wait_count,
     }
-    torch.save(seen, out / f"rank{trainer.global_rank}.pt")
+    torch.save(seen, out / f"{scenario}-rank{trainer.global_rank}.pt")
+
+
+def main(out: Path) -> None:
+    """Every scenario, one after the other, in the same two processes (one torchrun start for all)."""
+    real_time = timer_module.time
+    for scenario in ("early_stopping", "timer_rank0", "timer_rank1"):
+        run(out, scenario)
+        timer_module.time = real_time
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]))

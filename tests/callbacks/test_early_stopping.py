@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,11 +17,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint as PLModelCheckpoint
 
 import stepstone as L
 from both_frameworks import quiet
+from callbacks.ddp_runs import ddp_results
 from scripted import loader
 from stepstone.callbacks import EarlyStopping, ModelCheckpoint
 from stepstone.callbacks.early_stopping import EarlyStoppingReason
 from stepstone.errors import MisconfigurationException
-from stepstone.strategies import find_free_port
 
 FRAMEWORKS = {
     "lightning": (PL, PLEarlyStopping, PLModelCheckpoint),
@@ -252,30 +249,9 @@ def test_fast_dev_run_never_stops_early(tmp_path: Path) -> None:
     assert got["should_stop"] is False and got["reason"] == 0
 
 
-def run_ddp(out: Path, scenario: str) -> list[dict[str, Any]]:
-    """Run ``early_stopping_ddp_script.py`` on 2 gloo ranks under torchrun; what each rank saw."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    script = Path(__file__).with_name("early_stopping_ddp_script.py")
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={find_free_port()}",
-    ]
-    done = subprocess.run(
-        [*launcher, str(script), str(out), scenario], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
-
-
 @pytest.mark.timeout(90)
-def test_under_ddp_one_rank_stopping_stops_every_rank(tmp_path: Path) -> None:
-    zero, one = run_ddp(tmp_path, "early_stopping")
+def test_under_ddp_one_rank_stopping_stops_every_rank() -> None:
+    zero, one = ddp_results("early_stopping")
     # Rank 1's metric stops improving after epoch 0: patience 2 runs out at epoch 2, on both ranks.
     assert one["wait_count"] == 2 and zero["wait_count"] == 0
     assert zero["current_epoch"] == one["current_epoch"] == 3

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException as 
 import stepstone as L
 import stepstone.callbacks.timer as timer_module
 from both_frameworks import quiet
-from callbacks.test_early_stopping import run_ddp
+from callbacks.ddp_runs import ddp_results
 from scripted import loader
 from stepstone.callbacks import ModelCheckpoint, Timer
 from stepstone.errors import MisconfigurationException
@@ -207,7 +207,7 @@ def test_invalid_interval() -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("rank", "steps"), [(0, 1), (1, 20)])
-def test_under_ddp_rank_zeros_clock_decides(tmp_path: Path, rank: int, steps: int) -> None:
+def test_under_ddp_rank_zeros_clock_decides(rank: int, steps: int) -> None:
     # Only this rank's clock says the budget is spent: rank 0's stops both after one batch, rank 1's stops none.
-    zero, one = run_ddp(tmp_path, f"timer_rank{rank}")
+    zero, one = ddp_results(f"timer_rank{rank}")
     assert zero["global_step"] == one["global_step"] == steps
