@@ -266,3 +266,39 @@ def test_lightning_import_paths() -> None:
     for name in names:
         assert getattr(L.callbacks, name).__name__ == getattr(PL.pytorch.callbacks, name).__name__ == name
     assert module.EarlyStoppingReason.PATIENCE_EXHAUSTED.value == 3
+
+
+def test_trainer_properties_and_monitoring_order_as_in_lightning(tmp_path: Path) -> None:
+    # The metric is logged in the module's on_train_epoch_end: EarlyStopping (a monitoring callback) runs after
+    # that hook, so strict=True finds it.
+    seen = {}
+    for name, (fw, es_class, _) in FRAMEWORKS.items():
+
+        class LogsAtEpochEnd(fw.LightningModule):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.layer = torch.nn.Linear(4, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+            def on_train_epoch_end(self) -> None:
+                self.log("epoch_metric", float(self.current_epoch))
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        stopper = es_class("epoch_metric", patience=2)
+        trainer = fw.Trainer(
+            default_root_dir=tmp_path / name,
+            callbacks=[stopper],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_epochs=10,
+        )
+        assert trainer.early_stopping_callback is stopper and trainer.early_stopping_callbacks == [stopper]
+        with quiet():
+            trainer.fit(LogsAtEpochEnd(), loader())
+        seen[name] = (trainer.current_epoch, stopper.stopped_epoch, stopper.wait_count)
+    assert seen["stepstone"] == seen["lightning"] == (3, 2, 2)

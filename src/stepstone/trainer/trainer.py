@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 
 from stepstone.callbacks.callback import Callback, check_state_keys
 from stepstone.callbacks.checkpoint import Checkpoint
+from stepstone.callbacks.early_stopping import EarlyStopping
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
 from stepstone.core.datamodule import LightningDataModule
@@ -449,6 +450,16 @@ class Trainer:
         """The first ModelCheckpoint callback (None if there is none)."""
         found = self.checkpoint_callbacks
         return found[0] if found else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[EarlyStopping]:
+        """All EarlyStopping callbacks (Lightning's property)."""
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> EarlyStopping | None:
+        """The first EarlyStopping callback (None if there is none)."""
+        return next(iter(self.early_stopping_callbacks), None)
 
     @property
     def progress_bar_callback(self) -> ProgressBar | None:
