@@ -59,7 +59,7 @@ class Trainer:
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (CUDA).
         logger: True/None (a CSVLogger under ``default_root_dir/lightning_logs``), False, a logger (any object
             with Lightning's Logger methods) or an iterable of them.
-        callbacks: callbacks to run; ModelCheckpoint instances always run last.
+        callbacks: callbacks to run; checkpoint callbacks (ModelCheckpoint, OnExceptionCheckpoint) run last.
         fast_dev_run: run 1 (or N) batch(es) of each loop, without loggers or checkpoints, to find bugs fast.
         max_epochs: stop after this many epochs; default 1000 when ``max_steps`` is unset, -1 for no limit.
         min_epochs: train at least this many epochs even if ``should_stop`` is set.
@@ -75,7 +75,7 @@ class Trainer:
         check_val_every_n_epoch: validate every N epochs (None: count ``val_check_interval`` across epochs).
         num_sanity_val_steps: validation batches run before training to catch bugs (-1: all; default 2).
         log_every_n_steps: how often per-step values are sent to loggers (default 50).
-        enable_checkpointing: add a default ModelCheckpoint when none is given (default True).
+        enable_checkpointing: add a default ModelCheckpoint when no checkpoint callback is given (default True).
         enable_progress_bar: show a progress bar (default True).
         enable_model_summary: print a one-line parameter summary at fit start (default True).
         accumulate_grad_batches: optimizer step every N batches, loss divided by N.
