@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import yaml
 
-from stepstone.callbacks.callback import Callback
+from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
@@ -59,7 +59,7 @@ _STATE_FIELDS = (
 )
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     """Save checkpoints periodically and keep the best ``save_top_k`` by a monitored metric.
 
     Args:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +62,6 @@ class FitLoop:
         self.data = DataPosition()
         self._exact: dict[str, Any] | None = None
         self._warned_none = False
-        self._started_at = 0.0
 
     # --- counters -----------------------------------------------------------------------------------
     @property
@@ -189,12 +187,6 @@ class FitLoop:
     def _max_steps_reached(self) -> bool:
         return self.max_steps != -1 and self.global_step >= self.max_steps
 
-    def _check_time(self) -> None:
-        # Lightning's Timer: running out of time sets should_stop (so min_epochs/min_steps still hold).
-        max_time = self.trainer._max_time
-        if max_time is not None and time.monotonic() - self._started_at >= max_time.total_seconds():
-            self.trainer.should_stop = True
-
     def done(self) -> bool:
         """Whether training ends before the next epoch."""
         if self.trainer.num_training_batches == 0 or self._max_steps_reached():
@@ -202,13 +194,11 @@ class FitLoop:
         if self.max_epochs != -1 and self.epoch_progress.current.processed >= self.max_epochs:
             self.epoch_progress.current.completed = self.epoch_progress.current.processed
             return True
-        self._check_time()
         return self.trainer.should_stop and self._can_stop_early()
 
     def _epoch_should_end(self) -> bool:
         if self._max_steps_reached():
             return True
-        self._check_time()
         return self.trainer.should_stop and self._can_stop_early()
 
     def _num_ready_batches_reached(self) -> bool:
@@ -234,19 +224,20 @@ class FitLoop:
         ``limit_train_batches=0``, ``max_epochs=0``, or a resumed run that is already done.
         """
         hooks = self.trainer._hooks
-        self._started_at = time.monotonic()
         try:
             if self.trainer.num_training_batches == 0 or self._max_steps_reached():
                 # Nothing to train: as in Lightning, the restored epoch is not completed (current_epoch stays the
                 # checkpoint's).
                 return
-            if self._complete_epoch_on_run:
-                self._complete_epoch_on_run = False
+            complete, self._complete_epoch_on_run = self._complete_epoch_on_run, False
+            if self.done():
+                # As in Lightning, a run stopped before it starts (should_stop set in on_fit_start, e.g. by a
+                # Timer whose budget the checkpoint spent) leaves the restored epoch uncompleted.
+                return
+            if complete:
                 epoch = self.epoch_progress
                 epoch.current.completed = epoch.current.processed
                 epoch.total.completed = max(epoch.total.completed, epoch.total.processed)
-            if self.done():
-                return
             every = self.trainer.check_val_every_n_epoch
             if self.trainer._val_enabled() and (every is None or (self.current_epoch + 1) % every == 0):
                 self.trainer._raise_val_limit_error()  # Lightning sets up this epoch's validation data here

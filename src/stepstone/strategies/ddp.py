@@ -240,6 +240,10 @@ class DDPStrategy:
         """``src``'s object on every rank; see :func:`~stepstone.strategies.collectives.broadcast_object`."""
         return collectives.broadcast_object(obj, src)
 
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """One decision for all ranks (Lightning's name): ``all=True`` needs every rank, False any rank."""
+        return collectives.agree(decision, "all" if all else "any")
+
     def agree(self, flag: bool, require: str = "all") -> bool:
         """A decision shared by all ranks; see :func:`~stepstone.strategies.collectives.agree`."""
         return collectives.agree(flag, require)

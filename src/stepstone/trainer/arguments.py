@@ -113,24 +113,15 @@ def resolve_max_epochs(max_epochs: Any, max_steps: int, max_time: Any) -> int:
 
 
 def resolve_max_time(value: Any) -> timedelta | None:
-    """Accept a ``timedelta``, a dict of ``timedelta`` arguments or ``"DD:HH:MM:SS"``.
+    """Accept a ``timedelta``, a dict of ``timedelta`` arguments or ``"DD:HH:MM:SS"`` (the Timer's forms).
 
     Raises:
         MisconfigurationException: for any other form.
+        TypeError: a dict with keys ``timedelta`` does not take.
     """
-    if value is None or isinstance(value, timedelta):
-        return value
-    if isinstance(value, dict):
-        return timedelta(**value)
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) == 4 and all(p.isdigit() for p in parts):
-            d, h, m, s = map(int, parts)
-            return timedelta(days=d, hours=h, minutes=m, seconds=s)
-    raise MisconfigurationException(
-        f"Trainer(max_time={value!r}) is invalid; pass a datetime.timedelta, a dict like {{'hours': 1}}, or "
-        "'DD:HH:MM:SS'."
-    )
+    from stepstone.callbacks.timer import parse_duration
+
+    return parse_duration(value, "Trainer(max_time")
 
 
 def resolve_fast_dev_run(value: Any) -> int:

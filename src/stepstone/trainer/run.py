@@ -152,11 +152,14 @@ class Runner:
         t.state.stage = None
         # The run ends only once the last background save is committed (or has failed).
         save_failure = self.async_saves.finish(t)
+        if (
+            status == "success"
+        ):  # as in Lightning, a run that raised gets on_exception, not the teardown hooks
+            hooks = t._hooks
+            hooks.datamodule("teardown", fn.value)
+            hooks.callbacks("teardown", fn.value)
+            hooks.module("teardown", fn.value)
         status = "failed" if save_failure is not None else status
-        hooks = t._hooks
-        hooks.datamodule("teardown", fn.value)
-        hooks.callbacks("teardown", fn.value)
-        hooks.module("teardown", fn.value)
         if t._model is not None and t._placement.device.type == "cuda":
             t._model.cpu()
         if t.is_global_zero:  # only rank 0 logs (Lightning's loggers are rank-zero-only)

@@ -12,6 +12,8 @@ import torch
 from torch.optim import Optimizer
 
 from stepstone.callbacks.callback import Callback, check_state_keys
+from stepstone.callbacks.checkpoint import Checkpoint
+from stepstone.callbacks.early_stopping import EarlyStopping
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.callbacks.model_summary import ModelSummary
 from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
@@ -30,6 +32,7 @@ from stepstone.trainer import arguments as args
 from stepstone.trainer.device import Placement, resolve_placement
 from stepstone.trainer.distributed import resolve_distributed, wants_ddp
 from stepstone.trainer.hooks import HookRunner, is_overridden
+from stepstone.trainer.max_time import add_max_time_timer
 from stepstone.trainer.metrics import MetricsHub
 from stepstone.trainer.run import Runner
 from stepstone.trainer.signals import DEFAULT_PREEMPTION_SIGNALS, PreemptionHandler, resolve_signals
@@ -57,13 +60,14 @@ class Trainer:
         precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"`` (CUDA).
         logger: True/None (a CSVLogger under ``default_root_dir/lightning_logs``), False, a logger (any object
             with Lightning's Logger methods) or an iterable of them.
-        callbacks: callbacks to run; ModelCheckpoint instances always run last.
+        callbacks: callbacks to run; checkpoint callbacks (ModelCheckpoint, OnExceptionCheckpoint) run last.
         fast_dev_run: run 1 (or N) batch(es) of each loop, without loggers or checkpoints, to find bugs fast.
         max_epochs: stop after this many epochs; default 1000 when ``max_steps`` is unset, -1 for no limit.
         min_epochs: train at least this many epochs even if ``should_stop`` is set.
         max_steps: stop after this many optimizer steps (-1: no limit).
         min_steps: train at least this many optimizer steps.
-        max_time: stop after this much time (``timedelta``, dict, or ``"DD:HH:MM:SS"``).
+        max_time: stop after this much training time (``timedelta``, dict, or ``"DD:HH:MM:SS"``); adds a
+            ``Timer`` callback (Lightning's), whose elapsed time a resumed run counts on from.
         limit_train_batches: batches per training epoch (int) or fraction of them (float).
         limit_val_batches: same for validation (0 disables validation).
         limit_test_batches: same for test.
@@ -72,7 +76,7 @@ class Trainer:
         check_val_every_n_epoch: validate every N epochs (None: count ``val_check_interval`` across epochs).
         num_sanity_val_steps: validation batches run before training to catch bugs (-1: all; default 2).
         log_every_n_steps: how often per-step values are sent to loggers (default 50).
-        enable_checkpointing: add a default ModelCheckpoint when none is given (default True).
+        enable_checkpointing: add a default ModelCheckpoint when no checkpoint callback is given (default True).
         enable_progress_bar: show a progress bar (default True).
         enable_model_summary: add a :class:`~stepstone.callbacks.ModelSummary` (the layer table printed at fit
             start) when the callbacks hold none (default True).
@@ -197,6 +201,7 @@ class Trainer:
         self.callbacks = _resolve_callbacks(
             callbacks, enable_checkpointing, enable_progress_bar, self.enable_model_summary
         )
+        self.callbacks = add_max_time_timer(self.callbacks, self._max_time)  # Lightning's max_time is a Timer
         self.fit_loop = FitLoop(self, max_epochs_, min_epochs_, max_steps_, min_steps_)
         self.state = TrainerState()
         self.should_stop = False
@@ -449,6 +454,16 @@ class Trainer:
         """The first ModelCheckpoint callback (None if there is none)."""
         found = self.checkpoint_callbacks
         return found[0] if found else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[EarlyStopping]:
+        """All EarlyStopping callbacks (Lightning's property)."""
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> EarlyStopping | None:
+        """The first EarlyStopping callback (None if there is none)."""
+        return next(iter(self.early_stopping_callbacks), None)
 
     @property
     def progress_bar_callback(self) -> ProgressBar | None:
@@ -751,10 +766,12 @@ def _resolve_callbacks(
             f"Trainer(callbacks=...) contains {bad}, which are not stepstone Callback instances."
         )
     check_state_keys(items)
-    has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in items)
+    given = [type(cb).__name__ for cb in items if isinstance(cb, Checkpoint)]
+    has_checkpoint = bool(given)
     if enable_checkpointing is False and has_checkpoint:
         raise MisconfigurationException(
-            "Trainer(enable_checkpointing=False) was given together with a ModelCheckpoint callback; remove one of them."
+            f"Trainer(enable_checkpointing=False) was given together with the checkpoint callback {given[0]}; remove "
+            "one of them."
         )
     if enable_checkpointing is not False and not has_checkpoint:
         items.append(ModelCheckpoint())
@@ -768,6 +785,6 @@ def _resolve_callbacks(
     if enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
         items.append(ModelSummary())
     # Checkpoint callbacks run last so they see everything other callbacks logged (Lightning's order).
-    return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + [
-        cb for cb in items if isinstance(cb, ModelCheckpoint)
+    return [cb for cb in items if not isinstance(cb, Checkpoint)] + [
+        cb for cb in items if isinstance(cb, Checkpoint)
     ]
