@@ -22,6 +22,7 @@ from stepstone.loggers.csv_logs import CSVLogger
 from stepstone.loggers.logger import Logger
 from stepstone.loggers.tensorboard import TensorBoardLogger
 from stepstone.loops.fit import FitLoop
+from stepstone.profilers import Profiler
 from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.launcher import ScriptLauncher
@@ -80,6 +81,17 @@ class Trainer:
         deterministic: ``torch.use_deterministic_algorithms`` (True, False or ``"warn"``).
         benchmark: ``torch.backends.cudnn.benchmark``.
         inference_mode: evaluate under ``torch.inference_mode`` (else ``no_grad``).
+        overfit_batches: train (and validate) on only this many batches (int) or fraction (float) of each epoch,
+            the same ones every epoch: shuffling is turned off, with a warning (0: off).
+        reload_dataloaders_every_n_epochs: request the train/val dataloaders again every N epochs (0: never).
+        use_distributed_sampler: under DDP, rebuild the dataloaders with a ``DistributedSampler`` (default True).
+        detect_anomaly: run training under ``torch.autograd.set_detect_anomaly`` (slow; for debugging).
+        barebones: switch off everything that costs speed (checkpointing, loggers, ``self.log``, progress bar,
+            model summary, sanity check); asking for one of them as well is an error.
+        sync_batchnorm: under DDP, turn BatchNorm layers into ``torch.nn.SyncBatchNorm`` before training.
+        profiler: None, ``"simple"`` or a :class:`~stepstone.profilers.Profiler`: times every hook and step
+            and reports the table when fit/validate/test/predict ends.
+        enable_autolog_hparams: send the module's/datamodule's hyper-parameters to the loggers at start.
         default_root_dir: where logs and checkpoints go by default (default: the working directory).
         plugins: ``AsyncCheckpointIO()`` (or a list holding it) makes ModelCheckpoint saves asynchronous (see
             ``stepstone.plugins``); no other plugin is supported.
@@ -126,11 +138,38 @@ class Trainer:
         deterministic: bool | str | None = None,
         benchmark: bool | None = None,
         inference_mode: bool = True,
+        overfit_batches: int | float = 0.0,
+        reload_dataloaders_every_n_epochs: int = 0,
+        use_distributed_sampler: bool = True,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        sync_batchnorm: bool = False,
+        profiler: Profiler | str | None = None,
+        enable_autolog_hparams: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         plugins: Any = None,
         preemption_signals: Iterable[int | str] | None = DEFAULT_PREEMPTION_SIGNALS,
     ) -> None:
         args.check_int("num_nodes", num_nodes, 1)
+        self.barebones = args.check_bool("barebones", barebones)
+        if barebones:  # Lightning's: every feature that costs speed is off, and asking for one is an error
+            args.check_barebones(
+                enable_checkpointing=enable_checkpointing, logger=logger, enable_progress_bar=enable_progress_bar,
+                log_every_n_steps=log_every_n_steps, enable_model_summary=enable_model_summary,
+                num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run,
+                detect_anomaly=detect_anomaly, profiler=profiler,
+            )  # fmt: skip
+            enable_checkpointing = logger = enable_progress_bar = enable_model_summary = fast_dev_run = False
+            log_every_n_steps = num_sanity_val_steps = 0
+        self.overfit_batches = args.resolve_overfit_batches(overfit_batches)
+        self.reload_dataloaders_every_n_epochs = int(
+            args.check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0) or 0
+        )
+        self._use_distributed_sampler = args.check_bool("use_distributed_sampler", use_distributed_sampler)
+        self._sync_batchnorm = args.check_bool("sync_batchnorm", sync_batchnorm)
+        self._detect_anomaly = args.check_bool("detect_anomaly", detect_anomaly)
+        self.profiler = args.resolve_profiler(profiler)
+        self.enable_autolog_hparams = args.check_bool("enable_autolog_hparams", enable_autolog_hparams)
         # DDP (torchrun/SLURM-started processes, or strategy="ddp" on one) or a single device; see distributed.py.
         self._strategy: DDPStrategy | None = None
         self._launcher: ScriptLauncher | None = None  # set when this process starts the other ranks
@@ -142,7 +181,7 @@ class Trainer:
             )
         else:
             self._placement = resolve_placement(accelerator, devices, strategy, precision)
-        self._async_checkpointing = _resolve_plugins(plugins)
+        self._async_checkpointing = args.resolve_plugins(plugins)
         self.fast_dev_run = args.resolve_fast_dev_run(fast_dev_run)
         max_steps_ = args.check_int("max_steps", max_steps, -1)
         assert max_steps_ is not None
@@ -156,6 +195,8 @@ class Trainer:
         self.limit_val_batches = args.check_limit("limit_val_batches", limit_val_batches)
         self.limit_test_batches = args.check_limit("limit_test_batches", limit_test_batches)
         self.limit_predict_batches = args.check_limit("limit_predict_batches", limit_predict_batches)
+        if self.overfit_batches > 0:  # Lightning: the same limit for training and validation, theirs ignored
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
         self.val_check_interval = args.check_val_check_interval(val_check_interval)
         self.check_val_every_n_epoch = args.check_int(
             "check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True
@@ -178,13 +219,14 @@ class Trainer:
         self.accumulate_grad_batches = int(
             args.check_int("accumulate_grad_batches", accumulate_grad_batches, 1) or 1
         )
-        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
+        self.gradient_clip_val, self.gradient_clip_algorithm = args.check_clipping(
             gradient_clip_val, gradient_clip_algorithm
         )
         self.inference_mode = bool(inference_mode)
         if self.fast_dev_run:
             n = self.fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = n
+            if not self.overfit_batches:
+                self.limit_train_batches = self.limit_val_batches = n
             self.limit_test_batches = self.limit_predict_batches = n
             max_steps_, max_epochs_, self.num_sanity_val_steps = n, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
@@ -672,37 +714,6 @@ class Trainer:
             cached = [LightningOptimizer(opt, step_fn=self._lightning_step) for opt in self.optimizers]
             self._lightning_optimizer_cache = cached
         return cached
-
-
-def _check_clipping(value: Any, algorithm: Any) -> tuple[float | None, str | None]:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-        raise MisconfigurationException(
-            f"Trainer(gradient_clip_val={value!r}) is invalid; pass a number >= 0 (or None for no clipping)."
-        )
-    if algorithm is not None and (
-        not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value")
-    ):
-        raise MisconfigurationException(
-            f"Trainer(gradient_clip_algorithm={algorithm!r}) is invalid; pass 'norm' or 'value'."
-        )
-    # As in Lightning, an unset algorithm stays None (clipping then defaults to "norm").
-    return (float(value) if value is not None else None), (
-        algorithm.lower() if algorithm is not None else None
-    )
-
-
-def _resolve_plugins(plugins: Any) -> bool:
-    """Whether the plugins ask for asynchronous checkpointing (the only plugin supported)."""
-    from stepstone.plugins import AsyncCheckpointIO
-
-    items = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
-    unsupported = [item for item in items if not isinstance(item, AsyncCheckpointIO)]
-    if unsupported:
-        raise MisconfigurationException(
-            f"Trainer(plugins={plugins!r}) is not supported: the only plugin is "
-            "stepstone.plugins.AsyncCheckpointIO(); remove the others."
-        )
-    return bool(items)
 
 
 # What the Trainer calls on a logger (Lightning's Logger interface); any object that has them is accepted.
