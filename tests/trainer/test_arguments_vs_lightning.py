@@ -183,6 +183,28 @@ def test_sync_batchnorm_without_ddp_keeps_batchnorm_as_lightning(tmp_path: Path)
         assert type(model.norm) is torch.nn.BatchNorm1d, name
 
 
+def test_sync_batchnorm_under_ddp_converts_and_on_cpu_names_the_fix(tmp_path: Path) -> None:
+    # One-process DDP on CPU. Lightning converts BatchNorm to SyncBatchNorm and then fails inside torch's DDP
+    # wrapper ("SyncBatchNorm layers only work with GPU modules", a ValueError; its in-process DDP leaves a thread
+    # behind, so it is not run here): stepstone converts (configure_optimizers sees it) and raises a
+    # ValueError naming the argument and the fix at the same point.
+    model = _model_class("stepstone")()
+    seen: list[str] = []
+    original = model.configure_optimizers
+    model.configure_optimizers = lambda: (seen.append(type(model.norm).__name__), original())[1]
+    trainer = L.Trainer(
+        strategy="ddp", accelerator="cpu", devices=1, sync_batchnorm=True, max_epochs=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    with (
+        quiet(),
+        pytest.raises(ValueError, match=r"sync_batchnorm=True\) needs CUDA.*Pass sync_batchnorm=False"),
+    ):
+        trainer.fit(model, _loader())
+    assert seen == ["SyncBatchNorm"]
+    assert not torch.distributed.is_initialized()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

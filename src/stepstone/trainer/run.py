@@ -33,6 +33,7 @@ from stepstone.trainer.checks import (
     check_data_arguments,
     check_fit_methods,
     check_optimization,
+    check_sync_batchnorm,
     print_results,
     print_summary,
     warn_eval_modules,
@@ -249,6 +250,7 @@ class Runner:
             torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if is_fsdp(t._strategy):
             # FSDP shards the parameters first: the optimizers, then the checkpoint, are made for the shards.
+            check_sync_batchnorm(t)
             t._strategy.setup(module, t._placement.device)
             self._configure_optimizers(module)
             checkpoint = read_for_strategy(t, path) if path else None
@@ -270,6 +272,7 @@ class Runner:
                 self.fit_data.restored()
                 del checkpoint
             if t._strategy is not None:
+                check_sync_batchnorm(t)
                 # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights.
                 t._strategy.setup(module, t._placement.device)
         self._log_hyperparams()
