@@ -136,18 +136,31 @@ class _Reloading(L.LightningModule):
         return DataLoader(_dataset(12), batch_size=2, shuffle=True)
 
 
-def test_a_mid_epoch_resume_with_reloaded_dataloaders_trains_exactly_as_the_uninterrupted_run(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("kwargs", "requests"),
+    [
+        # Requested when fit sets up (before the restore), then again for the restored epoch 2 (Lightning requests
+        # it once, after restoring); the next reload would come 2 epochs after the restored one (Lightning's count).
+        ({"reload_dataloaders_every_n_epochs": 2}, [0, 2]),
+        ({"reload_dataloaders_every_n_epochs": 1}, [0, 2, 3]),
+        ({"overfit_batches": 4}, [0]),
+        ({"profiler": "simple", "detect_anomaly": True}, [0]),
+        ({"sync_batchnorm": True, "use_distributed_sampler": False, "enable_autolog_hparams": False}, [0]),
+    ],
+)
+def test_a_mid_epoch_resume_with_the_argument_trains_exactly_as_the_uninterrupted_run(
+    tmp_path: Path, kwargs: dict[str, Any], requests: list[int]
 ) -> None:
-    def trainer(max_epochs: int, **kwargs: Any) -> L.Trainer:
+    def trainer(**more: Any) -> L.Trainer:
         return L.Trainer(
-            max_epochs=max_epochs,
-            reload_dataloaders_every_n_epochs=2,
+            max_epochs=4,
             default_root_dir=tmp_path,
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            enable_checkpointing=False,
             **kwargs,
+            **more,
         )
 
     class SaveMidEpoch(L.Callback):
@@ -158,14 +171,11 @@ def test_a_mid_epoch_resume_with_reloaded_dataloaders_trains_exactly_as_the_unin
     with quiet():
         torch.manual_seed(0)
         straight = _Reloading()
-        trainer(4, callbacks=[SaveMidEpoch()], enable_checkpointing=False).fit(straight)
+        trainer(callbacks=[SaveMidEpoch()]).fit(straight)
         torch.manual_seed(123)  # a different generator state: the checkpoint must restore it
         resumed = _Reloading()
-        trainer(4, enable_checkpointing=False).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
-    assert straight.requests == [0, 2]
-    # Requested when fit sets up (before the restore), then again for the restored epoch 2 (Lightning requests it
-    # once, after restoring); the next reload would be 2 epochs after the restored one (Lightning's count).
-    assert resumed.requests == [0, 2]
+        trainer().fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.requests == requests
     for name, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), name
 

@@ -144,7 +144,7 @@ class FitData:
             warnings.warn(
                 "Validation data was given but the module has no validation_step; validation is skipped.",
                 UserWarning,
-                stacklevel=7,
+                stacklevel=8,  # the user's fit() call
             )
             val = None
         try:
