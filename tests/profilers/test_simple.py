@@ -116,6 +116,27 @@ def test_filename_writes_the_report_where_lightning_writes_it(tmp_path: Path) ->
     assert written["stepstone"] == written["lightning"] == ["fit-perf.txt"]
 
 
+def test_a_failed_fit_prints_no_report_as_lightning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Failing(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(profiler="simple", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with quiet(), pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Failing(), data(2))
+    assert "Profiler Report" not in capsys.readouterr().out
+    assert trainer._hooks.profiler is None
+
+
 def test_without_a_profiler_hooks_are_called_unwrapped(tmp_path: Path) -> None:
     trainer = L.Trainer(logger=False, enable_progress_bar=False)
     assert isinstance(trainer.profiler, PassThroughProfiler)

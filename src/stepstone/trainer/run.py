@@ -182,7 +182,10 @@ class Runner:
             # Drops the DDP wrapper; a failure also leaves the process group, so that the other ranks hear of
             # it at once (their pending collectives fail instead of waiting for the timeout).
             finish_strategy(t._strategy, failed=status != "success")
-        t.profiler.describe()  # the report of this entry point (Lightning's, at teardown)
+        if status == "success":
+            t.profiler.describe()  # the report of this entry point (Lightning's: only when it succeeded)
+        else:
+            t.profiler.teardown(stage=t.profiler._stage)
         t._hooks.profiler = None
         return save_failure
 
