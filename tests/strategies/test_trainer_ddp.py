@@ -69,6 +69,18 @@ def test_ddp_under_torchrun_matches_one_process_and_resumes_every_rank(tmp_path:
 
 
 @pytest.mark.timeout(120)
+def test_use_distributed_sampler_false_leaves_each_rank_the_loader_as_given(tmp_path: Path) -> None:
+    # Lightning's semantics: without the injected sampler every rank reads the whole loader as given (so both
+    # ranks see the same batches and the averaged gradient is one process's).
+    zero, one = run_script(tmp_path / "ddp", 4, "fit", 2, kind="ddp_options")
+    (single,) = run_script(tmp_path / "single", 4, "single", 1, kind="ddp_options")
+    assert zero["sampler"] == one["sampler"] == single["sampler"] == "SequentialSampler"
+    assert zero["train_batches"] == one["train_batches"] == single["train_batches"] == 4
+    for name, value in single["weights"].items():
+        assert torch.allclose(zero["weights"][name], value, atol=1e-6), name
+
+
+@pytest.mark.timeout(120)
 def test_async_saves_under_ddp_are_written_by_rank_zero_in_the_background(tmp_path: Path) -> None:
     from stepstone.checkpoint import verify_file
 

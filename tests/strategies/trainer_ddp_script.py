@@ -1,7 +1,7 @@
 """A training script the DDP Trainer tests run under torchrun (2 ranks) and as one process.
 
 Usage: ``python trainer_ddp_script.py OUT_DIR BATCH_SIZE SCENARIO [KIND]`` (``KIND``: ``ddp`` (default),
-``ddp_async`` (background saves), ``fsdp_full`` or ``fsdp_sharded``: FSDP on as many processes as started) (``SCENARIO``: ``single``, ``fit``, ``first_epoch`` then ``resume``,
+``ddp_async`` (background saves), ``ddp_options`` (use_distributed_sampler=False), ``fsdp_full`` or ``fsdp_sharded``: FSDP on as many processes as started) (``SCENARIO``: ``single``, ``fit``, ``first_epoch`` then ``resume``,
 ``rank0_save``, ``preempt`` then ``auto``, ``fit_resume`` (fit, then resume in the same processes), or ``launch``: run with plain ``python``, the Trainer starts rank 1; ``spawn``: ddp_spawn).
 Each rank writes ``OUT_DIR/rank<N>.pt`` with what it saw; the tests compare them.
 """
@@ -122,6 +122,7 @@ def _trainer(out: Path, scenario: str, checkpoint: ModelCheckpoint, max_epochs: 
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=kind != "ddp_options",
     )
 
 

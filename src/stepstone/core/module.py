@@ -164,6 +164,14 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
                 stacklevel=2,
             )
             return
+        if getattr(self._trainer, "barebones", False):
+            warnings.warn(
+                f"self.log({name!r}, ...) was called but Trainer(barebones=True) is configured: logging can impact "
+                "raw speed so it is disabled; nothing was logged. Pass barebones=False to log.",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
         self._trainer._metrics.log(
             self._current_fx_name,
             name,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["iterate_batches"]
+if TYPE_CHECKING:
+    from stepstone.profilers import Profiler
+
+__all__ = ["iterate_batches", "profiled"]
 
 
 def iterate_batches(loader: Iterable[Any], start: int, total: int | float) -> Iterator[tuple[int, Any, bool]]:
@@ -35,3 +38,15 @@ def iterate_batches(loader: Iterable[Any], start: int, total: int | float) -> It
         yield batch_idx, pending, False
         pending = upcoming
         batch_idx += 1
+
+
+def profiled(loader: Iterable[Any], profiler: Profiler, action: str) -> Iterator[Any]:
+    """``loader``'s items, each fetch timed as one call of ``action``."""
+    iterator = iter(loader)
+    while True:
+        with profiler.profile(action):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item

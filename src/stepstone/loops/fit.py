@@ -7,7 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from stepstone.errors import MisconfigurationException
-from stepstone.loops.batches import iterate_batches
+from stepstone.loops.batches import iterate_batches, profiled
 from stepstone.loops.data_position import DataPosition
 from stepstone.loops.optimization import run_automatic, run_manual
 from stepstone.loops.progress import (
@@ -243,8 +243,13 @@ class FitLoop:
                 self.trainer._raise_val_limit_error()  # Lightning sets up this epoch's validation data here
             hooks.both("on_train_start")
             self._continue_exactly()
+            profiler = self.trainer._hooks.profiler
             while not self.done():
-                self.run_epoch()
+                if profiler is None:
+                    self.run_epoch()
+                else:
+                    with profiler.profile("run_training_epoch"):
+                        self.run_epoch()
             hooks.both("on_train_end")
         finally:
             self._exact = None  # a resume's state is for this run only
@@ -255,6 +260,7 @@ class FitLoop:
         hooks = trainer._hooks
         start, self._resume_batch = self._resume_batch, None
         starts_epoch, self._resume_starts_epoch = start is None or self._resume_starts_epoch, False
+        trainer._runner.fit_data.reload_train_if_due()  # reload_dataloaders_every_n_epochs
         trainer._set_sampler_epoch(self.epoch_progress.current.processed)
         if start is None:
             start = 0
@@ -288,12 +294,20 @@ class FitLoop:
                 return
             self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
         iterator = self.data.open(loader, start, exact.get("loader_state") if exact else None)
+        profiler = trainer._hooks.profiler
+        if profiler is not None:
+            iterator = profiled(iterator, profiler, "[_TrainingEpochLoop].train_dataloader_next")
         preemption = trainer._preemption
         for batch_idx, batch, is_last in iterate_batches(iterator, start, total):
             self.batch_progress.is_last_batch = is_last
             accumulating = self._should_accumulate(batch_idx, is_last)
-            if not self._run_batch(batch, batch_idx, accumulating):
-                break
+            if profiler is None:
+                if not self._run_batch(batch, batch_idx, accumulating):
+                    break
+            else:
+                with profiler.profile("run_training_batch"):
+                    if not self._run_batch(batch, batch_idx, accumulating):
+                        break
             if not accumulating and preemption.due(trainer):
                 preemption.save_and_exit(trainer)  # raises SystemExit after the optimizer step
             if not self._after_batch(batch_idx, is_last, accumulating, validate=True):

@@ -11,7 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from stepstone.errors import MisconfigurationException
 
-__all__ = ["distributed_loader", "set_loader_epoch"]
+__all__ = ["distributed_loader", "sequential_loader", "set_loader_epoch"]
 
 # DataLoader arguments carried over as they are (when this torch has them); the sampler arguments are rebuilt.
 _KEPT = (
@@ -47,13 +47,13 @@ def _check_sampler(loader: DataLoader[Any]) -> None:
         raise MisconfigurationException(
             f"This DataLoader uses a custom batch_sampler ({type(batch_sampler).__name__}), which cannot be "
             "sharded across ranks automatically. Give it a DistributedSampler yourself (num_replicas=world_size, "
-            "rank=global_rank) and turn off the automatic distributed sampler."
+            "rank=global_rank) and pass Trainer(use_distributed_sampler=False)."
         )
     if not isinstance(loader.sampler, (SequentialSampler, RandomSampler)):
         raise MisconfigurationException(
             f"This DataLoader uses a custom sampler ({type(loader.sampler).__name__}), which cannot be sharded "
             "across ranks automatically. Shard it yourself (e.g. a DistributedSampler over your indices) and "
-            "turn off the automatic distributed sampler."
+            "pass Trainer(use_distributed_sampler=False)."
         )
 
 
@@ -100,15 +100,43 @@ def distributed_loader(
     sampler: DistributedSampler[Any] = DistributedSampler(
         loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
     )
+    return _rebuilt(loader, sampler)
+
+
+def _rebuilt(loader: DataLoader[Any], sampler: Any) -> DataLoader[Any]:
     kwargs = _loader_kwargs(loader)
     try:
         return type(loader)(loader.dataset, sampler=sampler, shuffle=False, **kwargs)
     except TypeError as exc:
         raise MisconfigurationException(
-            f"The dataloader class {type(loader).__name__} cannot be rebuilt with a DistributedSampler from "
-            f"DataLoader's arguments ({exc}). Accept DataLoader's keyword arguments in its __init__, or give it a "
-            "DistributedSampler yourself."
+            f"The dataloader class {type(loader).__name__} cannot be rebuilt with a {type(sampler).__name__} from "
+            f"DataLoader's arguments ({exc}). Accept DataLoader's keyword arguments in its __init__, or give it "
+            "the sampler yourself."
         ) from exc
+
+
+def sequential_loader(loader: Any) -> Any:
+    """``loader`` rebuilt to read its dataset in order (a ``SequentialSampler``), other settings kept.
+
+    Args:
+        loader: the user's loader.
+
+    Returns:
+        The rebuilt loader; ``loader`` itself when it is not a DataLoader, reads an IterableDataset, already
+        reads in order, or batches with a custom ``batch_sampler`` (which decides the order itself).
+
+    Raises:
+        MisconfigurationException: a DataLoader subclass that cannot be rebuilt from DataLoader's arguments.
+    """
+    if (
+        not isinstance(loader, DataLoader)
+        or isinstance(loader.dataset, IterableDataset)
+        or isinstance(loader.sampler, SequentialSampler)
+        or loader.batch_size is None
+        or type(loader.batch_sampler) is not BatchSampler
+    ):
+        return loader
+    return _rebuilt(loader, SequentialSampler(loader.dataset))  # type: ignore[arg-type]
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:

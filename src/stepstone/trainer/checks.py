@@ -19,6 +19,7 @@ __all__ = [
     "check_data_arguments",
     "check_fit_methods",
     "check_optimization",
+    "check_sync_batchnorm",
     "print_results",
     "val_check_batch",
     "warn_eval_modules",
@@ -111,3 +112,17 @@ def print_results(stage: str, results: list[dict[str, float]]) -> None:
         print(header, file=sys.stderr)
         for key, value in sorted(metrics.items()):
             print(f"  {key:<30} {value:.6g}", file=sys.stderr)
+
+
+def check_sync_batchnorm(trainer: Trainer) -> None:
+    """Before DDP wraps the module: torch's SyncBatchNorm runs only on GPUs (DDP would refuse it on CPU).
+
+    Raises:
+        MisconfigurationException: ``sync_batchnorm=True`` on a device that is not CUDA.
+    """
+    device = trainer._placement.device
+    if trainer._sync_batchnorm and device.type != "cuda":
+        raise MisconfigurationException(
+            f"Trainer(sync_batchnorm=True) needs CUDA devices: torch's SyncBatchNorm layers only work with GPU "
+            f"modules, and this run is on {device.type!r}. Pass sync_batchnorm=False, or accelerator='gpu'."
+        )

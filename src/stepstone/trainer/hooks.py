@@ -19,6 +19,7 @@ from stepstone.strategies import is_fsdp
 from stepstone.strategies.ddp import DDPStrategy
 
 if TYPE_CHECKING:
+    from stepstone.profilers import Profiler
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["HookRunner", "is_overridden", "step_arguments"]
@@ -87,6 +88,8 @@ class HookRunner:
         self._trainer = trainer
         self._cache: dict[tuple[str, bool | None], list[Callback]] = {}
         self._module_overrides: dict[str, bool] = {}
+        # Set only for a recording profiler: the unprofiled path costs one ``is None`` test per hook.
+        self.profiler: Profiler | None = None
 
     def reset(self) -> None:
         """Forget which callbacks and module override which hooks (call when either changes)."""
@@ -124,9 +127,14 @@ class HookRunner:
         state = module.__dict__
         previous = state.get("_current_fx_name")
         state["_current_fx_name"] = name
+        profiler = self.profiler
         try:
             for callback in targets:
-                getattr(callback, name)(trainer, module, *args)
+                if profiler is None:
+                    getattr(callback, name)(trainer, module, *args)
+                else:
+                    with profiler.profile(f"[Callback]{callback.state_key}.{name}"):
+                        getattr(callback, name)(trainer, module, *args)
         finally:
             state["_current_fx_name"] = previous
 
@@ -148,8 +156,12 @@ class HookRunner:
         state = module.__dict__
         previous = state.get("_current_fx_name")
         state["_current_fx_name"] = name
+        profiler = self.profiler
         try:
-            return getattr(module, name)(*args, **kwargs)
+            if profiler is None:
+                return getattr(module, name)(*args, **kwargs)
+            with profiler.profile(f"[LightningModule]{type(module).__name__}.{name}"):
+                return getattr(module, name)(*args, **kwargs)
         finally:
             state["_current_fx_name"] = previous
 
@@ -176,8 +188,12 @@ class HookRunner:
         state = self._trainer._model.__dict__
         previous = state.get("_current_fx_name")
         state["_current_fx_name"] = name
+        profiler = self.profiler
         try:
-            return strategy.call(name, *args)
+            if profiler is None:
+                return strategy.call(name, *args)
+            with profiler.profile(f"[Strategy]{type(strategy).__name__}.{name}"):
+                return strategy.call(name, *args)
         finally:
             state["_current_fx_name"] = previous
 
@@ -189,5 +205,10 @@ class HookRunner:
     def datamodule(self, name: str, *args: Any) -> None:
         """Call a hook on the attached datamodule, if there is one."""
         datamodule = self._trainer.datamodule
-        if datamodule is not None:
+        if datamodule is None:
+            return
+        if self.profiler is None:
+            getattr(datamodule, name)(*args)
+            return
+        with self.profiler.profile(f"[LightningDataModule]{type(datamodule).__name__}.{name}"):
             getattr(datamodule, name)(*args)

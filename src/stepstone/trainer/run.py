@@ -18,6 +18,7 @@ from stepstone.core.saving import read_checkpoint
 from stepstone.errors import MisconfigurationException
 from stepstone.loops.evaluation import run_evaluation
 from stepstone.loops.prediction import run_prediction
+from stepstone.profilers import PassThroughProfiler
 from stepstone.strategies import is_fsdp
 from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
@@ -32,11 +33,12 @@ from stepstone.trainer.checks import (
     check_data_arguments,
     check_fit_methods,
     check_optimization,
+    check_sync_batchnorm,
     print_results,
-    val_check_batch,
     warn_eval_modules,
 )
 from stepstone.trainer.data import check_hook_not_none, find_loaders, limited_batches, loader_length
+from stepstone.trainer.fit_data import FitData, prepare_loaders
 from stepstone.trainer.hooks import is_overridden
 from stepstone.trainer.rng import capture_rng, restore_rng
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
@@ -64,6 +66,7 @@ class Runner:
         self.t = trainer
         self._datamodule: LightningDataModule | None = None  # the data source of the current call
         self.async_saves = AsyncSaves()
+        self.fit_data = FitData(trainer)
 
     # --- shared plumbing ----------------------------------------------------------------------------
     def _attach(
@@ -107,6 +110,7 @@ class Runner:
                 start_ranks(t._launcher)
             if strategy is not None:
                 strategy.setup_environment()  # joins the process group (every rank), bounded by its timeout
+            self._setup_profiler(fn)
             self._setup(fn)
             result = body()
         except BaseException as exc:
@@ -127,6 +131,15 @@ class Runner:
             t.state.status = TrainerStatus.INTERRUPTED
             raise save_failure
         return result
+
+    def _setup_profiler(self, fn: TrainerFn) -> None:
+        t = self.t
+        profiler = t.profiler
+        profiler.setup(
+            stage=fn.value, local_rank=t.local_rank if t.world_size > 1 else None, log_dir=t.log_dir
+        )
+        # Hooks are wrapped only for a profiler that records: the unprofiled path stays a plain call.
+        t._hooks.profiler = None if isinstance(profiler, PassThroughProfiler) else profiler
 
     def _on_exception(self, exc: BaseException) -> None:
         t = self.t
@@ -171,11 +184,16 @@ class Runner:
             # Drops the DDP wrapper; a failure also leaves the process group, so that the other ranks hear of
             # it at once (their pending collectives fail instead of waiting for the timeout).
             finish_strategy(t._strategy, failed=status != "success")
+        if status == "success":
+            t.profiler.describe()  # the report of this entry point (Lightning's: only when it succeeded)
+        else:
+            t.profiler.teardown(stage=t.profiler._stage)
+        t._hooks.profiler = None
         return save_failure
 
     def _log_hyperparams(self) -> None:
         t = self.t
-        if not t.loggers:
+        if not t.loggers or not t.enable_autolog_hparams:
             return
         # On every rank: conflicting module/datamodule hparams fail every rank alike (Lightning's check).
         params = logged_hparams(t.lightning_module, t.datamodule)
@@ -190,12 +208,7 @@ class Runner:
     def _find(self, kind: str, explicit: Any) -> list[Iterable[Any]] | None:
         t = self.t
         loaders = find_loaders(kind, explicit, self._datamodule, t.lightning_module)
-        if loaders is None:
-            return None
-        if t._strategy is not None and t.world_size > 1:
-            # Each rank reads its own share (DistributedSampler); the loader's other settings are kept.
-            loaders = [t._strategy.replace_sampler(loader) for loader in loaders]
-        return loaders
+        return None if loaders is None else prepare_loaders(t, kind, loaders, fitting=False)
 
     def _loaders(
         self, kind: str, explicit: Any, limit: int | float, name: str
@@ -236,9 +249,13 @@ class Runner:
         path = resolve_ckpt_path(self.t, TrainerFn.FITTING, ckpt_path)
         t.ckpt_path = path
         t.fit_loop.restarting = False  # until a checkpoint's loop state says otherwise
-        self._prepare_fit_data(train_loaders, val_loaders)
+        self.fit_data.load(train_loaders, val_loaders, self._datamodule)
+        if t._strategy is not None and t._sync_batchnorm:
+            # In place for the module's children (their parameters stay the same objects), before DDP wraps it.
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if is_fsdp(t._strategy):
             # FSDP shards the parameters first: the optimizers, then the checkpoint, are made for the shards.
+            check_sync_batchnorm(t)
             t._strategy.setup(module, t._placement.device)
             self._configure_optimizers(module)
             checkpoint = read_for_strategy(t, path) if path else None
@@ -246,6 +263,7 @@ class Runner:
                 restore_model_state(t, checkpoint, path or "")
                 restore_callbacks(t, checkpoint)
                 restore_training_state(t, checkpoint, path or "")
+                self.fit_data.restored()
                 del checkpoint
         else:
             checkpoint = read_checkpoint(path, map_location="cpu") if path else None
@@ -256,8 +274,10 @@ class Runner:
             self._configure_optimizers(module)
             if checkpoint is not None:
                 restore_training_state(t, checkpoint, path or "")
+                self.fit_data.restored()
                 del checkpoint
             if t._strategy is not None:
+                check_sync_batchnorm(t)
                 # After the optimizers exist (they hold the same parameters); DDP copies rank 0's weights.
                 t._strategy.setup(module, t._placement.device)
         self._log_hyperparams()
@@ -267,7 +287,8 @@ class Runner:
             self._sanity_check(keep_metrics=path is not None)
         t.state.stage = RunningStage.TRAINING
         warn_eval_modules(module)  # Lightning 2.2+ keeps the user's train/eval modes and warns instead
-        t.fit_loop.run()
+        with torch.autograd.set_detect_anomaly(t._detect_anomaly):
+            t.fit_loop.run()
         t._hooks.both("on_fit_end")
 
     def _configure_optimizers(self, module: LightningModule) -> None:
@@ -281,39 +302,6 @@ class Runner:
                 stacklevel=7,
             )
         check_optimization(t, module)
-
-    def _prepare_fit_data(self, train_loaders: Any, val_loaders: Any) -> None:
-        t = self.t
-        train, train_counts = self._loaders(
-            "train", train_loaders, t.limit_train_batches, "limit_train_batches"
-        )
-        if train is None:
-            check_hook_not_none("train", "fit", "train_dataloaders", self._datamodule, t.lightning_module)
-            raise MisconfigurationException(
-                "fit() found no training data: pass train_dataloaders=..., a datamodule, or define "
-                "train_dataloader() in the LightningModule."
-            )
-        t._train_loader, t.num_training_batches = train[0], train_counts[0]
-        val = self._find("val", val_loaders)
-        val_counts: list[int | float] = []
-        t._val_limit_error = None
-        if val is not None and not is_overridden("validation_step", t.lightning_module, LightningModule):
-            warnings.warn(
-                "Validation data was given but the module has no validation_step; validation is skipped.",
-                UserWarning,
-                stacklevel=7,
-            )
-            val = None
-        try:
-            val_counts = [
-                limited_batches("limit_val_batches", loader_length(v), t.limit_val_batches) for v in val or []
-            ]
-        except MisconfigurationException as exc:
-            # Lightning checks the limit when validation first needs its data (the sanity check, or the first
-            # epoch that validates): a fit that never validates does not fail.
-            t._val_limit_error = exc
-        t._val_loaders, t.num_val_batches = val, val_counts
-        t.val_check_batch = val_check_batch(t)
 
     def _sanity_check(self, keep_metrics: bool) -> None:
         """A few validation batches before training; the generators are left as they were (Lightning's rule).
@@ -349,6 +337,7 @@ class Runner:
     def fit_validation(self) -> None:
         """A validation run inside fit (called by the fit loop)."""
         t = self.t
+        self.fit_data.reload_val_if_due()
         assert t._val_loaders is not None
         t._raise_val_limit_error()
         t.state.stage = RunningStage.VALIDATING

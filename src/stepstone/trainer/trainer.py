@@ -11,12 +11,10 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from stepstone.callbacks.callback import Callback, check_state_keys
-from stepstone.callbacks.checkpoint import Checkpoint
+from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.early_stopping import EarlyStopping
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
-from stepstone.callbacks.model_summary import ModelSummary
-from stepstone.callbacks.progress_bar import ProgressBar, TQDMProgressBar
+from stepstone.callbacks.progress_bar import ProgressBar
 from stepstone.core.datamodule import LightningDataModule
 from stepstone.core.module import LightningModule
 from stepstone.core.optimizers import LightningOptimizer, SchedulerConfig
@@ -25,10 +23,12 @@ from stepstone.loggers.csv_logs import CSVLogger
 from stepstone.loggers.logger import Logger
 from stepstone.loggers.tensorboard import TensorBoardLogger
 from stepstone.loops.fit import FitLoop
+from stepstone.profilers import Profiler
 from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.launcher import ScriptLauncher
 from stepstone.trainer import arguments as args
+from stepstone.trainer.defaults import resolve_callbacks, resolve_loggers
 from stepstone.trainer.device import Placement, resolve_placement
 from stepstone.trainer.distributed import resolve_distributed, wants_ddp
 from stepstone.trainer.hooks import HookRunner, is_overridden
@@ -86,6 +86,17 @@ class Trainer:
         deterministic: ``torch.use_deterministic_algorithms`` (True, False or ``"warn"``).
         benchmark: ``torch.backends.cudnn.benchmark``.
         inference_mode: evaluate under ``torch.inference_mode`` (else ``no_grad``).
+        overfit_batches: train (and validate) on only this many batches (int) or fraction (float) of each epoch,
+            the same ones every epoch: shuffling is turned off, with a warning (0: off).
+        reload_dataloaders_every_n_epochs: request the train/val dataloaders again every N epochs (0: never).
+        use_distributed_sampler: under DDP, rebuild the dataloaders with a ``DistributedSampler`` (default True).
+        detect_anomaly: run training under ``torch.autograd.set_detect_anomaly`` (slow; for debugging).
+        barebones: switch off everything that costs speed (checkpointing, loggers, ``self.log``, progress bar,
+            model summary, sanity check); asking for one of them as well is an error.
+        sync_batchnorm: under DDP, turn BatchNorm layers into ``torch.nn.SyncBatchNorm`` before training.
+        profiler: None, ``"simple"`` or a :class:`~stepstone.profilers.Profiler`: times every hook and step
+            and reports the table when fit/validate/test/predict ends.
+        enable_autolog_hparams: send the module's/datamodule's hyper-parameters to the loggers at start.
         default_root_dir: where logs and checkpoints go by default (default: the working directory).
         plugins: ``AsyncCheckpointIO()`` (or a list holding it) makes ModelCheckpoint saves asynchronous (see
             ``stepstone.plugins``); no other plugin is supported.
@@ -132,11 +143,38 @@ class Trainer:
         deterministic: bool | str | None = None,
         benchmark: bool | None = None,
         inference_mode: bool = True,
+        overfit_batches: int | float = 0.0,
+        reload_dataloaders_every_n_epochs: int = 0,
+        use_distributed_sampler: bool = True,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        sync_batchnorm: bool = False,
+        profiler: Profiler | str | None = None,
+        enable_autolog_hparams: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         plugins: Any = None,
         preemption_signals: Iterable[int | str] | None = DEFAULT_PREEMPTION_SIGNALS,
     ) -> None:
         args.check_int("num_nodes", num_nodes, 1)
+        self.barebones = args.check_bool("barebones", barebones)
+        if barebones:  # Lightning's: every feature that costs speed is off, and asking for one is an error
+            args.check_barebones(
+                enable_checkpointing=enable_checkpointing, logger=logger, enable_progress_bar=enable_progress_bar,
+                log_every_n_steps=log_every_n_steps, enable_model_summary=enable_model_summary,
+                num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run,
+                detect_anomaly=detect_anomaly, profiler=profiler,
+            )  # fmt: skip
+            enable_checkpointing = logger = enable_progress_bar = enable_model_summary = fast_dev_run = False
+            log_every_n_steps = num_sanity_val_steps = 0
+        self.overfit_batches = args.resolve_overfit_batches(overfit_batches)
+        self.reload_dataloaders_every_n_epochs = int(
+            args.check_int("reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0) or 0
+        )
+        self._use_distributed_sampler = args.check_bool("use_distributed_sampler", use_distributed_sampler)
+        self._sync_batchnorm = args.check_bool("sync_batchnorm", sync_batchnorm)
+        self._detect_anomaly = args.check_bool("detect_anomaly", detect_anomaly)
+        self.profiler = args.resolve_profiler(profiler)
+        self.enable_autolog_hparams = args.check_bool("enable_autolog_hparams", enable_autolog_hparams)
         # DDP (torchrun/SLURM-started processes, or strategy="ddp" on one) or a single device; see distributed.py.
         self._strategy: DDPStrategy | None = None
         self._launcher: ScriptLauncher | None = None  # set when this process starts the other ranks
@@ -148,7 +186,7 @@ class Trainer:
             )
         else:
             self._placement = resolve_placement(accelerator, devices, strategy, precision)
-        self._async_checkpointing = _resolve_plugins(plugins)
+        self._async_checkpointing = args.resolve_plugins(plugins)
         self.fast_dev_run = args.resolve_fast_dev_run(fast_dev_run)
         max_steps_ = args.check_int("max_steps", max_steps, -1)
         assert max_steps_ is not None
@@ -162,6 +200,8 @@ class Trainer:
         self.limit_val_batches = args.check_limit("limit_val_batches", limit_val_batches)
         self.limit_test_batches = args.check_limit("limit_test_batches", limit_test_batches)
         self.limit_predict_batches = args.check_limit("limit_predict_batches", limit_predict_batches)
+        if self.overfit_batches > 0:  # Lightning: the same limit for training and validation, theirs ignored
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
         self.val_check_interval = args.check_val_check_interval(val_check_interval)
         self.check_val_every_n_epoch = args.check_int(
             "check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True
@@ -184,21 +224,22 @@ class Trainer:
         self.accumulate_grad_batches = int(
             args.check_int("accumulate_grad_batches", accumulate_grad_batches, 1) or 1
         )
-        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
+        self.gradient_clip_val, self.gradient_clip_algorithm = args.check_clipping(
             gradient_clip_val, gradient_clip_algorithm
         )
         self.inference_mode = bool(inference_mode)
         if self.fast_dev_run:
             n = self.fast_dev_run
-            self.limit_train_batches = self.limit_val_batches = n
+            if not self.overfit_batches:
+                self.limit_train_batches = self.limit_val_batches = n
             self.limit_test_batches = self.limit_predict_batches = n
             max_steps_, max_epochs_, self.num_sanity_val_steps = n, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
         self._configure_determinism(deterministic, benchmark)
         self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.enable_model_summary = True if enable_model_summary is None else bool(enable_model_summary)
-        self.loggers = _resolve_loggers(logger, self._default_root_dir, bool(self.fast_dev_run))
-        self.callbacks = _resolve_callbacks(
+        self.loggers = resolve_loggers(logger, self._default_root_dir, bool(self.fast_dev_run))
+        self.callbacks = resolve_callbacks(
             callbacks, enable_checkpointing, enable_progress_bar, self.enable_model_summary
         )
         self.callbacks = add_max_time_timer(self.callbacks, self._max_time)  # Lightning's max_time is a Timer
@@ -691,100 +732,3 @@ class Trainer:
             cached = [LightningOptimizer(opt, step_fn=self._lightning_step) for opt in self.optimizers]
             self._lightning_optimizer_cache = cached
         return cached
-
-
-def _check_clipping(value: Any, algorithm: Any) -> tuple[float | None, str | None]:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-        raise MisconfigurationException(
-            f"Trainer(gradient_clip_val={value!r}) is invalid; pass a number >= 0 (or None for no clipping)."
-        )
-    if algorithm is not None and (
-        not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value")
-    ):
-        raise MisconfigurationException(
-            f"Trainer(gradient_clip_algorithm={algorithm!r}) is invalid; pass 'norm' or 'value'."
-        )
-    # As in Lightning, an unset algorithm stays None (clipping then defaults to "norm").
-    return (float(value) if value is not None else None), (
-        algorithm.lower() if algorithm is not None else None
-    )
-
-
-def _resolve_plugins(plugins: Any) -> bool:
-    """Whether the plugins ask for asynchronous checkpointing (the only plugin supported)."""
-    from stepstone.plugins import AsyncCheckpointIO
-
-    items = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
-    unsupported = [item for item in items if not isinstance(item, AsyncCheckpointIO)]
-    if unsupported:
-        raise MisconfigurationException(
-            f"Trainer(plugins={plugins!r}) is not supported: the only plugin is "
-            "stepstone.plugins.AsyncCheckpointIO(); remove the others."
-        )
-    return bool(items)
-
-
-# What the Trainer calls on a logger (Lightning's Logger interface); any object that has them is accepted.
-_LOGGER_METHODS = ("log_metrics", "log_hyperparams", "log_graph", "save", "finalize", "after_save_checkpoint")
-
-
-def _resolve_loggers(logger: Any, root: str, fast_dev_run: bool) -> list[Logger]:
-    """Lightning's rules: falsy means none, True/None the default CSVLogger, an iterable its items, else itself.
-
-    Loggers are duck typed as in Lightning: any object with the Logger methods works (a ``MagicMock()`` is an
-    iterable, so it means no logger, as in Lightning).
-    """
-    if fast_dev_run or logger is False:
-        return []
-    if logger is None or logger is True:
-        return [CSVLogger(save_dir=root)]
-    loggers: list[Any] = []
-    if logger and not isinstance(logger, (str, bytes)) and isinstance(logger, Iterable):
-        loggers = list(logger)
-    elif logger:
-        loggers = [logger]
-    for item in loggers:
-        missing = [m for m in _LOGGER_METHODS if not callable(getattr(item, m, None))]
-        if missing:
-            raise MisconfigurationException(
-                f"Trainer(logger={logger!r}) is invalid: {item!r} has no {', '.join(missing)} method; pass True, "
-                "False, a logger (a stepstone.loggers.Logger or any object with its methods) or a list of them."
-            )
-    return loggers
-
-
-def _resolve_callbacks(
-    callbacks: list[Callback] | Callback | None,
-    enable_checkpointing: bool | None,
-    enable_progress_bar: bool | None,
-    enable_model_summary: bool,
-) -> list[Callback]:
-    items = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
-    bad = [type(cb).__name__ for cb in items if not isinstance(cb, Callback)]
-    if bad:
-        raise MisconfigurationException(
-            f"Trainer(callbacks=...) contains {bad}, which are not stepstone Callback instances."
-        )
-    check_state_keys(items)
-    given = [type(cb).__name__ for cb in items if isinstance(cb, Checkpoint)]
-    has_checkpoint = bool(given)
-    if enable_checkpointing is False and has_checkpoint:
-        raise MisconfigurationException(
-            f"Trainer(enable_checkpointing=False) was given together with the checkpoint callback {given[0]}; remove "
-            "one of them."
-        )
-    if enable_checkpointing is not False and not has_checkpoint:
-        items.append(ModelCheckpoint())
-    has_bar = any(isinstance(cb, ProgressBar) for cb in items)
-    if enable_progress_bar is False and has_bar:
-        raise MisconfigurationException(
-            "Trainer(enable_progress_bar=False) was given together with a progress bar callback; remove one of them."
-        )
-    if enable_progress_bar is not False and not has_bar:
-        items.append(TQDMProgressBar())
-    if enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
-        items.append(ModelSummary())
-    # Checkpoint callbacks run last so they see everything other callbacks logged (Lightning's order).
-    return [cb for cb in items if not isinstance(cb, Checkpoint)] + [
-        cb for cb in items if isinstance(cb, Checkpoint)
-    ]
