@@ -219,3 +219,11 @@ def test_run_leaves_the_files_lightning_leaves(
         return logger_files(name, "tensorboard", hparams, fn, log_metrics, tmp_path / name)
 
     assert files("stepstone") == files("lightning")
+
+
+def test_url_save_dir_is_rejected_with_the_csv_logger_as_the_fix() -> None:
+    # The event files are written by TensorBoard's own local writer; CSVLogger is the URL-capable logger.
+    with pytest.raises(
+        MisconfigurationException, match=r"save_dir='memory://tb'.*CSVLogger takes fsspec URLs"
+    ):
+        TensorBoardLogger("memory://tb")

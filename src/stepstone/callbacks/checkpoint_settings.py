@@ -39,8 +39,16 @@ def exists(path: str) -> bool:
 def resolve_dirpath(dirpath: str | os.PathLike[str] | None) -> str | None:
     if dirpath is None or dirpath == "":
         return dirpath  # "" stays "": bare names, relative to the working directory (as in Lightning)
-    path = os.fspath(dirpath)
-    return os.path.realpath(os.path.expanduser(path)) if is_local(path) else path
+    return _absolute(os.fspath(dirpath))
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (a ``file://`` URL becomes its plain path); any other URL as given."""
+    if not is_local(path):
+        return path
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def default_dirpath(trainer: Trainer) -> str:
@@ -49,8 +57,8 @@ def default_dirpath(trainer: Trainer) -> str:
         save_dir = first.save_dir or trainer.default_root_dir
         version = first.version
         version_dir = version if isinstance(version, str) else f"version_{version}"
-        return os.path.realpath(os.path.join(save_dir, str(first.name or ""), version_dir, "checkpoints"))
-    return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        return _absolute(os.path.join(save_dir, str(first.name or ""), version_dir, "checkpoints"))
+    return _absolute(os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
 def has_checkpoints(dirpath: str) -> bool:

@@ -103,7 +103,7 @@ class TensorBoardLogger(Logger):
         **kwargs: Any,
     ) -> None:
         self._writer_cls = _import_summary_writer()
-        self._save_dir = _check_layout(save_dir, name, version)
+        self._save_dir = _check_layout(save_dir, name, version, allow_url=False)
         self._name = name or ""
         self._version = version
         self._prefix = _check_prefix(prefix)
