@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import torch
 import yaml
@@ -221,9 +223,21 @@ def test_run_leaves_the_files_lightning_leaves(
     assert files("stepstone") == files("lightning")
 
 
-def test_url_save_dir_is_rejected_with_the_csv_logger_as_the_fix() -> None:
-    # The event files are written by TensorBoard's own local writer; CSVLogger is the URL-capable logger.
-    with pytest.raises(
-        MisconfigurationException, match=r"save_dir='memory://tb'.*CSVLogger takes fsspec URLs"
-    ):
-        TensorBoardLogger("memory://tb")
+def test_url_save_dir_writes_events_and_hparams_through_fsspec() -> None:
+    fs = fsspec.filesystem("memory")
+    root = f"/tb_{uuid.uuid4().hex}"
+    try:
+        first = TensorBoardLogger(f"memory://{root}")
+        first.save()  # version_0 is taken from the first save on
+        first.finalize("success")
+        logger = TensorBoardLogger(f"memory://{root}")
+        assert logger.version == 1
+        logger.log_hyperparams({"lr": 0.1})
+        logger.log_metrics({"a": 1.0}, step=0)
+        logger.finalize("success")
+        folder = f"{root}/lightning_logs/version_1"
+        names = sorted(path.rsplit("/", 1)[-1] for path in fs.find(folder))
+        assert names[0].startswith("events.out.tfevents.") and names[1:] == ["hparams.yaml"]
+        assert yaml.safe_load(fs.cat_file(f"{folder}/hparams.yaml")) == {"lr": 0.1}
+    finally:
+        fs.rm(root, recursive=True)

@@ -19,7 +19,6 @@ from stepstone.errors import MisconfigurationException
 from stepstone.loggers.log_files import (
     append_text,
     is_file,
-    is_url,
     local_path,
     make_dirs,
     read_text,
@@ -34,22 +33,15 @@ HPARAMS_FILE = "hparams.yaml"
 
 
 # --- helpers shared by the file-based loggers ----------------------------------------------------------
-def _check_layout(
-    save_dir: str | os.PathLike[str], name: str | None, version: int | str | None, allow_url: bool = True
-) -> str:
+def _check_layout(save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> str:
     """Validate the ``save_dir``/``name``/``version`` trio of a file-based logger; return ``save_dir`` as str.
 
-    ``allow_url=False`` for a logger whose writer only knows local folders (TensorBoard's event files).
+    ``save_dir`` may be a local folder or an fsspec URL.
     """
     path = os.fspath(save_dir)
     if not isinstance(path, str) or not path:
         raise MisconfigurationException(
             f"save_dir={save_dir!r} is not a folder path; pass e.g. save_dir='logs'."
-        )
-    if not allow_url and is_url(path):
-        raise MisconfigurationException(
-            f"save_dir={path!r} is a URL; this logger writes to the local filesystem only, pass a local folder"
-            " (CSVLogger takes fsspec URLs)."
         )
     if name is not None and not isinstance(name, str):
         raise MisconfigurationException(f"name={name!r} must be a str, '' or None (no name folder).")
