@@ -124,3 +124,20 @@ def test_file_url_root_is_the_local_folder(tmp_path: Path) -> None:
         "lightning_logs/version_0/hparams.yaml",
         "lightning_logs/version_0/metrics.csv",
     ]
+
+
+@pytest.mark.parametrize("name", ["lightning", "stepstone"])
+def test_second_run_into_a_url_checkpoint_folder_warns_like_lightning(name: str, memory_root: str) -> None:
+    pl, _ = framework(name)
+    first = _fit(name, memory_root, logger=False)
+    assert first.checkpoint_callback.dirpath == f"{memory_root}/checkpoints"
+    trainer = pl.Trainer(
+        default_root_dir=memory_root,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    with pytest.warns(UserWarning, match=r"exists and is not empty"):
+        trainer.fit(type(first.lightning_module)(), data(3), data(2, seed=1))

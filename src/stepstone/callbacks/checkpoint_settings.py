@@ -15,6 +15,7 @@ __all__ = [
     "default_dirpath",
     "exists",
     "has_checkpoints",
+    "is_folder",
     "is_local",
     "resolve_dirpath",
     "validate_arguments",
@@ -61,8 +62,22 @@ def default_dirpath(trainer: Trainer) -> str:
     return _absolute(os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
+def is_folder(path: str) -> bool:
+    if is_local(path):
+        return os.path.isdir(path)
+    import fsspec
+
+    fs, target = fsspec.core.url_to_fs(path)
+    return bool(fs.isdir(target))
+
+
 def has_checkpoints(dirpath: str) -> bool:
-    return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
+    if is_local(dirpath):
+        return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
+    import fsspec
+
+    fs, target = fsspec.core.url_to_fs(dirpath)
+    return any(str(name).endswith(".ckpt") for name in fs.ls(target, detail=False))
 
 
 def validate_arguments(

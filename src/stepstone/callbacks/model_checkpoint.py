@@ -35,6 +35,7 @@ from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
     has_checkpoints,
+    is_folder,
     is_local,
     resolve_dirpath,
     validate_arguments,
@@ -220,12 +221,12 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(save_last='link') needs a local dirpath (symlinks), got {self.dirpath!r}; use "
                 "save_last=True for remote storage."
             )
-        if stage != "fit" or not is_local(self.dirpath):
+        if stage != "fit":
             return
         from stepstone.checkpoint import sweep_stale_temps
 
-        if os.path.isdir(self.dirpath):
-            sweep_stale_temps(self.dirpath)
+        if is_folder(self.dirpath):
+            sweep_stale_temps(self.dirpath)  # local only: a remote object is whole or absent
             resuming = trainer._resume_requested
             if (
                 self.save_top_k != 0
