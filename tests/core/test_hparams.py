@@ -478,3 +478,108 @@ def test_module_and_datamodule_hparams_that_conflict_stop_the_run(framework: str
     assert fit(Model(), Data(batch_size=8, log=False)).global_step == 1  # the datamodule's are not logged
     log_dir = Path(fit(Model(), Data(batch_size=4)).logger.log_dir)  # equal values: merged, logged once
     assert yaml.safe_load((log_dir / "hparams.yaml").read_text()) == {"lr": 0.1, "batch_size": 4, "seed": 0}
+
+
+def _hparams_module_classes(fw: Any) -> dict[str, type]:
+    """Modules saving their hyperparameters each way Lightning names differently in ``hparams_name``."""
+
+    class Base(fw.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Plain(Base):
+        def __init__(self, lr: float = 0.1, depth: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class Named(Base):
+        def __init__(self, lr: float = 0.1, depth: int = 2) -> None:
+            super().__init__()
+            self.save_hyperparameters("lr")
+
+    class Kwargs(Base):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class NoArguments(Base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    class DictArgument(Base):
+        def __init__(self, config: Any = None) -> None:
+            super().__init__()
+            self.save_hyperparameters(config)
+
+    class DictLiteral(Base):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": lr, "built": True})
+
+    class NamespaceArgument(Base):
+        def __init__(self, args: Any = None) -> None:
+            super().__init__()
+            self.save_hyperparameters(args)
+
+    class NamespaceBuilt(Base):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters(Namespace(lr=lr))
+
+    return {
+        "plain": Plain,
+        "named": Named,
+        "kwargs": Kwargs,
+        "no_arguments": NoArguments,
+        "dict_argument": DictArgument,
+        "dict_literal": DictLiteral,
+        "namespace_argument": NamespaceArgument,
+        "namespace_built": NamespaceBuilt,
+    }
+
+
+_HPARAMS_CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "named": {},
+    "kwargs": {"lr": 0.5, "depth": 3},
+    "no_arguments": {},
+    "dict_argument": {"config": {"lr": 0.2}},
+    "dict_literal": {},
+    "namespace_argument": {"args": Namespace(lr=0.3)},
+    "namespace_built": {},
+}
+
+
+def _saved_hparams(framework: str, case: str, path: Path) -> tuple[Any, Any, Any]:
+    """Fit one step, save; return the file's ``hparams_name`` (or "absent"), its hyperparameters, and
+    the hyperparameters of the model loaded back from the file."""
+    fw = _framework(framework)
+    cls = _hparams_module_classes(fw)[case]
+    trainer = fw.Trainer(
+        default_root_dir=path.parent,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(2, 2)), batch_size=2)
+    trainer.fit(cls(**_HPARAMS_CASES[case]), data)
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)
+    loaded = cls.load_from_checkpoint(path)
+    return saved.get("hparams_name", "absent"), saved.get("hyper_parameters"), dict(loaded.hparams)
+
+
+@pytest.mark.parametrize("case", sorted(_HPARAMS_CASES))
+def test_checkpoint_hparams_name_matches_lightning(case: str, tmp_path: Path) -> None:
+    ours = _saved_hparams("stepstone", case, tmp_path / "stepstone.ckpt")
+    assert ours == _saved_hparams("lightning", case, tmp_path / "lightning.ckpt")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
 import re
+import uuid
 from argparse import Namespace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import torch
 import yaml
@@ -251,9 +255,45 @@ def test_invalid_arguments_are_named_in_the_error(
         CSVLogger(tmp_path, **kwargs)
 
 
-def test_url_save_dir_is_rejected() -> None:
-    with pytest.raises(MisconfigurationException, match="save_dir='s3://bucket/logs'"):
-        CSVLogger("s3://bucket/logs")
+@pytest.fixture
+def memory_root() -> Iterator[str]:
+    """A fresh ``memory://`` folder, removed afterwards (the memory filesystem is global to the process)."""
+    fs = fsspec.filesystem("memory")
+    root = f"/csv_logs_{uuid.uuid4().hex}"
+    yield f"memory://{root}"
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_url_save_dir_writes_through_fsspec(memory_root: str) -> None:
+    fs = fsspec.filesystem("memory")
+    CSVLogger(memory_root).save()  # version_0 exists from the first save on, as on a local folder
+    logger = CSVLogger(memory_root, flush_logs_every_n_steps=1)
+    assert logger.version == 1
+    assert logger.log_dir == f"{memory_root}/lightning_logs/version_1"
+    logger.log_hyperparams({"lr": 0.1, "layers": [2, 3]})
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.log_metrics({"a": 2.0}, step=1)  # appended (an object store rewrites the whole object)
+    logger.log_metrics({"a": 3.0, "b": torch.tensor(4.0)}, step=2)  # a new column rewrites the header
+    logger.finalize("success")
+    folder = memory_root[len("memory://") :] + "/lightning_logs/version_1"
+    rows = list(csv.DictReader(io.StringIO(fs.cat_file(f"{folder}/metrics.csv").decode())))
+    assert rows == [
+        {"a": "1.0", "b": "", "step": "0"},
+        {"a": "2.0", "b": "", "step": "1"},
+        {"a": "3.0", "b": "4.0", "step": "2"},
+    ]
+    assert yaml.safe_load(fs.cat_file(f"{folder}/hparams.yaml")) == {"lr": 0.1, "layers": [2, 3]}
+
+
+def test_file_url_save_dir_is_the_local_folder(tmp_path: Path) -> None:
+    logger = CSVLogger(f"file://{tmp_path}", flush_logs_every_n_steps=1)
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.finalize("success")
+    assert logger.log_dir == f"file://{tmp_path}/lightning_logs/version_0"
+    assert _read_csv(str(tmp_path / "lightning_logs" / "version_0" / "metrics.csv"))[1] == [
+        {"a": "1.0", "step": "0"}
+    ]
 
 
 @pytest.mark.parametrize(

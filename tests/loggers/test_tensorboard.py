@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import torch
 import yaml
@@ -219,3 +221,23 @@ def test_run_leaves_the_files_lightning_leaves(
         return logger_files(name, "tensorboard", hparams, fn, log_metrics, tmp_path / name)
 
     assert files("stepstone") == files("lightning")
+
+
+def test_url_save_dir_writes_events_and_hparams_through_fsspec() -> None:
+    fs = fsspec.filesystem("memory")
+    root = f"/tb_{uuid.uuid4().hex}"
+    try:
+        first = TensorBoardLogger(f"memory://{root}")
+        first.save()  # version_0 is taken from the first save on
+        first.finalize("success")
+        logger = TensorBoardLogger(f"memory://{root}")
+        assert logger.version == 1
+        logger.log_hyperparams({"lr": 0.1})
+        logger.log_metrics({"a": 1.0}, step=0)
+        logger.finalize("success")
+        folder = f"{root}/lightning_logs/version_1"
+        names = sorted(path.rsplit("/", 1)[-1] for path in fs.find(folder))
+        assert names[0].startswith("events.out.tfevents.") and names[1:] == ["hparams.yaml"]
+        assert yaml.safe_load(fs.cat_file(f"{folder}/hparams.yaml")) == {"lr": 0.1}
+    finally:
+        fs.rm(root, recursive=True)

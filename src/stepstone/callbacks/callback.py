@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch.optim import Optimizer
 
-if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
+# The package itself, not its classes: hooks annotate ``stepstone.Trainer`` so that the names resolve at runtime
+# (typing.get_type_hints, jsonargparse) once the package is loaded, without an import cycle.
+import stepstone
 
 __all__ = ["Callback", "check_state_keys"]
 
@@ -35,92 +35,105 @@ class Callback:
         return f"{self.__class__.__qualname__}{kwargs!r}"
 
     # --- setup and teardown -------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Called when fit, validate, test or predict begins; ``stage`` is one of those four names."""
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Called when fit, validate, test or predict ends."""
 
     # --- whole runs ---------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when fit begins."""
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when fit ends."""
 
-    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called before the sanity-check validation steps."""
 
-    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called after the sanity-check validation steps."""
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the training loop begins."""
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the training loop ends."""
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a validation loop begins."""
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a validation loop ends (after its metrics are in ``trainer.callback_metrics``)."""
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the test loop begins."""
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the test loop ends."""
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the predict loop begins."""
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when the predict loop ends."""
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
+    ) -> None:
         """Called when fit, validate, test or predict is interrupted by an exception."""
 
     # --- epochs -------------------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a training epoch begins."""
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a training epoch ends (after end-of-epoch validation, as in Lightning)."""
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_epoch_start(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule
+    ) -> None:
         """Called when a validation epoch begins."""
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_epoch_end(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule
+    ) -> None:
         """Called when a validation epoch ends."""
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a test epoch begins."""
 
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a test epoch ends."""
 
-    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_epoch_start(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule
+    ) -> None:
         """Called when a predict epoch begins."""
 
-    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called when a predict epoch ends."""
 
     # --- batches ------------------------------------------------------------------------------------
     def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Called before ``training_step``."""
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Called after ``training_step`` and, when one was taken, the optimizer step."""
 
     def on_validation_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -129,8 +142,8 @@ class Callback:
 
     def on_validation_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -140,8 +153,8 @@ class Callback:
 
     def on_test_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -150,8 +163,8 @@ class Callback:
 
     def on_test_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -161,8 +174,8 @@ class Callback:
 
     def on_predict_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -171,8 +184,8 @@ class Callback:
 
     def on_predict_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -181,18 +194,22 @@ class Callback:
         """Called after ``predict_step``."""
 
     # --- optimization -------------------------------------------------------------------------------
-    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
+    def on_before_backward(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, loss: Any
+    ) -> None:
         """Called before ``loss.backward()``."""
 
-    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_after_backward(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Called after ``loss.backward()`` and before the optimizer step."""
 
     def on_before_optimizer_step(
-        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, optimizer: Optimizer
     ) -> None:
         """Called before ``optimizer.step()`` (after gradient accumulation, before clipping)."""
 
-    def on_before_zero_grad(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
+    def on_before_zero_grad(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, optimizer: Optimizer
+    ) -> None:
         """Called before ``optimizer.zero_grad()``."""
 
     # --- checkpointing ------------------------------------------------------------------------------
@@ -212,12 +229,12 @@ class Callback:
         """
 
     def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Called when a checkpoint dict is built; may add entries to ``checkpoint``."""
 
     def on_load_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Called when a checkpoint is restored, before :meth:`load_state_dict`."""
 

@@ -15,6 +15,7 @@ __all__ = [
     "default_dirpath",
     "exists",
     "has_checkpoints",
+    "is_folder",
     "is_local",
     "resolve_dirpath",
     "validate_arguments",
@@ -39,8 +40,16 @@ def exists(path: str) -> bool:
 def resolve_dirpath(dirpath: str | os.PathLike[str] | None) -> str | None:
     if dirpath is None or dirpath == "":
         return dirpath  # "" stays "": bare names, relative to the working directory (as in Lightning)
-    path = os.fspath(dirpath)
-    return os.path.realpath(os.path.expanduser(path)) if is_local(path) else path
+    return _absolute(os.fspath(dirpath))
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (a ``file://`` URL becomes its plain path); any other URL as given."""
+    if not is_local(path):
+        return path
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def default_dirpath(trainer: Trainer) -> str:
@@ -49,12 +58,26 @@ def default_dirpath(trainer: Trainer) -> str:
         save_dir = first.save_dir or trainer.default_root_dir
         version = first.version
         version_dir = version if isinstance(version, str) else f"version_{version}"
-        return os.path.realpath(os.path.join(save_dir, str(first.name or ""), version_dir, "checkpoints"))
-    return os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        return _absolute(os.path.join(save_dir, str(first.name or ""), version_dir, "checkpoints"))
+    return _absolute(os.path.join(trainer.default_root_dir, "checkpoints"))
+
+
+def is_folder(path: str) -> bool:
+    if is_local(path):
+        return os.path.isdir(path)
+    import fsspec
+
+    fs, target = fsspec.core.url_to_fs(path)
+    return bool(fs.isdir(target))
 
 
 def has_checkpoints(dirpath: str) -> bool:
-    return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
+    if is_local(dirpath):
+        return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
+    import fsspec
+
+    fs, target = fsspec.core.url_to_fs(dirpath)
+    return any(str(name).endswith(".ckpt") for name in fs.ls(target, detail=False))
 
 
 def validate_arguments(

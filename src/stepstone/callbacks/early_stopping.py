@@ -6,18 +6,15 @@ import logging
 import warnings
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.rank_decision import reduce_boolean_decision
 from stepstone.errors import MisconfigurationException
 from stepstone.trainer.state import TrainerFn
-
-if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["EarlyStopping", "EarlyStoppingReason"]
 
@@ -118,7 +115,7 @@ class EarlyStopping(Callback):
         """``torch.lt`` for ``mode="min"``, ``torch.gt`` for ``"max"``: whether the first value is better."""
         return self.mode_dict[self.mode]
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Decide where the check runs, if ``check_on_train_epoch_end`` left it open (Lightning's rule)."""
         if self._check_on_train_epoch_end is None:
             self._check_on_train_epoch_end = (
@@ -155,16 +152,16 @@ class EarlyStopping(Callback):
         self.stopping_reason = EarlyStoppingReason(reason)
         self.stopping_reason_message = state_dict.get("stopping_reason_message")
 
-    def _should_skip_check(self, trainer: Trainer) -> bool:
+    def _should_skip_check(self, trainer: stepstone.Trainer) -> bool:
         return trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check here when validation runs once per epoch (or ``check_on_train_epoch_end=True``)."""
         if not self._check_on_train_epoch_end or self._should_skip_check(trainer):
             return
         self._run_early_stopping_check(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check here when validation runs more or less often than once per epoch."""
         if self._check_on_train_epoch_end or self._should_skip_check(trainer):
             return
@@ -184,7 +181,7 @@ class EarlyStopping(Callback):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return False
 
-    def _run_early_stopping_check(self, trainer: Trainer) -> None:
+    def _run_early_stopping_check(self, trainer: stepstone.Trainer) -> None:
         logs = trainer.callback_metrics
         # fast_dev_run only checks that the program runs: it never stops early.
         if trainer.fast_dev_run or not self._validate_condition_metric(logs):
@@ -242,7 +239,7 @@ class EarlyStopping(Callback):
         return f"Metric {self.monitor} improved. New best score: {current:.3f}"
 
     @staticmethod
-    def _log_info(trainer: Trainer, message: str, log_rank_zero_only: bool) -> None:
+    def _log_info(trainer: stepstone.Trainer, message: str, log_rank_zero_only: bool) -> None:
         rank = trainer.global_rank if trainer.world_size > 1 else None
         if rank is not None:
             message = f"[rank: {rank}] {message}"

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch.optim import Optimizer
 
+import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.errors import MisconfigurationException
 
 if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
     from stepstone.core.optimizers import SchedulerConfig
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["LearningRateMonitor"]
 
@@ -60,7 +59,7 @@ class LearningRateMonitor(Callback):
         self.last_momentum_values: dict[str, float | None] = {}
         self.last_weight_decay_values: dict[str, float | None] = {}
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check that there is a logger and fix the logged names.
 
         Raises:
@@ -87,18 +86,18 @@ class LearningRateMonitor(Callback):
         self.last_weight_decay_values = {f"{name}-weight_decay": None for name in names}
 
     def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Log the step-interval values when the loggers record this batch."""
         if self.logging_interval != "epoch" and _logs_this_step(trainer):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Log the epoch-interval values."""
         if self.logging_interval != "step":
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
 
-    def _log(self, trainer: Trainer, interval: str) -> None:
+    def _log(self, trainer: stepstone.Trainer, interval: str) -> None:
         stats = self._extract_stats(trainer, interval)
         if not stats:
             return
@@ -108,7 +107,7 @@ class LearningRateMonitor(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(stats, step=trainer.fit_loop.batches_that_stepped)
 
-    def _extract_stats(self, trainer: Trainer, interval: str) -> dict[str, float]:
+    def _extract_stats(self, trainer: stepstone.Trainer, interval: str) -> dict[str, float]:
         """The values due at ``interval`` (``"step"``, ``"epoch"`` or ``"any"``), recorded in :attr:`lrs`."""
         stats: dict[str, float] = {}
         configs = trainer.lr_scheduler_configs
@@ -149,7 +148,7 @@ class LearningRateMonitor(Callback):
         return stats
 
 
-def _logs_this_step(trainer: Trainer) -> bool:
+def _logs_this_step(trainer: stepstone.Trainer) -> bool:
     """Lightning's ``should_update_logs`` seen before a training batch: the loggers record the coming step."""
     every = trainer.log_every_n_steps
     if every == 0:
@@ -157,7 +156,7 @@ def _logs_this_step(trainer: Trainer) -> bool:
     return (trainer.fit_loop.batches_that_stepped + 1) % every == 0 or trainer.should_stop
 
 
-def _lacks(trainer: Trainer, key: str) -> bool:
+def _lacks(trainer: stepstone.Trainer, key: str) -> bool:
     """Whether some optimizer (through its scheduler, when there are schedulers) has no default ``key``."""
     if trainer.lr_scheduler_configs:
         return any(key not in c.scheduler.optimizer.defaults for c in trainer.lr_scheduler_configs)

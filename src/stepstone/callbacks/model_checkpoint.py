@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import yaml
 
+import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
@@ -34,6 +35,7 @@ from stepstone.callbacks.checkpoint_settings import (
     default_dirpath,
     exists,
     has_checkpoints,
+    is_folder,
     is_local,
     resolve_dirpath,
     validate_arguments,
@@ -43,8 +45,6 @@ from stepstone.strategies.collectives import barrier, broadcast_object, exchange
 
 if TYPE_CHECKING:
     from stepstone.checkpoint import CheckpointRecord, SaveHandle
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["ModelCheckpoint"]
 
@@ -196,7 +196,7 @@ class ModelCheckpoint(Checkpoint):
         return self._every_n_epochs
 
     # --- hooks --------------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Check the file names, resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
         if stage == "fit":  # before anything is written
             names = {"filename": self.filename, "CHECKPOINT_NAME_LAST": self.CHECKPOINT_NAME_LAST}
@@ -221,12 +221,12 @@ class ModelCheckpoint(Checkpoint):
                 f"ModelCheckpoint(save_last='link') needs a local dirpath (symlinks), got {self.dirpath!r}; use "
                 "save_last=True for remote storage."
             )
-        if stage != "fit" or not is_local(self.dirpath):
+        if stage != "fit":
             return
         from stepstone.checkpoint import sweep_stale_temps
 
-        if os.path.isdir(self.dirpath):
-            sweep_stale_temps(self.dirpath)
+        if is_folder(self.dirpath):
+            sweep_stale_temps(self.dirpath)  # local only: a remote object is whole or absent
             resuming = trainer._resume_requested
             if (
                 self.save_top_k != 0
@@ -241,14 +241,14 @@ class ModelCheckpoint(Checkpoint):
                     stacklevel=2,
                 )
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the clock of ``train_time_interval``; finish deletions the resumed checkpoint owed."""
         self._last_time_checked = time.monotonic()
         if self._deferred_deletions:
             self._delete(trainer, [])
 
     def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """A new batch: triggers at the restored step count again (Lightning saves there too)."""
         if self._held_step is not None:
@@ -260,7 +260,12 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = step
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Step and time triggers (Lightning's order: a trigger may wait for validation before anything else)."""
         self._poll_pending(trainer)
@@ -290,14 +295,14 @@ class ModelCheckpoint(Checkpoint):
             return
         self._save_on_trigger(trainer, candidates, lightning_saves_last=True)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
         self._poll_pending(trainer)
         if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
             return
         self._epoch_end_check(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
         self._poll_pending(trainer)
         if self._should_skip(trainer) or self._should_save_on_train_epoch_end(trainer):
@@ -310,7 +315,7 @@ class ModelCheckpoint(Checkpoint):
             return
         self._epoch_end_check(trainer)
 
-    def _epoch_end_check(self, trainer: Trainer) -> None:
+    def _epoch_end_check(self, trainer: stepstone.Trainer) -> None:
         if self._epoch_due(trainer):
             self._save_on_trigger(trainer, self._monitor_candidates(trainer))
         elif (
@@ -323,7 +328,7 @@ class ModelCheckpoint(Checkpoint):
                 trainer, self._monitor_candidates(trainer), top_k=False, lightning_saves_last=True
             )
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
 
         So a run resumed right after a batch end, which writes no file for the restored step at its triggers
@@ -336,7 +341,7 @@ class ModelCheckpoint(Checkpoint):
         self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
 
     # --- decisions ----------------------------------------------------------------------------------
-    def _should_skip(self, trainer: Trainer, any_step: bool = False) -> bool:
+    def _should_skip(self, trainer: stepstone.Trainer, any_step: bool = False) -> bool:
         from stepstone.trainer.state import TrainerFn
 
         return (
@@ -346,13 +351,13 @@ class ModelCheckpoint(Checkpoint):
             or (not any_step and self._last_global_step_saved == trainer.global_step)
         )
 
-    def _epoch_due(self, trainer: Trainer) -> bool:
+    def _epoch_due(self, trainer: stepstone.Trainer) -> bool:
         return epoch_due(trainer, self._every_n_epochs)
 
-    def _should_save_on_train_epoch_end(self, trainer: Trainer) -> bool:
+    def _should_save_on_train_epoch_end(self, trainer: stepstone.Trainer) -> bool:
         return saves_on_train_epoch_end(trainer, self._save_on_train_epoch_end)
 
-    def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
+    def _monitor_candidates(self, trainer: stepstone.Trainer) -> dict[str, torch.Tensor]:
         candidates = dict(trainer.callback_metrics)
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = (
@@ -363,7 +368,7 @@ class ModelCheckpoint(Checkpoint):
         )
         return candidates
 
-    def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | None = None) -> bool:
+    def check_monitor_top_k(self, trainer: stepstone.Trainer, current: torch.Tensor | None = None) -> bool:
         """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter)."""
         if current is None:
             return False
@@ -375,7 +380,7 @@ class ModelCheckpoint(Checkpoint):
     # --- saving -------------------------------------------------------------------------------------
     def _save_on_trigger(
         self,
-        trainer: Trainer,
+        trainer: stepstone.Trainer,
         candidates: dict[str, torch.Tensor],
         top_k: bool = True,
         lightning_saves_last: bool = False,
@@ -425,7 +430,9 @@ class ModelCheckpoint(Checkpoint):
             return
         self._delete(trainer, to_delete)
 
-    def _save_topk(self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]) -> str:
+    def _save_topk(
+        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
+    ) -> str:
         if self.save_top_k == 0:
             return ""
         if self.monitor is None:
@@ -443,7 +450,7 @@ class ModelCheckpoint(Checkpoint):
             return ""
         return self._update_best_and_save(trainer, current, candidates, to_delete)
 
-    def _missing_monitor(self, trainer: Trainer, candidates: dict[str, torch.Tensor]) -> None:
+    def _missing_monitor(self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor]) -> None:
         message = (
             f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned metrics: "
             f"{list(candidates)}. HINT: Did you call log({self.monitor!r}, value) in the LightningModule?"
@@ -463,7 +470,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _update_best_and_save(
         self,
-        trainer: Trainer,
+        trainer: stepstone.Trainer,
         current: torch.Tensor,
         candidates: dict[str, torch.Tensor],
         to_delete: list[str],
@@ -499,7 +506,7 @@ class ModelCheckpoint(Checkpoint):
         return filepath
 
     def _save_newest(
-        self, trainer: Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
+        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
     ) -> str:
         filepath = self._versioned_path(candidates, self.best_model_path)
         previous, self.best_model_path = self.best_model_path, filepath
@@ -519,7 +526,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _save_last(
         self,
-        trainer: Trainer,
+        trainer: stepstone.Trainer,
         candidates: dict[str, torch.Tensor],
         written: str,
         to_delete: list[str],
@@ -576,10 +583,10 @@ class ModelCheckpoint(Checkpoint):
             filepath = exchange("ModelCheckpoint file name", filepath)
         return filepath
 
-    def _uses_async(self, trainer: Trainer) -> bool:
+    def _uses_async(self, trainer: stepstone.Trainer) -> bool:
         return self.async_save if self.async_save is not None else trainer._async_checkpointing
 
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+    def _save_checkpoint(self, trainer: stepstone.Trainer, filepath: str) -> None:
         if self._uses_async(trainer):
             trainer._runner.async_saves.max_staging_bytes = self.max_staging_bytes
             handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
@@ -594,18 +601,20 @@ class ModelCheckpoint(Checkpoint):
         self._last_checkpoint_saved = filepath
         self._after_commit(trainer, filepath, record)
 
-    def _after_commit(self, trainer: Trainer, filepath: str, record: CheckpointRecord | None) -> None:
+    def _after_commit(
+        self, trainer: stepstone.Trainer, filepath: str, record: CheckpointRecord | None
+    ) -> None:
         del filepath, record  # nothing to record: the folder's listing and the files' trailers are the index
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
-    def _poll_pending(self, trainer: Trainer) -> None:
+    def _poll_pending(self, trainer: stepstone.Trainer) -> None:
         # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting. Not under
         # DDP: the ranks complete a save together, at the same points (the next trigger, the end of fit).
         if self._pending is not None and trainer.world_size == 1 and self._pending.handle.done():
             self._complete_pending(trainer)
 
-    def _complete_pending(self, trainer: Trainer) -> None:
+    def _complete_pending(self, trainer: stepstone.Trainer) -> None:
         """Wait for the async save in flight; once committed: index, ``last``, new state, loggers, deletions.
 
         Raises:
@@ -636,7 +645,7 @@ class ModelCheckpoint(Checkpoint):
         self._after_commit(trainer, pending.filepath, record)
         self._delete(trainer, pending.to_delete)
 
-    def _delete(self, trainer: Trainer, paths: list[str]) -> None:
+    def _delete(self, trainer: stepstone.Trainer, paths: list[str]) -> None:
         """Delete the files a committed trigger dropped, keeping the one the run resumed from for later.
 
         A kill between a commit and these deletions would leave files no state tracks, forever. So every
@@ -657,18 +666,18 @@ class ModelCheckpoint(Checkpoint):
         return path in (self.best_model_path, self.last_model_path) or path in self.best_k_models
 
     @staticmethod
-    def _is_resume_source(trainer: Trainer, path: str) -> bool:
+    def _is_resume_source(trainer: stepstone.Trainer, path: str) -> bool:
         resumed_from = trainer.ckpt_path
         return resumed_from is not None and os.path.abspath(resumed_from) == os.path.abspath(path)
 
-    def _should_remove(self, trainer: Trainer, path: str) -> bool:
+    def _should_remove(self, trainer: stepstone.Trainer, path: str) -> bool:
         if self._tracks(path) or self._is_resume_source(trainer, path):
             return False
         if is_local(path) and self.dirpath is not None:
             return os.path.dirname(os.path.abspath(path)).startswith(os.path.abspath(self.dirpath))
         return True
 
-    def _remove_checkpoint(self, trainer: Trainer, path: str) -> None:
+    def _remove_checkpoint(self, trainer: stepstone.Trainer, path: str) -> None:
         from stepstone.checkpoint import remove_file
 
         if not trainer.is_global_zero:
@@ -769,7 +778,7 @@ class ModelCheckpoint(Checkpoint):
         print(message, file=sys.stderr)
 
 
-def _writes_directories(trainer: Trainer) -> bool:
+def _writes_directories(trainer: stepstone.Trainer) -> bool:
     from stepstone.strategies import is_fsdp
 
     strategy = trainer._strategy

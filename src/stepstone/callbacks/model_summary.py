@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.errors import MisconfigurationException
 from stepstone.utilities.model_summary import summarize
 from stepstone.utilities.summary_table import format_summary_table
-
-if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["ModelSummary"]
 
@@ -39,7 +36,7 @@ class ModelSummary(Callback):
         self._max_depth = max_depth
         self._summarize_kwargs = summarize_kwargs
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Build the summary (on every rank, as it may run a forward pass) and print it on global rank 0."""
         if not self._max_depth:
             return

@@ -5,15 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING
 
+import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.trainer.signals import Preempted
 from stepstone.trainer.state import TrainerStatus
-
-if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["OnExceptionCheckpoint"]
 
@@ -52,7 +48,9 @@ class OnExceptionCheckpoint(Checkpoint):
         """The file written on an exception: ``dirpath/filename.ckpt``."""
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
+    ) -> None:
         """Save the checkpoint (overwriting an older one); a failed save is reported, never raised instead."""
         if isinstance(exception, Preempted) and exception.path is not None:
             print(
@@ -69,7 +67,7 @@ class OnExceptionCheckpoint(Checkpoint):
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             getattr(exception, "add_note", lambda note: None)(message)
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """After a run that ended without an exception, remove the file an earlier failure left (rank 0)."""
         if trainer.state.status != TrainerStatus.FINISHED or not trainer.is_global_zero:
             return

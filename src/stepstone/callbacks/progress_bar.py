@@ -9,13 +9,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.errors import MisconfigurationException
 
 if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
-
     _TqdmBase = tqdm[Any]
 else:
     _TqdmBase = tqdm
@@ -53,7 +51,7 @@ class ProgressBar(Callback):
         self._trainer: Any = None
 
     @property
-    def trainer(self) -> Trainer:
+    def trainer(self) -> stepstone.Trainer:
         """The Trainer this bar is attached to.
 
         Raises:
@@ -81,11 +79,11 @@ class ProgressBar(Callback):
         """Resume drawing."""
         self._enabled = True
 
-    def _shows(self, trainer: Trainer) -> bool:
+    def _shows(self, trainer: stepstone.Trainer) -> bool:
         self._trainer = trainer
         return self.is_enabled and bool(trainer.is_global_zero)
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Attach to ``trainer``; disable on every rank except global rank 0."""
         self._trainer = trainer
         if not trainer.is_global_zero:
@@ -103,7 +101,7 @@ class ProgressBar(Callback):
         return sum(trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)
 
     def get_metrics(
-        self, trainer: Trainer, pl_module: LightningModule | None
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule | None
     ) -> dict[str, int | float | str]:
         """Return what the bar shows next to the counter.
 
@@ -248,7 +246,7 @@ class TQDMProgressBar(ProgressBar):
             self._train_bar.close()
         self._train_bar = None
 
-    def _start_eval(self, trainer: Trainer, desc: str, counts: Any) -> None:
+    def _start_eval(self, trainer: stepstone.Trainer, desc: str, counts: Any) -> None:
         if not self._shows(trainer):
             return
         self._close_eval()
@@ -270,12 +268,12 @@ class TQDMProgressBar(ProgressBar):
         if batch_idx is not None:
             self._draw(bar, batch_idx + 1)
 
-    def _val_kind(self, trainer: Trainer) -> tuple[str, Any]:
+    def _val_kind(self, trainer: stepstone.Trainer) -> tuple[str, Any]:
         if trainer.sanity_checking:
             return "Sanity Checking", trainer.num_sanity_val_batches
         return "Validation", trainer.num_val_batches
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start (or, with ``leave=False``, reset) the training bar as ``Epoch {current_epoch}``."""
         if not self._shows(trainer):
             return
@@ -287,13 +285,18 @@ class TQDMProgressBar(ProgressBar):
             self._train_bar.reset(total=total)
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Advance the training bar and refresh its metrics every ``refresh_rate`` batches."""
         if self._train_bar is not None:
             self._draw(self._train_bar, batch_idx + 1, self.get_metrics(trainer, pl_module))
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Show the end-of-epoch metrics; with ``leave=True`` close this epoch's bar."""
         bar = self._train_bar
         if bar is None:
@@ -303,27 +306,27 @@ class TQDMProgressBar(ProgressBar):
             bar.close()
             self._train_bar = None
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close every bar."""
         self._close_all()
 
-    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Sanity Checking`` bar."""
         self._start_eval(trainer, "Sanity Checking", trainer.num_sanity_val_batches)
 
-    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Sanity Checking`` bar."""
         self._close_eval()
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Validation`` bar (the sanity check reuses the one it started)."""
         if not (trainer.sanity_checking and self._eval_bar is not None):
             self._start_eval(trainer, *self._val_kind(trainer))
 
     def on_validation_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -333,8 +336,8 @@ class TQDMProgressBar(ProgressBar):
 
     def on_validation_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -343,20 +346,20 @@ class TQDMProgressBar(ProgressBar):
         """Advance the validation bar."""
         self._eval_batch(*self._val_kind(trainer), batch_idx, dataloader_idx)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the validation bar and show the new validation metrics on the training bar."""
         self._close_eval()
         if self._train_bar is not None:
             self._train_bar.set_postfix(_postfix(self.get_metrics(trainer, pl_module)))
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Testing`` bar."""
         self._start_eval(trainer, "Testing", trainer.num_test_batches)
 
     def on_test_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -365,18 +368,18 @@ class TQDMProgressBar(ProgressBar):
         """Advance the ``Testing`` bar."""
         self._eval_batch("Testing", trainer.num_test_batches, batch_idx, dataloader_idx)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Testing`` bar."""
         self._close_eval()
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Predicting`` bar."""
         self._start_eval(trainer, "Predicting", trainer.num_predict_batches)
 
     def on_predict_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -385,14 +388,16 @@ class TQDMProgressBar(ProgressBar):
         """Advance the ``Predicting`` bar."""
         self._eval_batch("Predicting", trainer.num_predict_batches, batch_idx, dataloader_idx)
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Predicting`` bar."""
         self._close_eval()
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
+    ) -> None:
         """Close every bar so the traceback is not drawn over."""
         self._close_all()
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Close any bar a loop left open."""
         self._close_all()

@@ -9,6 +9,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import stepstone
 from stepstone.callbacks.progress_bar import ProgressBar
 from stepstone.callbacks.rich_theme import RichProgressBarTheme
 from stepstone.errors import MisconfigurationException
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
     from rich.progress import Progress, Task, TaskID
 
     from stepstone.callbacks.rich_columns import MetricsTextColumn
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["RichProgressBar", "RichProgressBarTheme"]
 
@@ -146,7 +145,7 @@ class RichProgressBar(ProgressBar):
         return f"{description:{len('Validation')}}"
 
     # --- drawing ------------------------------------------------------------------------------------
-    def _init_progress(self, trainer: Trainer) -> None:
+    def _init_progress(self, trainer: stepstone.Trainer) -> None:
         self._trainer = trainer
         if not self._shows(trainer) or (self.progress is not None and not self._progress_stopped):
             return
@@ -203,7 +202,7 @@ class RichProgressBar(ProgressBar):
         self.train_progress_bar_id = self.val_sanity_progress_bar_id = self.val_progress_bar_id = None
         self.test_progress_bar_id = self.predict_progress_bar_id = None
 
-    def _update_metrics(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _update_metrics(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         if self.is_enabled and self._metric_component is not None:
             self._metric_component.update(self.get_metrics(trainer, pl_module))
 
@@ -216,33 +215,33 @@ class RichProgressBar(ProgressBar):
         return counts[dataloader_idx] if dataloader_idx < len(counts) else None
 
     # --- hooks --------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
-    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
-    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_sanity_check_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Hide the sanity-check bar."""
         self._hide(self.val_sanity_progress_bar_id)
         self._eval_dataloader_idx = None
         self.refresh()
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start (or reset) the ``Epoch N/M`` bar; with ``leave=True`` the previous epoch's bar stays on screen."""
         if self.is_disabled:
             return
@@ -261,7 +260,12 @@ class RichProgressBar(ProgressBar):
         self.refresh(hard=True)
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """Advance the training bar and take the new metrics."""
         if self.is_enabled and self.progress is not None and self.train_progress_bar_id is None:
@@ -272,15 +276,15 @@ class RichProgressBar(ProgressBar):
         self._update_metrics(trainer, pl_module)
         self._update(self.train_progress_bar_id, batch_idx + 1)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Show the end-of-epoch metrics."""
         self._update_metrics(trainer, pl_module)
         self.refresh(hard=True)
 
     def on_validation_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -300,8 +304,8 @@ class RichProgressBar(ProgressBar):
 
     def on_validation_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -312,13 +316,15 @@ class RichProgressBar(ProgressBar):
             task = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
             self._update(task, batch_idx + 1)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_epoch_end(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule
+    ) -> None:
         """Hide the validation bar during fit."""
         if self.is_enabled and trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._hide(self.val_progress_bar_id)
             self.refresh()
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Take the new validation metrics (during fit)."""
         if trainer.state.fn == "fit":
             self._update_metrics(trainer, pl_module)
@@ -326,8 +332,8 @@ class RichProgressBar(ProgressBar):
 
     def on_test_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -342,8 +348,8 @@ class RichProgressBar(ProgressBar):
 
     def on_test_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -352,14 +358,14 @@ class RichProgressBar(ProgressBar):
         """Advance the ``Testing`` bar."""
         self._update(self.test_progress_bar_id, batch_idx + 1)
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Forget the test dataloader seen last."""
         self._eval_dataloader_idx = None
 
     def on_predict_batch_start(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
@@ -374,8 +380,8 @@ class RichProgressBar(ProgressBar):
 
     def on_predict_batch_end(
         self,
-        trainer: Trainer,
-        pl_module: LightningModule,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
         outputs: Any,
         batch: Any,
         batch_idx: int,
@@ -384,15 +390,17 @@ class RichProgressBar(ProgressBar):
         """Advance the ``Predicting`` bar."""
         self._update(self.predict_progress_bar_id, batch_idx + 1)
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_predict_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Forget the predict dataloader seen last."""
         self._eval_dataloader_idx = None
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Stop drawing (the final state of the bars stays on screen)."""
         self._stop_progress()
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
+    ) -> None:
         """Stop drawing so the traceback is not drawn over."""
         self._stop_progress()
 

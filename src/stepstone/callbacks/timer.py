@@ -11,16 +11,13 @@ import logging
 import re
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.rank_decision import broadcast_decision
 from stepstone.errors import MisconfigurationException
 from stepstone.trainer.state import RunningStage
-
-if TYPE_CHECKING:
-    from stepstone.core.module import LightningModule
-    from stepstone.trainer.trainer import Trainer
 
 __all__ = ["Timer", "parse_duration"]
 
@@ -131,43 +128,48 @@ class Timer(Callback):
             return None
         return self._duration - self.time_elapsed(stage)
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the training clock."""
         self._start_time[RunningStage.TRAINING] = time.monotonic()
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the training clock."""
         self._end_time[RunningStage.TRAINING] = time.monotonic()
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the validation clock."""
         self._start_time[RunningStage.VALIDATING] = time.monotonic()
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the validation clock."""
         self._end_time[RunningStage.VALIDATING] = time.monotonic()
 
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the test clock."""
         self._start_time[RunningStage.TESTING] = time.monotonic()
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the test clock."""
         self._end_time[RunningStage.TESTING] = time.monotonic()
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_fit_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check the budget once the checkpoint (if any) is restored: it may be spent already."""
         if self._duration is not None:
             self._check_time_remaining(trainer)
 
     def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: stepstone.Trainer,
+        pl_module: stepstone.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         """With ``interval="step"``: check the budget after every training batch."""
         if self._interval == "step" and self._duration is not None:
             self._check_time_remaining(trainer)
 
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """With ``interval="epoch"``: check the budget at the end of every training epoch."""
         if self._interval == "epoch" and self._duration is not None:
             self._check_time_remaining(trainer)
@@ -189,7 +191,7 @@ class Timer(Callback):
         elapsed = state_dict.get("time_elapsed", {})
         self._offset = elapsed.get(RunningStage.TRAINING.value, 0)
 
-    def _check_time_remaining(self, trainer: Trainer) -> None:
+    def _check_time_remaining(self, trainer: stepstone.Trainer) -> None:
         assert self._duration is not None
         should_stop = broadcast_decision(trainer, self.time_elapsed() >= self._duration)
         trainer.should_stop = trainer.should_stop or should_stop

@@ -193,7 +193,7 @@ def save_hyperparameters(
     )
     if len(args) == 1 and not isinstance(args[0], str) and not args[0]:
         return  # an empty container: nothing to save (as in Lightning)
-    name = "kwargs"
+    name: str | None = "kwargs"
     if len(args) == 1 and not isinstance(args[0], str):
         hparams = _plain(args[0])
         if not isinstance(hparams, Mapping):
@@ -201,12 +201,15 @@ def save_hyperparameters(
                 f"save_hyperparameters({args[0]!r}): a single positional argument must be a dict, Namespace "
                 "or dataclass, or pass the names of __init__ arguments as strings."
             )
-        if _init_frames(obj, frame):
-            init_args = collect_init_args(obj, frame)
-            name = next((k for k, v in init_args.items() if v is args[0] and k not in ignore_set), "kwargs")
+        # Lightning: the name of the __init__ argument equal to the container, None when none is (a literal
+        # or a container built in __init__); load_from_checkpoint passes it back under that name.
+        init_args = collect_init_args(obj, frame) if _init_frames(obj, frame) else {}
+        name = next((k for k, v in init_args.items() if k not in ignore_set and _equal(v, args[0])), None)
         hparams = dict(hparams)
     else:
         hparams = _named_init_args(obj, [a for a in args if isinstance(a, str)], ignore_set, frame)
+        if not args and not hparams:
+            name = None  # Lightning: save_hyperparameters() of an __init__ without arguments
     hparams = _drop_modules(hparams)
     check_hparams_safe(hparams, "hparams")
     merged = getattr(obj, "_hparams", None)
@@ -217,6 +220,14 @@ def save_hyperparameters(
     obj._hparams_name = name
     obj._hparams = merged
     obj._hparams_initial = copy.deepcopy(merged)
+
+
+def _equal(value: Any, container: Any) -> bool:
+    """``value == container`` as Lightning compares them; a comparison that fails (tensors) is no match."""
+    try:
+        return bool(value == container)
+    except Exception:  # an incomparable argument simply is not the container
+        return False
 
 
 def _named_init_args(

@@ -7,14 +7,24 @@ which writes the same ``version_N`` folders and the same ``hparams.yaml``.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import IO, Any
 
-from stepstone.core.hparams_yaml import save_hparams_to_yaml, write_atomically
+from stepstone.core.hparams_yaml import save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
+from stepstone.loggers.log_files import (
+    append_text,
+    is_file,
+    local_path,
+    make_dirs,
+    read_text,
+    subfolders,
+    write_whole,
+)
 from stepstone.loggers.logger import Logger
 
 __all__ = ["CSVLogger", "ExperimentWriter"]
@@ -24,16 +34,14 @@ HPARAMS_FILE = "hparams.yaml"
 
 # --- helpers shared by the file-based loggers ----------------------------------------------------------
 def _check_layout(save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> str:
-    """Validate the ``save_dir``/``name``/``version`` trio of a file-based logger; return ``save_dir`` as str."""
+    """Validate the ``save_dir``/``name``/``version`` trio of a file-based logger; return ``save_dir`` as str.
+
+    ``save_dir`` may be a local folder or an fsspec URL.
+    """
     path = os.fspath(save_dir)
     if not isinstance(path, str) or not path:
         raise MisconfigurationException(
             f"save_dir={save_dir!r} is not a folder path; pass e.g. save_dir='logs'."
-        )
-    if "://" in path:
-        # The files are written with os.replace, which only exists on a local filesystem.
-        raise MisconfigurationException(
-            f"save_dir={path!r} is a URL; these loggers write to the local filesystem only, pass a local folder."
         )
     if name is not None and not isinstance(name, str):
         raise MisconfigurationException(f"name={name!r} must be a str, '' or None (no name folder).")
@@ -60,14 +68,10 @@ def _check_prefix(prefix: str) -> str:
 
 def _next_version(root_dir: str) -> int:
     """Return one more than the highest ``version_N`` folder in ``root_dir``, or 0 when there is none."""
-    try:
-        entries = list(os.scandir(root_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
     found = [
-        int(entry.name[len("version_") :])
-        for entry in entries
-        if entry.name.startswith("version_") and entry.name[len("version_") :].isdigit() and entry.is_dir()
+        int(name[len("version_") :])
+        for name in subfolders(root_dir)
+        if name.startswith("version_") and name[len("version_") :].isdigit()
     ]
     return max(found) + 1 if found else 0
 
@@ -118,7 +122,7 @@ class ExperimentWriter:
         self.metrics_keys: list[str] = []
         self.hparams: dict[str, Any] = {}
         self._file_written = False
-        if os.path.isfile(self.metrics_file_path):
+        if is_file(self.metrics_file_path):
             warnings.warn(
                 f"Experiment logs directory {log_dir} already has a {self.NAME_METRICS_FILE}; it will be replaced"
                 " when new metrics are saved. Pass a new `version` to keep it.",
@@ -147,30 +151,31 @@ class ExperimentWriter:
             params: hyperparameter name to value.
         """
         self.hparams.update(params)
-        os.makedirs(self.log_dir, exist_ok=True)
-        save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+        make_dirs(self.log_dir)
+        save_hparams_to_yaml(local_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)), self.hparams)
 
     def save(self) -> None:
         """Create the log folder; write the buffered rows to ``metrics.csv`` and empty the buffer."""
-        os.makedirs(self.log_dir, exist_ok=True)
+        make_dirs(self.log_dir)
         if not self.metrics:
             return
-        if self._file_written and not os.path.isfile(self.metrics_file_path):
+        if self._file_written and not is_file(self.metrics_file_path):
             # Deleted under us: start a fresh file rather than append rows without a header.
             self._file_written = False
         new_keys = set().union(*self.metrics) - set(self.metrics_keys)
         if new_keys or not self._file_written:
             self._rewrite(sorted(set(self.metrics_keys) | new_keys))
         else:
-            with open(self.metrics_file_path, "a", newline="", encoding="utf-8") as handle:
-                csv.DictWriter(handle, fieldnames=self.metrics_keys).writerows(self.metrics)
+            rows, keys = self.metrics, self.metrics_keys
+            append_text(
+                self.metrics_file_path, lambda handle: csv.DictWriter(handle, fieldnames=keys).writerows(rows)
+            )
         self.metrics = []
 
     def _rewrite(self, fieldnames: list[str]) -> None:
         old_rows: list[dict[str, str]] = []
         if self._file_written:
-            with open(self.metrics_file_path, newline="", encoding="utf-8") as handle:
-                old_rows = list(csv.DictReader(handle))
+            old_rows = list(csv.DictReader(io.StringIO(read_text(self.metrics_file_path))))
 
         def write(handle: IO[str]) -> None:
             writer = csv.DictWriter(handle, fieldnames=fieldnames)
@@ -178,19 +183,19 @@ class ExperimentWriter:
             writer.writerows(old_rows)
             writer.writerows(self.metrics)
 
-        write_atomically(self.metrics_file_path, write)
+        write_whole(self.metrics_file_path, write)
         self.metrics_keys = fieldnames
         self._file_written = True
 
 
 class CSVLogger(Logger):
-    """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` on the local filesystem.
+    """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` in a local folder or an fsspec URL.
 
     Files go to ``save_dir/name/version_N``; that folder is created by the first save (the Trainer saves each
     logger when a run starts) or write.
 
     Args:
-        save_dir: the base folder.
+        save_dir: the base folder: a local path or an fsspec URL (``s3://bucket/logs``, ``memory://run``).
         name: the experiment folder under ``save_dir``; ``""`` or None puts versions directly in ``save_dir``.
         version: None picks the next free ``version_N``; an int N uses ``version_N``; a str is the folder name.
         prefix: prepended to every metric name, joined with ``"-"``.

@@ -22,6 +22,7 @@ from stepstone.loggers.csv_logs import (
     _next_version,
     _version_dir,
 )
+from stepstone.loggers.log_files import is_dir, local_path, make_dirs
 from stepstone.loggers.logger import Logger
 
 __all__ = ["TensorBoardLogger"]
@@ -73,7 +74,7 @@ class TensorBoardLogger(Logger):
     The event writer (and its background thread) is started on first use and stopped by :meth:`finalize`.
 
     Args:
-        save_dir: the base folder.
+        save_dir: the base folder: a local path or an fsspec URL (``s3://bucket/logs``, ``memory://run``).
         name: the experiment folder under ``save_dir``; ``""`` or None puts versions directly in ``save_dir``.
         version: None picks the next free ``version_N``; an int N uses ``version_N``; a str is the folder name.
         log_graph: whether :meth:`log_graph` records the model graph (needs ``example_input_array``).
@@ -161,7 +162,7 @@ class TensorBoardLogger(Logger):
     def experiment(self) -> Any:
         """The ``SummaryWriter``, started on first use (after :meth:`finalize`, a new one is started)."""
         if self._experiment is None:
-            os.makedirs(self.log_dir, exist_ok=True)
+            make_dirs(self.log_dir)
             self._experiment = self._writer_cls(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
@@ -256,8 +257,8 @@ class TensorBoardLogger(Logger):
         self._save_hparams()
 
     def _save_hparams(self) -> None:
-        if not self._hparams_saved and os.path.isdir(self.log_dir):
-            save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+        if not self._hparams_saved and is_dir(self.log_dir):
+            save_hparams_to_yaml(local_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)), self.hparams)
             self._hparams_saved = True
 
     def finalize(self, status: str) -> None:

@@ -35,7 +35,7 @@ class HyperparametersMixin:
     # Set by init_hparams_state() / save_hyperparameters(); declared here for the type checker.
     _hparams: AttributeDict | None
     _hparams_initial: AttributeDict | None
-    _hparams_name: str
+    _hparams_name: str | None
     _log_hyperparams: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
