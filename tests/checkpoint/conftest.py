@@ -70,3 +70,13 @@ def memory_dir() -> Iterator[str]:
     path = url[len("memory://") :]
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+@pytest.fixture(params=["fast", "reference"])
+def serializer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on both serializers: stepstone's zip writer and plain ``torch.save`` (STEPSTONE_SERIALIZER)."""
+    from stepstone.checkpoint import torch_zip
+
+    monkeypatch.setenv(torch_zip.SERIALIZER_ENV, request.param)
+    assert torch_zip.supported() is (request.param == "fast")
+    return str(request.param)

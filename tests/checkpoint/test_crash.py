@@ -96,12 +96,15 @@ def _check_directory(directory: Path) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path: Path, serializer: str) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     print(f"crash test seed: {seed}")
     interrupted_writes = 0
-    for round_number in range(4):
+    rounds = (
+        4 if serializer == "fast" else 2
+    )  # the child inherits STEPSTONE_SERIALIZER; the reference path is
+    for round_number in range(rounds):  # the same commit protocol, so half the rounds keep the suite quick
         _kill_during_a_save(tmp_path, rng, mid_write=round_number % 2 == 0)
         interrupted_writes += _check_directory(tmp_path)
     assert interrupted_writes >= 1, "no kill landed during a write: the test proved nothing"

@@ -25,6 +25,9 @@ from stepstone.checkpoint import (
 )
 from stepstone.errors import CheckpointCorruptError, CheckpointError, MisconfigurationException
 
+# Every save here runs on both serializers (the fast zip writer and the reference torch.save).
+pytestmark = pytest.mark.usefixtures("serializer")
+
 
 class Unsafe:
     pass

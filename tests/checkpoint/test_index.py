@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from stepstone.checkpoint import KeepLatest, RunIndex, save_file
-from stepstone.checkpoint import index as index_module
+from stepstone.checkpoint import kinds as kinds_module
 from stepstone.checkpoint.index import LEGACY_INDEX_NAME
 from stepstone.checkpoint.record import CheckpointRecord
-from stepstone.checkpoint.sharded import MARKER_NAME, read_sharded_info, remove_sharded, save_sharded
+from stepstone.checkpoint.sharded import MARKER_NAME, read_sharded_info, save_sharded
 from stepstone.checkpoint.storage import LocalStorage
 from stepstone.errors import MisconfigurationException
 
@@ -71,9 +71,9 @@ def test_trailers_are_read_once_per_file_version_in_a_process(
     tmp_path: Path, state_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     read: list[str] = []
-    describe = index_module.describe
+    describe = kinds_module.describe
     monkeypatch.setattr(
-        index_module, "describe", lambda storage, path: (read.append(path), describe(storage, path))[1]
+        kinds_module, "describe", lambda storage, path: (read.append(path), describe(storage, path))[1]
     )
     for step in (1, 2):
         _save(tmp_path, step, state_factory(step))
@@ -153,9 +153,9 @@ def test_remote_index(memory_dir: str, state: dict[str, Any], monkeypatch: pytes
     with pytest.warns(UserWarning, match=r"Ignoring.*step=3\.ckpt"):  # read on a worker, warned by the caller
         assert index.entries() == records[:2]
     read: list[str] = []
-    describe = index_module.describe
+    describe = kinds_module.describe
     monkeypatch.setattr(
-        index_module, "describe", lambda storage, path: (read.append(path), describe(storage, path))[1]
+        kinds_module, "describe", lambda storage, path: (read.append(path), describe(storage, path))[1]
     )
     with pytest.warns(UserWarning, match=r"step=3\.ckpt"):
         assert index.entries() == records[:2]
@@ -267,8 +267,11 @@ def test_retention_and_delete_remove_directories_with_remove_sharded(
     for step in (2, 3):
         _sharded(tmp_path, f"step={step}.ckpt", step)
     removed: list[str] = []
+    remove_dir = kinds_module.sharded_commit.remove_dir
     monkeypatch.setattr(
-        index_module, "remove_sharded", lambda path: (removed.append(os.fspath(path)), remove_sharded(path))
+        kinds_module.sharded_commit,
+        "remove_dir",
+        lambda path: (removed.append(os.fspath(path)), remove_dir(path)),
     )
     keep = KeepLatest(1)(index.entries())
     assert keep == {"step=3.ckpt"}

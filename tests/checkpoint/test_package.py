@@ -35,6 +35,17 @@ PUBLIC_API = {
     "KeepBest",
     "KeepEveryNSteps",
     "AnyOf",
+    "CheckpointKind",
+    "FILE",
+    "SHARDED_DIRECTORY",
+    "kind_of",
+    "save_sharded",
+    "load_sharded",
+    "convert_sharded_to_file",
+    "is_sharded_checkpoint",
+    "read_sharded_info",
+    "verify_sharded",
+    "remove_sharded",
 }
 
 

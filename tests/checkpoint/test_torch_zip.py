@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -115,7 +116,7 @@ def test_bytes_equal_torch_save_but_the_id_name_hash(name: str) -> None:
     identity = zipfile.ZipFile(io.BytesIO(expected)).read("archive/.data/serialization_id")
     sink = _Sink(chunk_size=64 * 1024)  # small chunks: members cross chunk boundaries and merges happen
     writer = torch_zip.TorchZipWriter(sink, 64, torch_zip._calibration()[0])
-    torch.serialization._save(state, writer, torch_zip.pickle, 2, False)
+    torch.serialization._save(state, writer, pickle, 2, False)
     computed = writer.write_end_of_file(identity)
     data = sink.finish()
     assert data == expected
@@ -190,3 +191,61 @@ def test_zip64_fields_follow_miniz() -> None:
         extra = len(torch_zip._zip64_extra(size, 0, offset))
         padding = torch_zip._padding(offset, name, size, 64)
         assert (offset + 30 + name + extra + 4 + padding) % 64 == 0 and padding < 64
+
+
+class _FileSink(_Sink):
+    """A ``_Sink`` that streams to a file (a > 4 GiB archive does not fit comfortably in memory twice)."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(chunk_size=64 << 20)
+        self._handle = handle
+
+    def write_all(self, data: memoryview) -> None:
+        self._handle.write(data)
+
+    def finish(self) -> bytes:
+        self._handle.write(self._sink.finish())
+        self._pool.shutdown()
+        return b""
+
+
+def _first_difference(left: Path, right: Path) -> int | None:
+    block = 64 << 20
+    with open(left, "rb") as a, open(right, "rb") as b:
+        offset = 0
+        while True:
+            x, y = a.read(block), b.read(block)
+            if x != y:
+                return offset + next(
+                    (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y))
+                )
+            if not x:
+                return None
+            offset += len(x)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_a_zip64_archive_over_4_gib_equals_torch_save_byte_for_byte(tmp_path: Path) -> None:
+    """Run with ``pytest -m long``; needs about 2x the size in free disk (9 GiB) and the size in memory.
+
+    ``STEPSTONE_LONG_TEST_GIB`` overrides the size of the big tensor (default 4.25 GiB, past the 4 GiB zip64
+    limit, so its record needs zip64 sizes and the record after it a zip64 offset).
+    """
+    size = int(float(os.environ.get("STEPSTONE_LONG_TEST_GIB", "4.25")) * 2**30)
+    big = torch.arange(256, dtype=torch.uint8).repeat(size // 256 + 1)[:size]
+    state = {"big": big, "after": torch.arange(10, dtype=torch.int64), "meta": {"step": 1}}
+    reference = tmp_path / "torch.pt"
+    with open(reference, "wb") as handle:  # a file object: the records are named archive/..., as ours
+        torch.save(state, handle)
+    with zipfile.ZipFile(reference) as archive:
+        identity = archive.read("archive/.data/serialization_id")
+    ours = tmp_path / "stepstone.pt"
+    with open(ours, "wb") as handle:
+        sink = _FileSink(handle)
+        writer = torch_zip.TorchZipWriter(sink, 64, torch_zip._calibration()[0])
+        torch.serialization._save(state, writer, pickle, 2, False)
+        writer.write_end_of_file(identity)
+        sink.finish()
+    assert _first_difference(ours, reference) is None
+    assert os.path.getsize(reference) > size

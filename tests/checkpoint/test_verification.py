@@ -16,6 +16,9 @@ from stepstone.checkpoint.format import TrailerInfo
 from stepstone.checkpoint.verification import ChunkVerifier, VerifiedReader, verify_buffer
 from stepstone.errors import CheckpointCorruptError
 
+# Every save here runs on both serializers (the fast zip writer and the reference torch.save).
+pytestmark = pytest.mark.usefixtures("serializer")
+
 TRAILER = b"T" * 40  # stands for the trailer: the verifier only needs its size
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stepstone.checkpoint import RunIndex, save_file
-from stepstone.checkpoint import index as index_module
-from stepstone.checkpoint.sharded import MARKER_NAME, remove_sharded, save_sharded
+from stepstone.checkpoint import kinds as kinds_module
+from stepstone.checkpoint.sharded import MARKER_NAME, save_sharded
 from stepstone.cli import main
 
 
@@ -138,8 +138,11 @@ def test_prune_deletes_directories_with_remove_sharded(
     run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     removed: list[str] = []
+    remove_dir = kinds_module.sharded_commit.remove_dir
     monkeypatch.setattr(
-        index_module, "remove_sharded", lambda path: (removed.append(os.fspath(path)), remove_sharded(path))
+        kinds_module.sharded_commit,
+        "remove_dir",
+        lambda path: (removed.append(os.fspath(path)), remove_dir(path)),
     )
     code, out, _ = _run(capsys, "prune", str(run_dir), "--keep-last", "1", "--dry-run")
     assert code == 0 and "would delete: step=10.ckpt" in out and "would delete: step=15.ckpt" in out

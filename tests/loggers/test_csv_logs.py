@@ -316,3 +316,20 @@ def test_run_leaves_the_files_lightning_leaves(
         return logger_files(name, "csv", hparams, fn, log_metrics, tmp_path / name)
 
     assert files("stepstone") == files("lightning")
+
+
+def test_metrics_file_is_written_through_the_engine_commit_with_a_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stepstone.checkpoint import commit
+
+    synced: list[str] = []
+    fsync_dir = commit.fsync_dir
+    monkeypatch.setattr(commit, "fsync_dir", lambda d: (synced.append(os.path.abspath(d)), fsync_dir(d))[1])
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.save()
+    assert os.path.abspath(logger.log_dir) in synced  # the rename of metrics.csv is durable
+    assert [f for f in os.listdir(logger.log_dir) if f.startswith(".")] == []  # no temporary left
+    with open(os.path.join(logger.log_dir, "metrics.csv"), encoding="utf-8") as handle:
+        assert list(csv.DictReader(handle)) == [{"loss": "1.0", "step": "0"}]

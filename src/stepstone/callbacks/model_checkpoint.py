@@ -682,10 +682,10 @@ class ModelCheckpoint(Checkpoint):
 
         if not trainer.is_global_zero:
             return
-        if os.path.isdir(path) and not os.path.islink(path):
-            from stepstone.checkpoint.sharded import remove_sharded
+        from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, kind_of
 
-            remove_sharded(path)  # a sharded (FSDP) checkpoint directory
+        if kind_of(path) is SHARDED_DIRECTORY and not os.path.islink(path):
+            SHARDED_DIRECTORY.remove(path)  # a sharded (FSDP) checkpoint directory
         elif self._uses_async(trainer) and is_local(path):
             trainer._runner.async_saves.remove_later(path)  # off the training thread, like the write
         else:

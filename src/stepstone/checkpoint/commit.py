@@ -34,7 +34,9 @@ __all__ = [
     "fsync_dir",
     "is_temp_name",
     "link_file",
+    "pid_alive",
     "remove_file",
+    "sweep_stale",
     "sweep_stale_temps",
     "temp_path_for",
 ]
@@ -262,7 +264,15 @@ def remove_file(path: str) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists on this host (the writer named by a temporary name).
+
+    Args:
+        pid: the process id.
+
+    Returns:
+        True if it exists (also when it belongs to another user), False if it is gone.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -272,15 +282,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(directory: str, *, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
-    """Remove temporary files left in ``directory`` by writers that died (never a committed file).
+def sweep_stale(
+    directory: str,
+    pattern: re.Pattern[str],
+    remove: Callable[[str], bool],
+    *,
+    max_age_s: float = STALE_TEMP_AGE_S,
+) -> list[str]:
+    """Remove the temporaries in ``directory`` whose writer died or that are older than ``max_age_s``.
 
-    A temp file is stale when the process that wrote it is gone, or when it is older than ``max_age_s``.
-    Temp files of this process are left alone unless too old (another thread may be writing them).
+    The one sweep of both checkpoint kinds: a temporary name carries its writer's pid (``pattern``'s first
+    group). Temporaries of this process are left alone unless too old (another thread may be writing them).
 
     Args:
         directory: the local directory to clean (missing directory: nothing to do).
-        max_age_s: age after which any temp file is stale.
+        pattern: matches temporary names; group 1 is the writer's pid.
+        remove: removes one stale path; returns False if the path is not of this kind (left alone).
+        max_age_s: age after which any temporary is stale.
 
     Returns:
         The removed paths.
@@ -292,7 +310,7 @@ def sweep_stale_temps(directory: str, *, max_age_s: float = STALE_TEMP_AGE_S) ->
     removed: list[str] = []
     now = time.time()
     for name in names:
-        match = _TEMP_RE.match(name)
+        match = pattern.match(name)
         if match is None:
             continue
         path = os.path.join(directory, name)
@@ -301,12 +319,29 @@ def sweep_stale_temps(directory: str, *, max_age_s: float = STALE_TEMP_AGE_S) ->
         except FileNotFoundError:
             continue
         pid = int(match.group(1))
-        writer_alive = pid == os.getpid() or _pid_alive(pid)
-        if writer_alive and age < max_age_s:
+        if (pid == os.getpid() or pid_alive(pid)) and age < max_age_s:
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-            removed.append(path)
+            if remove(path):
+                removed.append(path)
     if removed:
         fsync_dir(directory)
     return removed
+
+
+def _unlink(path: str) -> bool:
+    os.unlink(path)
+    return True
+
+
+def sweep_stale_temps(directory: str, *, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Remove temporary files left in ``directory`` by writers that died (never a committed file).
+
+    Args:
+        directory: the local directory to clean (missing directory: nothing to do).
+        max_age_s: age after which any temp file is stale.
+
+    Returns:
+        The removed paths.
+    """
+    return sweep_stale(directory, _TEMP_RE, _unlink, max_age_s=max_age_s)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from stepstone.checkpoint import commit
+from stepstone.checkpoint import commit, kinds
 from stepstone.checkpoint.format import TrailerInfo, check_metadata_size, write_checkpoint
 from stepstone.checkpoint.inspection import describe, read_trailer, record_from_trailer, verify
 from stepstone.checkpoint.live import LiveGate, submit_staged
@@ -343,10 +343,10 @@ def remove_file(path: PathLike, *, storage_options: dict[str, Any] | None = None
 
 
 def sweep_stale_temps(directory: PathLike) -> list[str]:
-    """Remove temporary files left in a local directory by writers that died.
+    """Remove the temporaries (files, and directories of sharded saves) left in a local directory by dead writers.
 
     Args:
-        directory: the checkpoint directory (remote directories have no temporary files: returns []).
+        directory: the checkpoint directory (remote directories have no temporaries: returns []).
 
     Returns:
         The removed paths.
@@ -354,7 +354,7 @@ def sweep_stale_temps(directory: PathLike) -> list[str]:
     text = os.fspath(directory)
     if not is_local(text):
         return []
-    return commit.sweep_stale_temps(split_url(text)[1])
+    return kinds.sweep_stale_temps(split_url(text)[1])
 
 
 def is_local(path: PathLike, storage_options: dict[str, Any] | None = None) -> bool:

@@ -11,7 +11,7 @@ size -- is read again.
 Temporary files (hidden, ``.tmp-`` names), symlinks (aliases such as a ``last.ckpt`` link) and any other
 hidden file (such as the ``.stepstone-index.json`` earlier versions wrote, now ignored) are never listed.
 A local directory holding the commit marker (``.stepstone-committed``, written last) is listed whatever its
-name, verified with :func:`verify_sharded` and deleted with :func:`remove_sharded`. Directories without the
+name and handled as its kind (``kinds.py``: verified against the marker, deleted as a directory). Directories without the
 marker (unfinished saves) and hidden ones (``.NAME.shardtmp-*``/``.NAME.shardold-*``) are never listed.
 """
 
@@ -25,10 +25,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stepstone.checkpoint.inspection import describe, verify
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
 from stepstone.checkpoint.record import CheckpointRecord, age_key
-from stepstone.checkpoint.sharded_commit import MARKER_NAME, remove_sharded
-from stepstone.checkpoint.sharded_reading import is_sharded_checkpoint, read_sharded_info, verify_sharded
+from stepstone.checkpoint.sharded_commit import MARKER_NAME
 from stepstone.checkpoint.storage import split_url
 from stepstone.errors import (
     CheckpointCorruptError,
@@ -155,13 +154,7 @@ class RunIndex:
 
     def _read(self, name: str, version: _Version) -> CheckpointRecord:
         path = self._path(name)
-        if version[0] is not None:
-            record = describe(self._storage, path)
-        else:
-            try:
-                record = read_sharded_info(path)
-            except (ValueError, KeyError, TypeError, AttributeError) as error:  # a marker of the wrong shape
-                raise CheckpointCorruptError(path, f"its commit marker is malformed ({error!r})") from None
+        record = kind_of(path, self._storage).describe(path, self._storage)
         if version[1] and record.size == version[0]:
             _remember(self._url(name), version, record)  # a file replaced since the listing is not remembered
         return record
@@ -203,7 +196,7 @@ class RunIndex:
         Returns:
             True for a directory with its commit marker; False for files, remote directories and anything else.
         """
-        return self._storage.is_local and is_sharded_checkpoint(self._path(name))
+        return kind_of(self._path(name), self._storage) is SHARDED_DIRECTORY
 
     def verify(self, name: str) -> CheckpointRecord:
         """Check every checksum of one checkpoint, a file or a sharded directory.
@@ -219,12 +212,11 @@ class RunIndex:
             CheckpointCorruptError: a damaged file (the error names it).
             CheckpointError: a file without a stepstone trailer.
         """
-        if self.is_sharded(name):
-            return verify_sharded(self._path(name))
-        return verify(self._storage, self._path(name))
+        path = self._path(name)
+        return kind_of(path, self._storage).verify(path, self._storage)
 
     def delete(self, *names: str) -> None:
-        """Delete checkpoints: files durably, sharded directories with :func:`remove_sharded`.
+        """Delete checkpoints durably, each by its kind (``kinds.kind_of``).
 
         Args:
             *names: entry names; missing ones are ignored.
@@ -236,21 +228,14 @@ class RunIndex:
         """
         for name in names:
             path = self._path(name)
-            if (
-                self._storage.is_local
-                and os.path.isdir(path)
-                and not os.path.islink(path)
-                and not self.is_sharded(name)
-            ):
+            if is_uncommitted_directory(path, self._storage):
                 raise MisconfigurationException(
                     f"RunIndex.delete({name!r}): {path!r} is a directory without the {MARKER_NAME} marker, not a "
                     "committed checkpoint; it was not deleted (remove it yourself if it is an unfinished save)"
                 )
         for name in names:
-            if self.is_sharded(name):
-                remove_sharded(self._path(name))
-            else:
-                self._storage.remove(self._path(name))
+            path = self._path(name)
+            kind_of(path, self._storage).remove(path, self._storage)
 
     def newest_first(self) -> list[CheckpointRecord]:
         """Candidates for "latest": newest first (by step, then creation time), files and directories alike.

@@ -14,7 +14,6 @@ them instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -339,13 +338,10 @@ def remove_dir(path: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _remove_temp_dir(path: str) -> bool:
+    if not os.path.isdir(path) or os.path.islink(path):
         return False
-    except PermissionError:
-        return True
+    shutil.rmtree(path, ignore_errors=True)
     return True
 
 
@@ -359,24 +355,7 @@ def sweep_stale_dirs(directory: str, *, max_age_s: float = commit.STALE_TEMP_AGE
     Returns:
         The removed paths.
     """
-    removed = []
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(directory):
-            match = _TEMP_DIR_RE.match(name)
-            path = os.path.join(directory, name)
-            if match is None or not os.path.isdir(path):
-                continue
-            pid = int(match.group(1))
-            with contextlib.suppress(FileNotFoundError):
-                age = time.time() - os.lstat(path).st_mtime
-                alive = pid == os.getpid() or _pid_alive(pid)
-                if alive and age < max_age_s:
-                    continue
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    if removed:
-        commit.fsync_dir(directory)
-    return removed
+    return commit.sweep_stale(directory, _TEMP_DIR_RE, _remove_temp_dir, max_age_s=max_age_s)
 
 
 def remove_sharded(path: str | os.PathLike[str]) -> None:

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.sharded_commit import (
     is_committed_dir,
     local_dir,
-    read_marker,
-    record_from_marker,
-    verify_dir,
 )
 from stepstone.errors import CheckpointCorruptError, UnsafeCheckpointError
 
@@ -166,8 +164,7 @@ def read_sharded_info(path: str | os.PathLike[str]) -> CheckpointRecord:
         CheckpointNotFoundError: not a committed sharded checkpoint.
         CheckpointCorruptError: the marker is damaged.
     """
-    text = local_dir(path)
-    return record_from_marker(text, read_marker(text), verified=False)
+    return SHARDED_DIRECTORY.describe(local_dir(path))
 
 
 def verify_sharded(path: str | os.PathLike[str]) -> CheckpointRecord:
@@ -183,5 +180,4 @@ def verify_sharded(path: str | os.PathLike[str]) -> CheckpointRecord:
         CheckpointNotFoundError: not a committed sharded checkpoint.
         CheckpointCorruptError: naming the damaged or missing file.
     """
-    text = local_dir(path)
-    return record_from_marker(text, verify_dir(text), verified=True)
+    return SHARDED_DIRECTORY.verify(local_dir(path))

@@ -23,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from stepstone.checkpoint import commit
 from stepstone.checkpoint.outputs import FdOutput, RawOutput, StreamOutput
+from stepstone.checkpoint.private_apis import fsspec_in_transaction
 from stepstone.errors import CheckpointNotFoundError
 
 __all__ = ["LocalStorage", "RemoteStorage", "Storage", "split_url", "storage_for"]
@@ -285,7 +286,7 @@ class RemoteStorage:
         parent = path.rsplit("/", 1)[0]
         if parent and parent != path:
             self.fs.makedirs(parent, exist_ok=True)
-        if getattr(self.fs, "_intrans", False):  # inside the caller's own transaction: it commits or discards
+        if fsspec_in_transaction(self.fs):  # inside the caller's own transaction: it commits or discards
             with self.fs.open(path, "wb") as stream:
                 return write(StreamOutput(stream))
         with _remote_lock(self.fs), self.fs.transaction, self.fs.open(path, "wb") as stream:

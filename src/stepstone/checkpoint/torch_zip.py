@@ -26,13 +26,15 @@ TorchScript's and ``torch.package``'s de-duplication, which only need it to be d
 
 Before first use, the layout is checked against ``torch.save`` of a small sample state (records, offsets,
 headers, end records); if this torch version writes anything else, or ``torch.serialization.skip_data``
-is active, ``save`` falls back to ``torch.save`` (correct, slower: see ``format.py``).
+is active, or torch lost one of the private names ``private_apis`` probes, ``save`` falls back to
+``torch.save`` (correct, slower: see ``format.py``). ``STEPSTONE_SERIALIZER=reference`` selects that
+reference path on purpose.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
+import os
 import struct
 import sys
 import zipfile
@@ -43,9 +45,14 @@ from typing import Any, Protocol
 import torch
 import torch.serialization
 
+from stepstone.checkpoint import private_apis
 from stepstone.checkpoint.stable_memory import memory_view
+from stepstone.errors import MisconfigurationException
 
-__all__ = ["MemberSink", "TorchZipWriter", "save", "supported"]
+__all__ = ["SERIALIZER_ENV", "MemberSink", "TorchZipWriter", "save", "serializer", "supported"]
+
+#: The environment variable choosing the serializer: ``fast`` (default) or ``reference`` (plain torch.save).
+SERIALIZER_ENV = "STEPSTONE_SERIALIZER"
 
 _U32 = 0xFFFFFFFF  # miniz's MZ_UINT32_MAX: sizes and offsets from this value on go to zip64 fields
 _MASK64 = (1 << 64) - 1
@@ -214,9 +221,9 @@ class TorchZipWriter:
 def _write(
     state: object, sink: MemberSink, end_records: tuple[tuple[str, bytes], ...], identity: bytes | None = None
 ) -> bytes:
-    writer = TorchZipWriter(sink, torch.serialization._get_storage_alignment(), end_records)
+    writer = TorchZipWriter(sink, private_apis.storage_alignment(), end_records)
     # torch's own pickling: the same pickle bytes, storage keys and record order as torch.save.
-    torch.serialization._save(state, writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+    private_apis.save_into(state, writer)
     return writer.write_end_of_file(identity)
 
 
@@ -263,13 +270,38 @@ def _calibration() -> tuple[tuple[tuple[str, bytes], ...], bool]:
     return end, ours.buffer.getvalue() == reference and computed[20:] == identity[20:]
 
 
-def supported() -> bool:
-    """Whether ``save`` writes the archive itself (else it calls ``torch.save``).
+def serializer() -> str:
+    """The serializer chosen with the ``STEPSTONE_SERIALIZER`` environment variable.
 
     Returns:
-        True when this torch version's layout was reproduced exactly and ``skip_data`` is not active.
+        ``"fast"`` (the default: this module's writer where ``supported()``) or ``"reference"`` (always the
+        public ``torch.save`` into the checksumming sink: slower, relies on no private torch name).
+
+    Raises:
+        MisconfigurationException: any other value (the message names the variable, the value and the fix).
     """
-    if sys.byteorder != "little" or getattr(torch.serialization._serialization_tls, "skip_data", False):
+    value = os.environ.get(SERIALIZER_ENV, "fast").strip().lower() or "fast"
+    if value not in ("fast", "reference"):
+        raise MisconfigurationException(
+            f"{SERIALIZER_ENV}={os.environ[SERIALIZER_ENV]!r} is not a serializer; set it to 'fast' (the default) "
+            "or 'reference' (plain torch.save), or unset it"
+        )
+    return value
+
+
+def supported() -> bool:
+    """Whether ``save`` writes the archive itself (else it calls ``torch.save``); never raises for torch's sake.
+
+    Returns:
+        True when the fast serializer is selected, torch still has the private names it calls, this torch
+        version's layout was reproduced exactly and ``skip_data`` is not active.
+
+    Raises:
+        MisconfigurationException: ``STEPSTONE_SERIALIZER`` has an unknown value.
+    """
+    if serializer() == "reference" or sys.byteorder != "little" or not private_apis.serialization_supported():
+        return False
+    if private_apis.skip_data_active():
         return False
     return _calibration()[1]
 

@@ -23,15 +23,14 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from stepstone.checkpoint import load_file, read_info
 from stepstone.checkpoint.commit import atomic_write
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.sharded import (
     MARKER_NAME,
     META_NAME,
-    is_sharded_checkpoint,
     load_sharded,
     read_sharded_info,
     template_from_metadata,
-    verify_sharded,
 )
 from stepstone.checkpoint.sharded_commit import read_marker
 from stepstone.checkpoint.sharded_reading import check_metadata_safe
@@ -96,10 +95,10 @@ def _load_any(argument: str, path: str) -> tuple[dict[str, Any], CheckpointRecor
         CheckpointCorruptError: a damaged file (named).
         UnsafeCheckpointError: content that would run code when unpickled.
     """
-    if is_sharded_checkpoint(path):
-        record = verify_sharded(path)  # every shard checked once, then loaded without a second pass
+    if kind_of(path) is SHARDED_DIRECTORY:
+        record = SHARDED_DIRECTORY.verify(path)  # every shard checked once, then loaded without a second pass
         return load_sharded(path, template_from_metadata(path), verify=False), record
-    if os.path.isdir(path):
+    if is_uncommitted_directory(path):
         raise _not_a_checkpoint_dir(argument, path)
     return load_file(path, mmap=True), read_info(path)
 
@@ -222,10 +221,10 @@ def run_show(args: argparse.Namespace) -> int:
     Raises:
         CheckpointNotFoundError: ``FILE`` is missing, or a directory that is not a committed checkpoint.
     """
-    if is_sharded_checkpoint(args.file):
+    if kind_of(args.file) is SHARDED_DIRECTORY:
         info = _sharded_info(args.file, args.all)
         kind = f"sharded checkpoint directory: {info['files']} files, saved by {info['world_size']} rank(s)"
-    elif os.path.isdir(args.file):
+    elif is_uncommitted_directory(args.file):
         raise _not_a_checkpoint_dir("FILE", args.file)
     else:
         info = _file_info(args.file, args.all)

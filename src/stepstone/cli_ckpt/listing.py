@@ -3,7 +3,7 @@
 Reading goes through the engine (trailers, checksums, the run index); ``prune`` deletes through the engine's
 retention policies (and removes the ``.stepstone-index.json`` earlier versions wrote), and never deletes a
 ``last*`` file or the file a ``last`` symlink points to. Sharded (FSDP) checkpoint directories are listed and
-pruned like files: described from their commit marker, verified against it, deleted with ``remove_sharded``.
+pruned like files: described from their commit marker, verified against it, deleted as their kind (``stepstone.checkpoint.kinds``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from stepstone.checkpoint import (
 )
 from stepstone.checkpoint.commit import is_temp_name
 from stepstone.checkpoint.index import LEGACY_INDEX_NAME
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
 from stepstone.checkpoint.record import age_key
-from stepstone.checkpoint.sharded import META_NAME, is_sharded_checkpoint, read_sharded_info, verify_sharded
+from stepstone.checkpoint.sharded import META_NAME
 from stepstone.cli_ckpt.output import emit_json, human_size, human_time, metrics_text, table
 from stepstone.errors import CheckpointError
 
@@ -94,7 +95,7 @@ def checkpoint_paths(directory: str) -> list[str]:
         for name in os.listdir(directory)
         if not name.startswith(".")
         and not is_temp_name(name)
-        and (name.endswith(".ckpt") or is_sharded_checkpoint(os.path.join(directory, name)))
+        and (name.endswith(".ckpt") or kind_of(os.path.join(directory, name)) is SHARDED_DIRECTORY)
     )
     return [os.path.join(directory, name) for name in names]
 
@@ -104,7 +105,7 @@ def _describe(path: str, verify: bool) -> Entry:
     entry.sharded = os.path.isdir(path)
     try:
         if entry.sharded:
-            entry.record = verify_sharded(path) if verify else read_sharded_info(path)
+            entry.record = SHARDED_DIRECTORY.verify(path) if verify else SHARDED_DIRECTORY.describe(path)
             return entry
         entry.record = verify_file(path) if verify else read_info(path)
         if entry.record is None:
@@ -205,7 +206,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
 def _verify_one(path: str) -> dict[str, Any]:
     try:
-        record = verify_sharded(path) if is_sharded_checkpoint(path) else verify_file(path)
+        record = kind_of(path).verify(path)
     except CheckpointError as error:
         return {"path": path, "ok": False, "size": None, "step": None, "error": str(error)}
     return {"path": path, "ok": True, "size": record.size, "step": record.step, "error": None}
@@ -223,7 +224,7 @@ def run_verify(args: argparse.Namespace) -> int:
     """
     paths: list[str] = []
     for path in args.paths:
-        if os.path.isdir(path) and not is_sharded_checkpoint(path):
+        if is_uncommitted_directory(path):
             found = checkpoint_paths(path)
             if not found:
                 print(f"FAILED    {path}: no *.ckpt files in this directory")
@@ -238,7 +239,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for r in results:
         detail = f"({human_size(r['size'])}, step {r['step']})" if r["ok"] else r["error"]
         print(f"{'OK' if r['ok'] else 'FAILED':<8}  {r['path']}  {detail}")
-    noun = "checkpoint(s)" if any(is_sharded_checkpoint(r["path"]) for r in results) else "file(s)"
+    noun = "checkpoint(s)" if any(kind_of(r["path"]) is SHARDED_DIRECTORY for r in results) else "file(s)"
     print(f"{sum(r['ok'] for r in results)} of {len(results)} {noun} verified")
     return 0 if ok else 1
 

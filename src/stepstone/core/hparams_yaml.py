@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import enum
 import os
-import tempfile
 import warnings
 from argparse import Namespace
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,8 @@ from typing import IO, Any
 
 import torch
 import yaml
+
+from stepstone.checkpoint.commit import atomic_write
 
 __all__ = ["load_hparams_from_yaml", "save_hparams_to_yaml", "to_plain", "write_atomically"]
 
@@ -69,25 +70,24 @@ def to_plain(value: Any) -> Any:
 
 
 def write_atomically(path: str, write: Callable[[IO[str]], object]) -> None:
-    """Write a local file through a temporary sibling and ``os.replace``, so readers never see half a file.
+    """Write a local text file through the checkpoint engine's commit protocol (readers never see half a file).
+
+    The file is written to a temporary sibling, fsynced, renamed over ``path`` and its folder fsynced, so
+    the new contents survive a power loss once this returns.
 
     Args:
-        path: the file to (re)write; its folder is created when missing.
+        path: the file to (re)write; its folder is created (durably) when missing.
         write: writes the contents to the open text handle.
+
+    Raises:
+        OSError: on any I/O failure; ``path`` is then untouched.
     """
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+
+    def write_fd(fd: int) -> None:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", closefd=False) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+
+    atomic_write(path, write_fd)
 
 
 def _is_remote(path: str) -> bool:

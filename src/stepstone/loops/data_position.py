@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from stepstone.checkpoint.private_apis import index_sampler, persistent_iterator, set_index_sampler
 from stepstone.trainer.rng import capture_rng, restore_rng
 
 __all__ = ["DataPosition", "is_stateful_loader"]
@@ -170,17 +171,17 @@ class DataPosition:
         attribute = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         inner = getattr(loader, attribute)
         skipper = _IndexSkipper(self, loader, inner, skip)
-        persistent = getattr(loader, "_iterator", None)
+        persistent = persistent_iterator(loader)
         object.__setattr__(loader, attribute, skipper)
-        if persistent is not None and hasattr(persistent, "_index_sampler"):
-            persistent._index_sampler = skipper
+        if persistent is not None:
+            set_index_sampler(persistent, skipper)
         try:
             iterator = iter(loader)
         finally:
             object.__setattr__(loader, attribute, inner)
-            current = getattr(loader, "_iterator", None)
-            if current is not None and getattr(current, "_index_sampler", None) is skipper:
-                current._index_sampler = inner
+            current = persistent_iterator(loader)
+            if current is not None and index_sampler(current) is skipper:
+                set_index_sampler(current, inner)
         return iterator
 
     def _replay(self, loader: Iterable[Any], skip: int) -> Iterator[Any]:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from stepstone.checkpoint.private_apis import tensor_use_count
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies.environment import ClusterEnvironment
 
@@ -310,7 +311,7 @@ def _released(*tensors: torch.Tensor) -> None:
     collective's tensor is ever freed by a worker thread.
     """
     deadline = time.monotonic() + _RELEASE_WAIT_S
-    while any(tensor._use_count() > 1 for tensor in tensors):  # type: ignore[attr-defined]
+    while any(tensor_use_count(tensor) > 1 for tensor in tensors):
         if time.monotonic() > deadline:
             _PARKED.extend(tensors)  # kept to the end of the process rather than freed by a worker thread
             return

@@ -242,9 +242,9 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
             "'best'."
         )
     from stepstone.checkpoint import is_local
-    from stepstone.checkpoint.sharded import is_sharded_checkpoint
+    from stepstone.checkpoint.kinds import FILE, kind_of
 
-    if is_local(path) and not os.path.isfile(path) and not is_sharded_checkpoint(path):
+    if is_local(path) and not os.path.isfile(path) and kind_of(path) is FILE:
         raise CheckpointNotFoundError(f"Checkpoint file not found: {path}")
     return path
 
@@ -293,10 +293,11 @@ def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
     Raises:
         CheckpointCorruptError: a shard or the file fails verification.
     """
-    from stepstone.checkpoint.sharded import is_sharded_checkpoint, load_sharded
+    from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, kind_of
+    from stepstone.checkpoint.sharded import load_sharded
     from stepstone.core.saving import read_checkpoint
 
     fsdp = _fsdp(trainer)
-    if fsdp is not None and is_sharded_checkpoint(path):
+    if fsdp is not None and kind_of(path) is SHARDED_DIRECTORY:
         return load_sharded(path, fsdp.sharded_state_template(trainer.optimizers))
     return read_checkpoint(path, map_location="cpu")

@@ -1,0 +1,203 @@
+"""The one place stepstone touches private names of torch and fsspec, each probed and explained.
+
+stepstone relies on a handful of names that torch and fsspec do not promise to keep:
+
+- ``torch.serialization._save``, ``_get_storage_alignment`` and ``_serialization_tls`` -- the fast writer
+  (``torch_zip``) lets torch pickle the state and writes the zip archive itself. Missing or changed, the
+  fast writer is simply not used: :func:`serialization_supported` says False and every save goes through the
+  public ``torch.save`` (the reference path, also selected with ``STEPSTONE_SERIALIZER=reference``).
+- ``Tensor._use_count`` -- a collective's tensors are kept alive until gloo's worker threads let go of them.
+- ``DataLoader._iterator`` and its iterator's ``_index_sampler`` -- a mid-epoch resume with persistent
+  workers puts the batch skipper into the workers' iterator.
+- fsspec's ``AbstractFileSystem._intrans`` -- a remote save inside the caller's own transaction.
+
+The last three have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
+the installed version and the fix (pin the versions stepstone was tested with, or report it). This module
+lives in the engine because the engine imports nothing outside itself, while the rest of stepstone may
+import the engine.
+"""
+
+from __future__ import annotations
+
+import pickle
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import torch
+import torch.serialization
+
+__all__ = [
+    "PrivateApiChanged",
+    "fsspec_in_transaction",
+    "index_sampler",
+    "persistent_iterator",
+    "save_into",
+    "serialization_supported",
+    "set_index_sampler",
+    "skip_data_active",
+    "storage_alignment",
+    "tensor_use_count",
+]
+
+_SERIALIZATION_NAMES = ("_save", "_get_storage_alignment", "_serialization_tls")
+# Looked up through this name (not ``torch.serialization`` directly) so that a test can stand in a torch
+# without them: torch.save itself needs the real ones.
+_torch_serialization: Any = torch.serialization
+#: The versions this module was checked against (named in the error message).
+TESTED_WITH = "torch 2.13, fsspec 2026.9"
+
+
+class PrivateApiChanged(RuntimeError):
+    """A private torch/fsspec name stepstone relies on is gone or changed in the installed version.
+
+    Args:
+        name: the private name (e.g. ``"torch.Tensor._use_count"``).
+        package: the distribution that owns it (``"torch"`` or ``"fsspec"``).
+    """
+
+    def __init__(self, name: str, package: str) -> None:
+        try:
+            version = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            version = "unknown"
+        super().__init__(
+            f"stepstone relies on {name}, which {package} {version} no longer provides as before. Install the "
+            f"version stepstone's tests ran on ({TESTED_WITH}), e.g. pip install '{package}<{version}', or "
+            "report this to stepstone with the versions above."
+        )
+        self.name = name
+
+
+# --- torch.serialization (the fast writer; missing names mean: use torch.save) --------------------------
+def serialization_supported() -> bool:
+    """Whether torch still has the private serialization names the fast writer calls.
+
+    Returns:
+        True if ``torch.serialization._save``, ``_get_storage_alignment`` and ``_serialization_tls`` exist;
+        False means every save goes through the public ``torch.save`` (never an error).
+    """
+    return all(hasattr(_torch_serialization, name) for name in _SERIALIZATION_NAMES) and callable(
+        getattr(_torch_serialization, "_save", None)
+    )
+
+
+def skip_data_active() -> bool:
+    """Whether ``torch.serialization.skip_data`` is active in this thread (False if torch cannot tell).
+
+    Returns:
+        True inside ``with torch.serialization.skip_data():``.
+    """
+    return bool(getattr(getattr(_torch_serialization, "_serialization_tls", None), "skip_data", False))
+
+
+def storage_alignment() -> int:
+    """The alignment torch gives storage records in the zip archive.
+
+    Returns:
+        The alignment in bytes.
+
+    Raises:
+        AttributeError: torch no longer has the private name (callers check ``serialization_supported``).
+    """
+    alignment: int = _torch_serialization._get_storage_alignment()
+    return alignment
+
+
+def save_into(state: object, writer: object) -> None:
+    """Let torch pickle ``state`` into ``writer``, an object with ``PyTorchFileWriter``'s methods.
+
+    Args:
+        state: the object to save.
+        writer: receives ``write_record`` calls, as torch's own zip writer does.
+
+    Raises:
+        Exception: whatever pickling raises (as ``torch.save`` would), or an ``AttributeError`` when torch no
+            longer has the private name (callers check ``serialization_supported``).
+    """
+    _torch_serialization._save(state, writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+
+
+# --- names without a public equivalent (a change is an error that names the fix) ------------------------
+def tensor_use_count(tensor: torch.Tensor) -> int:
+    """How many references the C++ side holds to ``tensor``'s implementation.
+
+    Args:
+        tensor: any tensor.
+
+    Returns:
+        The use count (1: only this Python object).
+
+    Raises:
+        PrivateApiChanged: torch no longer has ``Tensor._use_count``.
+    """
+    count = getattr(tensor, "_use_count", None)
+    if not callable(count):
+        raise PrivateApiChanged("torch.Tensor._use_count", "torch")
+    return int(count())
+
+
+def persistent_iterator(loader: torch.utils.data.DataLoader[Any]) -> Any | None:
+    """The iterator a ``DataLoader`` with persistent workers keeps between epochs (None until created).
+
+    Args:
+        loader: the data loader.
+
+    Returns:
+        Its kept iterator, or None (none yet, or no persistent workers).
+
+    Raises:
+        PrivateApiChanged: torch no longer keeps it as ``DataLoader._iterator``.
+    """
+    if not (loader.persistent_workers and loader.num_workers > 0):
+        return None
+    if not hasattr(loader, "_iterator"):
+        raise PrivateApiChanged("torch.utils.data.DataLoader._iterator", "torch")
+    return loader._iterator
+
+
+def index_sampler(iterator: object) -> Any:
+    """The sampler a data loader iterator draws its indices from at each epoch's reset.
+
+    Args:
+        iterator: a ``DataLoader`` iterator.
+
+    Returns:
+        Its index sampler.
+
+    Raises:
+        PrivateApiChanged: torch's iterator no longer has ``_index_sampler``.
+    """
+    if not hasattr(iterator, "_index_sampler"):
+        raise PrivateApiChanged("torch.utils.data.dataloader._BaseDataLoaderIter._index_sampler", "torch")
+    return iterator._index_sampler
+
+
+def set_index_sampler(iterator: object, sampler: object) -> None:
+    """Make a data loader iterator draw its indices from ``sampler`` from its next reset on.
+
+    Args:
+        iterator: a ``DataLoader`` iterator.
+        sampler: the sampler (or batch sampler) to use.
+
+    Raises:
+        PrivateApiChanged: torch's iterator no longer has ``_index_sampler``.
+    """
+    index_sampler(iterator)
+    iterator._index_sampler = sampler  # type: ignore[attr-defined]
+
+
+def fsspec_in_transaction(fs: object) -> bool:
+    """Whether the caller has an fsspec transaction open on ``fs`` (its writes commit with it).
+
+    Args:
+        fs: an ``fsspec.AbstractFileSystem``.
+
+    Returns:
+        True inside ``with fs.transaction:``.
+
+    Raises:
+        PrivateApiChanged: fsspec no longer records it as ``AbstractFileSystem._intrans``.
+    """
+    if not hasattr(fs, "_intrans"):
+        raise PrivateApiChanged("fsspec.AbstractFileSystem._intrans", "fsspec")
+    return bool(fs._intrans)
