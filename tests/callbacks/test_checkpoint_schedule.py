@@ -18,13 +18,9 @@ from stepstone.callbacks.checkpoint_schedule import (
 def _trainer(
     every: int | None = 1, interval: float = 1.0, val: bool = True, last: bool = True, epoch: int = 0
 ) -> Any:
-    loop = SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=last))
+    loop = SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=last), validation_enabled=val)
     return SimpleNamespace(
-        check_val_every_n_epoch=every,
-        val_check_interval=interval,
-        current_epoch=epoch,
-        fit_loop=loop,
-        _val_enabled=lambda: val,
+        check_val_every_n_epoch=every, val_check_interval=interval, current_epoch=epoch, fit_loop=loop
     )
 
 

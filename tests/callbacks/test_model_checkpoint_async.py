@@ -285,6 +285,31 @@ def test_last_only_saves_are_asynchronous_too(tmp_path: Path, slow_writes: Calla
     assert ckpts(tmp_path / "c") == ["last.ckpt"] and load_file(cb.last_model_path)["global_step"] == 4
 
 
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_last_of_an_async_top_k_save_is_published_off_the_training_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, save_last: bool | str
+) -> None:
+    import threading
+
+    import stepstone.checkpoint as engine
+
+    threads: list[str] = []
+    for name in ("copy_file", "link_file"):
+        original = getattr(engine, name)
+
+        def recording(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(engine, name, recording)
+    cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_last=save_last, async_save=True)
+    trainer(tmp_path, [cb], max_steps=6, limit_val_batches=0).fit(ScriptedModel(), loader())
+    assert len(threads) == 3 and threading.main_thread().name not in threads
+    assert ckpts(tmp_path / "c") == ["epoch=1-step=6.ckpt", "last.ckpt"]
+    assert load_file(cb.last_model_path)["global_step"] == 6
+    assert os.path.islink(cb.last_model_path) == (save_last == "link")
+
+
 class FailingStep(ScriptedModel):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.global_step == 2:

@@ -97,11 +97,14 @@ def test_disk_full_with_warn_trains_on_loudly_and_resumes_later(
     assert verify_file(directory / "last.ckpt").step == 5
 
 
-def test_free_space_preflight_fails_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("async_save", [False, True])
+def test_free_space_preflight_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
     directory, before = _first_run(tmp_path)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(commit_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
-    callback = _callback(directory)
+    callback = _callback(directory, async_save=async_save)
     with pytest.raises(OSError, match=r"needs about 0\.\d MB and .* has 0\.0 MB free") as error:
         trainer(tmp_path, [callback], max_steps=6).fit(ScriptedModel(), loader(), ckpt_path="last")
     assert error.value.errno == errno.ENOSPC

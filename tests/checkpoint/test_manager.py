@@ -95,6 +95,22 @@ def test_failed_save_deletes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert _ckpts(tmp_path) == ["step=2.ckpt"]
 
 
+@pytest.mark.parametrize("async_save", [False, True])
+def test_the_free_space_preflight_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
+    with CheckpointManager(tmp_path, retention=KeepLatest(1), async_save=async_save) as manager:
+        with pytest.raises(OSError, match="Not enough free space") as error:
+            manager.save(1, _state(1)).result()
+        assert error.value.errno == errno.ENOSPC
+    assert _ckpts(tmp_path) == [] and os.listdir(tmp_path) == []
+
+
 def test_foreign_checkpoints_are_never_deleted(tmp_path: Path) -> None:
     torch.save({"lightning": True}, tmp_path / "lightning.ckpt")
     manager = CheckpointManager(tmp_path, retention=KeepLatest(1))

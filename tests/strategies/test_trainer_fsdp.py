@@ -10,10 +10,10 @@ import torch
 import stepstone as L
 from models import BoringModel
 from stepstone.callbacks import ModelCheckpoint
-from stepstone.callbacks.checkpoint_selection import newest_checkpoint
 from stepstone.checkpoint.sharded import is_sharded_checkpoint, verify_sharded
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import FSDPStrategy
+from stepstone.trainer.resume_selection import newest_checkpoint
 from strategies.script_runs import run_script
 
 EPOCH0 = "epoch=0-rank_metric=0.ckpt"
@@ -52,8 +52,9 @@ def test_fsdp_sharded_directories_reshard_2_to_1_and_1_to_2(tmp_path: Path) -> N
     verify_sharded(epoch0)
     assert is_sharded_checkpoint(ckpts / "last.ckpt")  # last of a sharded run: the directory written again
     # ckpt_path="last"/"auto" pick the newest committed checkpoint, directories included.
-    newest = newest_checkpoint(str(ckpts), "last")
-    assert newest is not None and newest[:2] == (str(ckpts / "last.ckpt"), 4)
+    newest = newest_checkpoint([ModelCheckpoint(dirpath=ckpts)])
+    assert newest is not None and (newest[0].path, newest[0].step) == (str(ckpts / "last.ckpt"), 4)
+    assert newest[1] is None  # a directory is verified here and read later, into the strategy's shards
     assert (tmp_path / "two" / "manual.ckpt").is_dir()  # trainer.save_checkpoint writes a directory too
     # 2 -> 1: one process resumes from the 2-rank directory and ends where the uninterrupted run ends.
     (resumed,) = run_script(tmp_path / "two", 8, "resume", 1, kind="fsdp_sharded")

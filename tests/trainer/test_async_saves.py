@@ -22,7 +22,7 @@ def test_remove_later_deletes_on_a_background_thread_and_finish_waits(tmp_path: 
     for path in paths:
         saves.remove_later(path)
     assert any(t.name.startswith("stepstone-delete") for t in threading.enumerate())
-    assert saves.finish(trainer=_NoCallbacks()) is None  # type: ignore[arg-type]
+    assert saves.finish() is None
     assert not any(os.path.exists(p) for p in paths)
     assert not any(t.name.startswith("stepstone-delete") for t in threading.enumerate())
 
@@ -34,7 +34,7 @@ def test_a_file_written_again_waits_for_its_pending_deletion(tmp_path: Path) -> 
     saves.settle_deletions(path)  # what a save of the same name does first
     assert not os.path.exists(path)
     _file(tmp_path / "a.ckpt")  # so the old deletion cannot remove the new file
-    saves.finish(trainer=_NoCallbacks())  # type: ignore[arg-type]
+    saves.finish()
     assert os.path.exists(path)
 
 
@@ -44,14 +44,10 @@ def test_a_failed_background_deletion_is_raised_not_dropped(tmp_path: Path) -> N
     folder.mkdir()
     (folder / "inside").write_text("x")  # removing a non-empty directory as a file fails
     saves.remove_later(str(folder))
-    error = saves.finish(trainer=_NoCallbacks())  # type: ignore[arg-type]
+    error = saves.finish()
     assert isinstance(error, OSError)
     again = AsyncSaves()
     again.remove_later(str(folder))
     with pytest.raises(OSError):
         again.settle_deletions()
-    assert again.finish(trainer=_NoCallbacks()) is None  # type: ignore[arg-type]
-
-
-class _NoCallbacks:
-    checkpoint_callbacks: list[object] = []
+    assert again.finish() is None

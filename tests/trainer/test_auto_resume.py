@@ -12,6 +12,7 @@ from scripted import ScriptedModel, loader, trainer
 from stepstone.callbacks import ModelCheckpoint
 from stepstone.checkpoint import save_file
 from stepstone.errors import CheckpointCorruptError
+from stepstone.trainer.resume_selection import newest_checkpoint
 
 
 def _every_two_steps(directory: Path) -> ModelCheckpoint:
@@ -81,7 +82,9 @@ def test_at_equal_steps_last_wins_whatever_the_names_and_times(tmp_path: Path) -
     save_file(directory / "last.ckpt", state, metadata={"step": 4})
     save_file(directory / "zz-step=4.ckpt", state, metadata={"step": 4})  # later name, later save time
     os.utime(directory / "last.ckpt", (0, 0))  # an old mtime does not matter either
-    assert callback._newest_checkpoint() is not None
-    assert callback._newest_checkpoint()[0] == str(directory / "last.ckpt")  # type: ignore[index]
+    chosen = newest_checkpoint([callback], read=False)
+    assert chosen is not None and chosen[0].path == str(directory / "last.ckpt")
     save_file(directory / "a-step=5.ckpt", state, metadata={"step": 5})
-    assert callback._newest_checkpoint()[0] == str(directory / "a-step=5.ckpt")  # type: ignore[index]
+    chosen = newest_checkpoint([callback])
+    assert chosen is not None and chosen[0].path == str(directory / "a-step=5.ckpt")
+    assert chosen[1] == state  # read in the same pass

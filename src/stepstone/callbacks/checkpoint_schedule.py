@@ -40,7 +40,7 @@ def saves_on_train_epoch_end(trainer: Trainer, flag: bool | None) -> bool:
         return flag
     if trainer.check_val_every_n_epoch != 1:
         return False
-    if not trainer._val_enabled():
+    if not trainer.fit_loop.validation_enabled:
         return True
     return trainer.val_check_interval == 1.0
 
@@ -59,4 +59,4 @@ def validation_follows_epoch(trainer: Trainer, flag: bool | None) -> bool:
     if saves_on_train_epoch_end(trainer, flag) or not trainer.fit_loop.batch_progress.is_last_batch:
         return False
     every = trainer.check_val_every_n_epoch
-    return trainer._val_enabled() and (every is None or (trainer.current_epoch + 1) % every == 0)
+    return trainer.fit_loop.validation_enabled and (every is None or (trainer.current_epoch + 1) % every == 0)

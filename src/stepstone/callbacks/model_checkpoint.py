@@ -227,7 +227,7 @@ class ModelCheckpoint(Checkpoint):
 
         if is_folder(self.dirpath):
             sweep_stale_temps(self.dirpath)  # local only: a remote object is whole or absent
-            resuming = trainer._resume_requested
+            resuming = trainer.checkpoint_port.resume_requested
             if (
                 self.save_top_k != 0
                 and trainer.is_global_zero
@@ -242,8 +242,15 @@ class ModelCheckpoint(Checkpoint):
                 )
 
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
-        """Start the clock of ``train_time_interval``; finish deletions the resumed checkpoint owed."""
+        """Start the clock of ``train_time_interval``; finish deletions the resumed checkpoint owed.
+
+        A run resumed from a checkpoint written in ``on_train_batch_end``: Lightning's resume skips that batch's
+        validation and epoch end, so no ModelCheckpoint saves at the restored step. stepstone runs them (an exact
+        resume), yet likewise writes no second file for that step (the interrupted run may have written it).
+        """
         self._last_time_checked = time.monotonic()
+        if trainer.fit_loop.resumed_after_batch_end:
+            self._hold_restored_step(trainer.global_step)
         if self._deferred_deletions:
             self._delete(trainer, [])
 
@@ -398,7 +405,7 @@ class ModelCheckpoint(Checkpoint):
                 "ModelCheckpoint trigger", {name: value.detach().cpu() for name, value in candidates.items()}
             )
         if self._pending is not None:
-            trainer._runner.async_saves.wait_turn()  # backpressure, reported when it stalls training
+            trainer.checkpoint_port.wait_turn()  # backpressure, reported when it stalls training
         self._complete_pending(trainer)  # decide on the state of the committed files
         snapshot = {name: copy.copy(getattr(self, name)) for name in _STATE_FIELDS}
         to_delete: list[str] = []
@@ -457,7 +464,7 @@ class ModelCheckpoint(Checkpoint):
         )
         # Lightning's rule: once validation has run, the key had its chance (a typo); before that, it may be a
         # validation metric still to come, or validation is disabled: warn and train on without a top k.
-        if trainer._validation_has_run or trainer.validating:
+        if trainer.fit_loop.validation_has_run or trainer.validating:
             raise MisconfigurationException(message)
         if message not in self._warned:
             self._warned.add(message)
@@ -502,7 +509,7 @@ class ModelCheckpoint(Checkpoint):
         self._prepare_last_path(candidates)
         if replaced is not None and replaced != filepath:
             to_delete.append(replaced)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath)
+        self._save_checkpoint(trainer, filepath, top_k=True)
         return filepath
 
     def _save_newest(
@@ -513,7 +520,7 @@ class ModelCheckpoint(Checkpoint):
         self._prepare_last_path(candidates)
         if self.save_top_k == 1 and previous and previous != filepath:
             to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath)
+        self._save_checkpoint(trainer, filepath, top_k=True)
         return filepath
 
     def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
@@ -584,19 +591,28 @@ class ModelCheckpoint(Checkpoint):
         return filepath
 
     def _uses_async(self, trainer: stepstone.Trainer) -> bool:
-        return self.async_save if self.async_save is not None else trainer._async_checkpointing
+        return self.async_save if self.async_save is not None else trainer.checkpoint_port.asynchronous
 
-    def _save_checkpoint(self, trainer: stepstone.Trainer, filepath: str) -> None:
+    def _save_checkpoint(self, trainer: stepstone.Trainer, filepath: str, top_k: bool = False) -> None:
         if self._uses_async(trainer):
-            trainer._runner.async_saves.max_staging_bytes = self.max_staging_bytes
-            handle = trainer._runner.write_checkpoint_async(filepath, self.save_weights_only)
+            # A top-k file is also published as ``last`` (copied or linked) on the writer thread after its
+            # commit; a synchronous save copies it in ``_save_last``.
+            last = self._pending_last if top_k and self.save_last else None
+            # The port settles it (``_settle``) before the next asynchronous save is built and when fit ends.
+            handle = trainer.checkpoint_port.save(
+                filepath,
+                self.save_weights_only,
+                asynchronous=True,
+                max_staging_bytes=self.max_staging_bytes,
+                on_complete=lambda done: self._settle(trainer, done),
+                publish_as=last,
+                publish_link=self.save_last == "link",
+            )
             self._scheduled = (handle, filepath)
             self._last_global_step_saved = trainer.global_step
             return
-        from stepstone.trainer.distributed import save_on_all_ranks
-
         # Under DDP: built on every rank, written once by rank 0, then a barrier (all ranks reach this save).
-        record = save_on_all_ranks(trainer, filepath, self.save_weights_only)
+        record = trainer.save_checkpoint(filepath, self.save_weights_only).result()
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._after_commit(trainer, filepath, record)
@@ -614,14 +630,17 @@ class ModelCheckpoint(Checkpoint):
         if self._pending is not None and trainer.world_size == 1 and self._pending.handle.done():
             self._complete_pending(trainer)
 
+    def _settle(self, trainer: stepstone.Trainer, handle: SaveHandle) -> None:
+        # Called by the checkpoint port; the callback may have completed this save itself already.
+        if self._pending is not None and self._pending.handle is handle:
+            self._complete_pending(trainer)
+
     def _complete_pending(self, trainer: stepstone.Trainer) -> None:
         """Wait for the async save in flight; once committed: index, ``last``, new state, loggers, deletions.
 
         Raises:
             Exception: the save's failure; the state then still names the earlier, committed files.
         """
-        from stepstone.checkpoint import copy_file, link_file
-
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -636,9 +655,6 @@ class ModelCheckpoint(Checkpoint):
             if tolerate(trainer, self, failure, pending.filepath):
                 return
             raise failure
-        if pending.last is not None and trainer.is_global_zero:
-            written, last_path = pending.last
-            (link_file if self.save_last == "link" else copy_file)(written, last_path)
         for name, value in pending.state.items():
             setattr(self, name, value)
         self._last_checkpoint_saved = pending.last[0] if pending.last is not None else pending.filepath
@@ -678,26 +694,8 @@ class ModelCheckpoint(Checkpoint):
         return True
 
     def _remove_checkpoint(self, trainer: stepstone.Trainer, path: str) -> None:
-        from stepstone.checkpoint import remove_file
-
-        if not trainer.is_global_zero:
-            return
-        from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, kind_of
-
-        if kind_of(path) is SHARDED_DIRECTORY and not os.path.islink(path):
-            SHARDED_DIRECTORY.remove(path)  # a sharded (FSDP) checkpoint directory
-        elif self._uses_async(trainer) and is_local(path):
-            trainer._runner.async_saves.remove_later(path)  # off the training thread, like the write
-        else:
-            remove_file(path)
-
-    def _newest_checkpoint(self) -> tuple[str, int, float] | None:
-        """The newest committed checkpoint in ``dirpath`` that verifies (see ``checkpoint_selection``)."""
-        from stepstone.callbacks.checkpoint_selection import newest_checkpoint
-
-        if self.dirpath is None or not is_local(self.dirpath) or not os.path.isdir(self.dirpath):
-            return None
-        return newest_checkpoint(self.dirpath, self.CHECKPOINT_NAME_LAST)
+        # Rank 0 deletes; asynchronous saves also delete off the training thread, like the write.
+        trainer.checkpoint_port.remove(path, background=self._uses_async(trainer))
 
     # --- names, state, export -----------------------------------------------------------------------
     def format_checkpoint_name(
@@ -779,7 +777,4 @@ class ModelCheckpoint(Checkpoint):
 
 
 def _writes_directories(trainer: stepstone.Trainer) -> bool:
-    from stepstone.strategies import is_fsdp
-
-    strategy = trainer._strategy
-    return is_fsdp(strategy) and strategy.state_dict_type == "sharded"
+    return trainer.checkpoint_port.writes_directories

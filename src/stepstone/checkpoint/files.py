@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -145,6 +145,8 @@ def save_file_async(
     metadata: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: Progress | bool = True,
+    expected_size: int | None = None,
+    after_commit: Callable[[CheckpointRecord], None] | None = None,
 ) -> SaveHandle:
     """Snapshot ``state`` into ``staging``'s host buffers, then save it on ``writer``'s thread.
 
@@ -161,6 +163,10 @@ def save_file_async(
         metadata: as for ``save_file``.
         storage_options: fsspec options for remote paths.
         progress: as for ``save_file``.
+        expected_size: as for ``save_file``: the free-space preflight, checked on the writer thread just
+            before writing (the previous save is committed by then).
+        after_commit: run on the writer thread once the file is committed, before the handle completes (e.g.
+            publish a ``last`` copy or link off the training thread); its failure is the save's failure.
 
     Returns:
         The save's handle: ``result()`` waits for the commit and returns the record, or raises the failure.
@@ -181,10 +187,26 @@ def save_file_async(
     return submit_staged(
         writer,
         staging.live_gate(),
-        lambda gate: save_file(
-            text, staged, metadata=meta, storage_options=options, progress=progress, live_gate=gate
+        lambda gate: _save_then(
+            after_commit,
+            text,
+            staged,
+            metadata=meta,
+            storage_options=options,
+            progress=progress,
+            live_gate=gate,
+            expected_size=expected_size,
         ),
     )
+
+
+def _save_then(
+    after_commit: Callable[[CheckpointRecord], None] | None, *args: Any, **kwargs: Any
+) -> CheckpointRecord:
+    record = save_file(*args, **kwargs)
+    if after_commit is not None:
+        after_commit(record)
+    return record
 
 
 def load_file(

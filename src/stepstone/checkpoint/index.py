@@ -27,11 +27,11 @@ from typing import Any
 
 from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
 from stepstone.checkpoint.record import CheckpointRecord, age_key
+from stepstone.checkpoint.selection import first_valid, newest_first
 from stepstone.checkpoint.sharded_commit import MARKER_NAME
 from stepstone.checkpoint.storage import split_url
 from stepstone.errors import (
     CheckpointCorruptError,
-    CheckpointError,
     CheckpointNotFoundError,
     MisconfigurationException,
 )
@@ -243,7 +243,7 @@ class RunIndex:
         Returns:
             The records.
         """
-        return sorted(self.entries(), key=age_key, reverse=True)
+        return newest_first(self.entries())
 
     def newest(self, valid_only: bool = True) -> CheckpointRecord | None:
         """The newest checkpoint, skipping (with a warning) any that fails verification.
@@ -256,15 +256,8 @@ class RunIndex:
         Returns:
             The record (``verified=True`` when ``valid_only``), or None if there is none.
         """
-        for candidate in self.newest_first():
-            if not valid_only:
-                return candidate
-            try:
-                return self.verify(candidate.name)
-            except CheckpointNotFoundError:
-                continue
-            except CheckpointCorruptError as error:
-                warnings.warn(f"{error} Falling back to the next newest checkpoint.", stacklevel=2)
-            except CheckpointError as error:
-                warnings.warn(f"Skipping {candidate.path!r}: {error}", stacklevel=2)
-        return None
+        candidates = self.newest_first()
+        if not valid_only:
+            return candidates[0] if candidates else None
+        found = first_valid(candidates, lambda candidate: self.verify(candidate.name))
+        return found[1] if found is not None else None

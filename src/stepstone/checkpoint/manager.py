@@ -21,12 +21,14 @@ from types import TracebackType
 from typing import Any
 
 from stepstone.checkpoint.files import save_file, sweep_stale_temps
+from stepstone.checkpoint.format import estimate_size
 from stepstone.checkpoint.index import CHECKPOINT_SUFFIX, RunIndex
 from stepstone.checkpoint.live import LiveGate, submit_staged
 from stepstone.checkpoint.loading import MapLocation, load
-from stepstone.checkpoint.record import CheckpointRecord, age_key, normalize_metadata
+from stepstone.checkpoint.record import CheckpointRecord, normalize_metadata
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, RetentionPolicy
 from stepstone.checkpoint.safety import check_weights_only_safe
+from stepstone.checkpoint.selection import first_valid, newest_first
 from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.storage import split_url
 from stepstone.checkpoint.writer import AsyncWriter, SaveHandle, SyncWriter
@@ -212,8 +214,12 @@ class CheckpointManager:
             state = self._staging.snapshot(state)
             gate = self._staging.live_gate()
 
+        size = estimate_size(state)  # the free-space preflight, for synchronous and asynchronous saves alike
+
         def job(gate: LiveGate) -> CheckpointRecord:
-            record = save_file(path, state, metadata=meta, storage_options=self._options, live_gate=gate)
+            record = save_file(
+                path, state, metadata=meta, storage_options=self._options, live_gate=gate, expected_size=size
+            )
             self._apply_retention()
             return record
 
@@ -246,7 +252,7 @@ class CheckpointManager:
     def _candidates(self, which: str | int) -> list[CheckpointRecord]:
         records = [r for r in self._index.entries() if not self._index.is_sharded(r.name)]  # files only
         if which == "latest":
-            return sorted(records, key=age_key, reverse=True)
+            return newest_first(records)
         if which == "best":
             policy = self._best_policy()
             return [r for r in policy.rank(records) if policy.metric in r.metrics]
@@ -273,22 +279,26 @@ class CheckpointManager:
         """
         candidates = self._candidates(which)
         corrupt: list[str] = []
-        for position, record in enumerate(candidates):
+
+        def on_corrupt(
+            record: CheckpointRecord, error: CheckpointCorruptError, following: CheckpointRecord | None
+        ) -> None:
+            if isinstance(which, int):
+                raise error
+            corrupt.append(record.name)
+            name = following.name if following is not None else "none left"
+            warnings.warn(f"{error} Falling back to the next candidate ({name}).", stacklevel=4)
+
+        def open_one(record: CheckpointRecord) -> tuple[dict[str, Any], CheckpointRecord]:
             path = self._storage.join(self._directory, record.name)
-            try:
-                state, loaded = load(
-                    self._storage, path, map_location=map_location, verify=True, mmap=False, trusted=False
-                )
-            except CheckpointNotFoundError:
-                continue  # deleted since listed
-            except CheckpointCorruptError as error:
-                if isinstance(which, int):
-                    raise
-                corrupt.append(record.name)
-                following = candidates[position + 1].name if position + 1 < len(candidates) else "none left"
-                warnings.warn(f"{error} Falling back to the next candidate ({following}).", stacklevel=2)
-                continue
-            self.last_restored = loaded
+            # One pass: the verified load is the check (no separate verify that would read the file twice).
+            return load(
+                self._storage, path, map_location=map_location, verify=True, mmap=False, trusted=False
+            )
+
+        found = first_valid(candidates, open_one, on_corrupt, skip_unreadable=False)
+        if found is not None:
+            state, self.last_restored = found[1]
             return state
         raise CheckpointNotFoundError(self._nothing_to_restore(which, corrupt))
 

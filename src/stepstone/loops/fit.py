@@ -77,6 +77,17 @@ class FitLoop:
         return self.manual_progress.total.completed
 
     @property
+    def validation_enabled(self) -> bool:
+        """Whether this fit validates: validation data with at least one batch to run (before the first
+        validation, where ``limit_val_batches`` is still to be checked, whether there is validation data)."""
+        return self.trainer._val_enabled()
+
+    @property
+    def validation_has_run(self) -> bool:
+        """Whether a validation (not the sanity check) has run in this fit (restored on resume)."""
+        return self.trainer._validation_has_run
+
+    @property
     def batch_idx(self) -> int:
         """Index of the current (or last) training batch within the epoch."""
         return self.batch_progress.current.ready - 1

@@ -1,20 +1,24 @@
 """The Trainer's asynchronous checkpoint saves: one background writer and one set of host buffers per Trainer.
 
-Every asynchronous ModelCheckpoint of a Trainer shares them, so at most one save is in flight and extra host
-memory is one copy of the state, however many checkpoint callbacks there are. ModelCheckpoint keeps its own
-pending save (the bookkeeping it applies once the file is committed); this module makes sure every pending
-save is completed -- or its failure raised -- before the next one is taken and before ``fit`` returns.
+Every asynchronous save of a Trainer shares them, so at most one save is in flight and extra host memory is one
+copy of the state, however many checkpoint callbacks there are. The checkpoint port (``checkpoint_port``) settles
+each save's bookkeeping before the next one is taken and before ``fit`` returns.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stepstone.checkpoint import AsyncWriter, HostStaging, SaveHandle, remove_file, save_file_async
-
-if TYPE_CHECKING:
-    from stepstone.trainer.trainer import Trainer
+from stepstone.checkpoint import (
+    AsyncWriter,
+    CheckpointRecord,
+    HostStaging,
+    SaveHandle,
+    remove_file,
+    save_file_async,
+)
+from stepstone.checkpoint.format import estimate_size
 
 __all__ = ["AsyncSaves"]
 
@@ -40,13 +44,25 @@ class AsyncSaves:
         """The host buffers (None before the first asynchronous save)."""
         return self._staging
 
-    def save(self, path: str, checkpoint: dict[str, Any], metadata: dict[str, Any]) -> SaveHandle:
+    def save(
+        self,
+        path: str,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        publish_as: str | None = None,
+        publish_link: bool = False,
+    ) -> SaveHandle:
         """Snapshot ``checkpoint`` (waiting for the save in flight first) and write it in the background.
+
+        The free-space preflight runs on the writer thread before writing, as for a synchronous save.
 
         Args:
             path: the final path or URL.
             checkpoint: the checkpoint dict (references to the live state; copied here).
             metadata: the trailer metadata.
+            publish_as: once committed, also make the file available under this path (a durable copy, or a
+                symlink with ``publish_link``), on the writer thread: the training thread never copies.
+            publish_link: link instead of copy.
 
         Returns:
             The save's handle.
@@ -59,8 +75,24 @@ class AsyncSaves:
         if self._writer is None or self._staging is None:
             self._writer, self._staging = AsyncWriter(), HostStaging()
         self._staging.max_staging_bytes = self.max_staging_bytes
+        size = estimate_size(checkpoint)
+        after_commit = None
+        if publish_as is not None:
+            target = publish_as
+
+            def after_commit(record: CheckpointRecord) -> None:
+                import stepstone.checkpoint as engine  # looked up at the call (tests observe the thread)
+
+                (engine.link_file if publish_link else engine.copy_file)(record.path, target)
+
         return save_file_async(
-            path, checkpoint, writer=self._writer, staging=self._staging, metadata=metadata
+            path,
+            checkpoint,
+            writer=self._writer,
+            staging=self._staging,
+            metadata=metadata,
+            expected_size=size,
+            after_commit=after_commit,
         )
 
     def remove_later(self, path: str) -> None:
@@ -105,34 +137,13 @@ class AsyncSaves:
         if self._writer is not None:
             self._writer.wait_turn()
 
-    @staticmethod
-    def complete_callbacks(trainer: Trainer) -> None:
-        """Wait for and apply every ModelCheckpoint's pending save (so a new checkpoint holds their state).
-
-        Args:
-            trainer: the Trainer.
-
-        Raises:
-            Exception: the first pending save's failure (the callback's state then still names committed files).
-        """
-        for callback in trainer.checkpoint_callbacks:
-            callback._complete_pending(trainer)
-
-    def finish(self, trainer: Trainer) -> BaseException | None:
-        """At teardown: complete every pending save, join the writer and free the buffers.
-
-        Args:
-            trainer: the Trainer.
+    def finish(self) -> BaseException | None:
+        """At teardown (after the port settled its saves): join the writer, settle deletions, free the buffers.
 
         Returns:
-            The first failure met (every pending save is still completed or failed), or None.
+            The first failure met, or None.
         """
         failure: BaseException | None = None
-        for callback in trainer.checkpoint_callbacks:
-            try:
-                callback._complete_pending(trainer)
-            except BaseException as error:  # returned to the caller, which raises it
-                failure = failure or error
         if self._writer is not None:
             try:
                 self._writer.wait()

@@ -185,12 +185,6 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
     if trainer._placement.scaler is not None and "MixedPrecision" in checkpoint:
         trainer._placement.scaler.load_state_dict(checkpoint["MixedPrecision"])
     load_resume_state(trainer, checkpoint.get("stepstone") or {})
-    if trainer.fit_loop.resumed_after_batch_end:
-        # Written in on_train_batch_end: Lightning's resume skips that batch's validation and epoch end, so no
-        # ModelCheckpoint saves at the restored step. stepstone runs them (an exact resume), yet likewise writes no
-        # second file for that step (the interrupted run may have written it already).
-        for callback in trainer.checkpoint_callbacks:
-            callback._hold_restored_step(trainer.global_step)
     max_epochs = trainer.fit_loop.max_epochs
     if max_epochs != -1 and trainer.current_epoch > max_epochs:
         raise MisconfigurationException(
@@ -199,14 +193,20 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         )
 
 
-def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[str] | None) -> str | None:
+def resolve_checkpoint(
+    t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[str] | None
+) -> tuple[str | None, dict[str, Any] | None]:
     """Turn ``ckpt_path`` (None, a path, ``"best"``, ``"last"`` or ``"auto"``) into a file to load, or None.
 
     ``"last"`` and ``"auto"`` pick the newest committed checkpoint (by step; at equal steps a ``last*.ckpt``)
-    of the ModelCheckpoints' directories that verifies, warning about each corrupt one skipped. With none,
-    ``"last"`` warns and starts fresh (Lightning's behaviour); ``"auto"``, made for job scripts that may or may
-    not have run before, starts fresh with an info message only. An explicit path is loaded as is: if it fails
-    verification, loading raises (the user asked for that file).
+    of the ModelCheckpoints' directories that verifies, warning about each corrupt one skipped, and read it in
+    that same pass (see ``resume_selection``). With none, ``"last"`` warns and starts fresh (Lightning's
+    behaviour); ``"auto"``, made for job scripts that may or may not have run before, starts fresh with an
+    info message only. An explicit path is loaded as is: if it fails verification, loading raises (the user
+    asked for that file).
+
+    Returns:
+        ``(path, its checkpoint dict if already read)``; ``(None, None)`` for nothing to load.
 
     Raises:
         MisconfigurationException: (a ``ValueError``, as Lightning raises) ``"best"`` without a ModelCheckpoint or
@@ -214,28 +214,28 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
         CheckpointNotFoundError: a local path that does not exist.
     """
     if ckpt_path is None:
-        return None
+        return None, None
     path = os.fspath(ckpt_path)
     if path == "best":
-        return _best_path(t, fn.value)
+        return _best_path(t, fn.value), None
     if path in ("last", "auto"):
-        candidates = [p for p in (cb._newest_checkpoint() for cb in t.checkpoint_callbacks) if p]
-        if not candidates and path == "auto":
+        from stepstone.trainer.resume_selection import newest_checkpoint
+
+        chosen = newest_checkpoint(t.checkpoint_callbacks)
+        if chosen is None and path == "auto":
             print(
                 f'trainer.{fn.value}(ckpt_path="auto"): no checkpoint to resume from yet; starting from scratch.',
                 file=sys.stderr,
             )
-            return None
-        if not candidates:
+            return None, None
+        if chosen is None:
             warnings.warn(
                 f'trainer.{fn.value}(ckpt_path="last") found no checkpoint that verifies; starting from scratch.',
                 UserWarning,
                 stacklevel=4,
             )
-            return None
-        # (path, step, save time) of each directory's choice: across directories, the higher step, then the later
-        # save recorded in the file.
-        return max(candidates, key=lambda p: (p[1], p[2]))[0]
+            return None, None
+        return chosen[0].path, chosen[1]
     if path in ("hpc", "registry") or path.startswith("registry:"):
         raise MisconfigurationException(
             f"trainer.{fn.value}(ckpt_path={path!r}) is not supported; pass a file path, 'last', 'auto' or "
@@ -246,7 +246,7 @@ def resolve_ckpt_path(t: Trainer, fn: TrainerFn, ckpt_path: str | os.PathLike[st
 
     if is_local(path) and not os.path.isfile(path) and kind_of(path) is FILE:
         raise CheckpointNotFoundError(f"Checkpoint file not found: {path}")
-    return path
+    return path, None
 
 
 def _best_path(t: Trainer, fn: str) -> str:
@@ -277,7 +277,7 @@ def _best_path(t: Trainer, fn: str) -> str:
     return cb.best_model_path
 
 
-def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
+def read_for_strategy(trainer: Trainer, path: str, preloaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a checkpoint for a run under FSDP (after the model is sharded and the optimizers exist).
 
     A sharded directory is read into this rank's shards (at any world size: torch.distributed.checkpoint
@@ -286,6 +286,7 @@ def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
     Args:
         trainer: the Trainer (its FSDP strategy set up, optimizers created).
         path: a checkpoint file or a committed sharded directory.
+        preloaded: the file's dict when the resume selection already read it (then nothing is read again).
 
     Returns:
         The checkpoint dict (shards in ``state_dict``/``optimizer_states`` for a directory).
@@ -300,4 +301,4 @@ def read_for_strategy(trainer: Trainer, path: str) -> dict[str, Any]:
     fsdp = _fsdp(trainer)
     if fsdp is not None and kind_of(path) is SHARDED_DIRECTORY:
         return load_sharded(path, fsdp.sharded_state_template(trainer.optimizers))
-    return read_checkpoint(path, map_location="cpu")
+    return preloaded if preloaded is not None else read_checkpoint(path, map_location="cpu")

@@ -212,7 +212,7 @@ def save_on_all_ranks(
 
         # A directory: every rank writes its own shards; rank 0 writes the marker last (the commit).
         checkpoint = dump_checkpoint(trainer, weights_only)
-        written = save_sharded(path, checkpoint, metadata=trainer._runner._checkpoint_metadata())
+        written = save_sharded(path, checkpoint, metadata=trainer._runner.checkpoint_metadata())
         record = written if trainer.is_global_zero else None
     elif trainer.is_global_zero:
         record = trainer._runner.write_checkpoint(path, weights_only, storage_options)
@@ -266,12 +266,15 @@ def finish_strategy(strategy: DDPStrategy, failed: bool) -> None:
         atexit.register(collectives.destroy_process_group)
 
 
-def completed_handle() -> SaveHandle:
-    """The handle of a save this rank does not write (under DDP rank 0 does): already done, no record.
+def completed_handle(record: CheckpointRecord | None = None) -> SaveHandle:
+    """The handle of a save already done: a synchronous one, or one this rank does not write (rank 0 does).
+
+    Args:
+        record: the committed file's record (None on a rank that did not write).
 
     Returns:
-        A finished :class:`~stepstone.checkpoint.SaveHandle` whose result is None.
+        A finished :class:`~stepstone.checkpoint.SaveHandle` whose result is ``record``.
     """
     future: Future[Any] = Future()
-    future.set_result(None)
+    future.set_result(record)
     return SaveHandle(future)

@@ -24,7 +24,7 @@ from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
     dump_checkpoint,
     read_for_strategy,
-    resolve_ckpt_path,
+    resolve_checkpoint,
     restore_callbacks,
     restore_model_state,
     restore_training_state,
@@ -44,7 +44,7 @@ from stepstone.trainer.rng import capture_rng, restore_rng
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
-    from stepstone.checkpoint import CheckpointRecord, SaveHandle
+    from stepstone.checkpoint import CheckpointRecord
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["Runner"]
@@ -164,7 +164,7 @@ class Runner:
         t = self.t
         t.state.stage = None
         # The run ends only once the last background save is committed (or has failed).
-        save_failure = self.async_saves.finish(t)
+        save_failure = t.checkpoint_port.finish()
         if (
             status == "success"
         ):  # as in Lightning, a run that raised gets on_exception, not the teardown hooks
@@ -246,9 +246,10 @@ class Runner:
         t = self.t
         module = t.lightning_module
         check_fit_methods(module)
-        path = resolve_ckpt_path(self.t, TrainerFn.FITTING, ckpt_path)
+        path, preloaded = resolve_checkpoint(self.t, TrainerFn.FITTING, ckpt_path)
         t.ckpt_path = path
         t.fit_loop.restarting = False  # until a checkpoint's loop state says otherwise
+        t.fit_loop.resumed_after_batch_end = False
         self.fit_data.load(train_loaders, val_loaders, self._datamodule)
         if t._strategy is not None and t._sync_batchnorm:
             # In place for the module's children (their parameters stay the same objects), before DDP wraps it.
@@ -258,7 +259,7 @@ class Runner:
             check_sync_batchnorm(t)
             t._strategy.setup(module, t._placement.device)
             self._configure_optimizers(module)
-            checkpoint = read_for_strategy(t, path) if path else None
+            checkpoint = read_for_strategy(t, path, preloaded) if path else None
             if checkpoint is not None:
                 restore_model_state(t, checkpoint, path or "")
                 restore_callbacks(t, checkpoint)
@@ -266,7 +267,9 @@ class Runner:
                 self.fit_data.restored()
                 del checkpoint
         else:
-            checkpoint = read_checkpoint(path, map_location="cpu") if path else None
+            checkpoint = (
+                preloaded if preloaded is not None or not path else read_checkpoint(path, map_location="cpu")
+            )
             if checkpoint is not None:
                 restore_model_state(t, checkpoint, path or "")
                 restore_callbacks(t, checkpoint)
@@ -364,11 +367,11 @@ class Runner:
             and t.checkpoint_callback.best_model_path
         ):
             ckpt_path = "best"
-        path = resolve_ckpt_path(self.t, fn, ckpt_path)
+        path, preloaded = resolve_checkpoint(self.t, fn, ckpt_path)
         t.ckpt_path = path
         if path is not None:
             # As in Lightning: the module, datamodule and callbacks are restored (optimizers and loops only by fit).
-            checkpoint = read_checkpoint(path, map_location="cpu")
+            checkpoint = preloaded if preloaded is not None else read_checkpoint(path, map_location="cpu")
             restore_model_state(t, checkpoint, path)
             restore_callbacks(t, checkpoint)
 
@@ -460,40 +463,18 @@ class Runner:
 
         self.async_saves.settle_deletions(path)  # a background deletion never removes the file written here
         checkpoint = dump_checkpoint(self.t, weights_only)
-        metadata = self._checkpoint_metadata()
+        metadata = self.checkpoint_metadata()
         # A free-space preflight: a full disk fails before writing, with a message giving both sizes.
         size = estimate_size(checkpoint)
         return save_file(
             path, checkpoint, metadata=metadata, storage_options=storage_options, expected_size=size
         )
 
-    def _checkpoint_metadata(self) -> dict[str, Any]:
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """The trailer metadata of a checkpoint of the current state (step, epoch, scalar metrics)."""
         t = self.t
         return {
             "step": t.global_step,
             "epoch": t.current_epoch,
             "metrics": _scalar_metrics(t.callback_metrics),
         }
-
-    def write_checkpoint_async(self, path: str, weights_only: bool) -> SaveHandle:
-        """Like ``write_checkpoint``, but returns once the state is snapshotted; the write runs in the background.
-
-        Every ModelCheckpoint's earlier save is completed first, so the new file holds their committed state.
-        """
-        self.async_saves.complete_callbacks(self.t)
-        checkpoint = dump_checkpoint(self.t, weights_only)  # every rank: it gathers the ranks' RNG states
-        if not self.t.is_global_zero:
-            from stepstone.trainer.distributed import completed_handle
-
-            return completed_handle()  # under DDP only rank 0 writes
-        return self.async_saves.save(path, checkpoint, self._checkpoint_metadata())
-
-    def save_checkpoint(self, path: str, weights_only: bool, storage_options: Any) -> None:
-        """``trainer.save_checkpoint``."""
-        if self.t._model is None:
-            raise MisconfigurationException(
-                "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
-            )
-        from stepstone.trainer.distributed import save_on_all_ranks
-
-        save_on_all_ranks(self.t, path, weights_only, storage_options)

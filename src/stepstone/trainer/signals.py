@@ -171,10 +171,8 @@ class PreemptionHandler:
             try:
                 # The full state whatever save_weights_only says, committed like every checkpoint, so that
                 # ckpt_path="last"/"auto" finds it; ModelCheckpoint's top-k and last bookkeeping are untouched.
-                from stepstone.trainer.distributed import save_on_all_ranks
-
                 # Under DDP every rank builds it (the per-rank RNG states are gathered) and rank 0 writes it.
-                save_on_all_ranks(trainer, path, weights_only=False)
+                trainer.checkpoint_port.save(path, weights_only=False)
             finally:
                 self.saving = False
             where = f"saved {path} (resume with fit(ckpt_path='auto') or 'last')"

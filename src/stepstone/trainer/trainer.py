@@ -15,6 +15,7 @@ from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.early_stopping import EarlyStopping
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.callbacks.progress_bar import ProgressBar
+from stepstone.checkpoint import SaveHandle
 from stepstone.core.datamodule import LightningDataModule
 from stepstone.core.module import LightningModule
 from stepstone.core.optimizers import LightningOptimizer, SchedulerConfig
@@ -28,6 +29,7 @@ from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.launcher import ScriptLauncher
 from stepstone.trainer import arguments as args
+from stepstone.trainer.checkpoint_port import CheckpointPort
 from stepstone.trainer.defaults import resolve_callbacks, resolve_loggers
 from stepstone.trainer.device import Placement, resolve_placement
 from stepstone.trainer.distributed import resolve_distributed, wants_ddp
@@ -262,6 +264,7 @@ class Trainer:
         # sync_dist=True values are reduced across ranks (a no-op on one process).
         self._metrics = MetricsHub(self, collectives.reduce if self._strategy is not None else None)
         self._runner = Runner(self)
+        self.checkpoint_port = CheckpointPort(self)  # every checkpoint save and removal goes through it
         self._evaluating = False
         self._validation_has_run = False
         self._resume_requested = False
@@ -381,21 +384,30 @@ class Trainer:
         return self._runner.predict(model, dataloaders, datamodule, return_predictions, ckpt_path)
 
     def save_checkpoint(
-        self, filepath: str | os.PathLike[str], weights_only: bool = False, storage_options: Any = None
-    ) -> None:
+        self,
+        filepath: str | os.PathLike[str],
+        weights_only: bool = False,
+        storage_options: Any = None,
+        asynchronous: bool = False,
+    ) -> SaveHandle:
         """Write a checkpoint of the current state to ``filepath`` (committed atomically and durably).
 
-        Call it on every process; only global rank 0 writes.
+        Call it on every process; only global rank 0 writes (see :class:`CheckpointPort`).
 
         Args:
             filepath: the file (local path or fsspec URL).
             weights_only: leave out optimizer, scheduler and callback state.
             storage_options: options for the fsspec filesystem of ``filepath``.
+            asynchronous: (stepstone extension) return once the state is copied; the file is written in the
+                background and the handle reports its commit (``handle.result()``).
+
+        Returns:
+            The save's handle (Lightning returns None); done at return for a synchronous save.
 
         Raises:
             MisconfigurationException: no model is attached (call fit/validate/test/predict first).
         """
-        self._runner.save_checkpoint(os.fspath(filepath), weights_only, storage_options)
+        return self.checkpoint_port.save(os.fspath(filepath), weights_only, storage_options, asynchronous)
 
     # --- attributes ---------------------------------------------------------------------------------
     @property

@@ -1,0 +1,173 @@
+"""The Trainer's one public door to checkpoint files (the role of Lightning's ``strategy.checkpoint_io``).
+
+Every save of a Trainer goes through here, synchronous or asynchronous, by ``trainer.save_checkpoint`` or a
+callback: the checkpoint dict is built on every rank (its hooks and the gathers of a "full" FSDP state run
+everywhere), rank 0 writes it (every rank writes its shards of a sharded FSDP directory), and a
+:class:`~stepstone.checkpoint.SaveHandle` reports the commit. A callback that saves asynchronously hands an
+``on_complete`` function with its save; the port calls it with the handle on the training thread before the
+next asynchronous save is built (so that file holds the callback's committed state) and when the run ends.
+Callbacks therefore need no private attribute of the Trainer, and the Trainer calls no callback's private method.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from stepstone.checkpoint import SaveHandle, is_local
+from stepstone.errors import MisconfigurationException
+from stepstone.strategies import is_fsdp
+
+if TYPE_CHECKING:
+    from stepstone.trainer.trainer import Trainer
+
+__all__ = ["CheckpointPort", "OnComplete"]
+
+#: Called with the handle of an asynchronous save once the port settles it (see the module docstring).
+OnComplete = Callable[[SaveHandle], None]
+
+
+class CheckpointPort:
+    """Saves, removes and settles the checkpoints of one Trainer (``trainer.checkpoint_port``).
+
+    Args:
+        trainer: the Trainer it serves.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+        self._completions: list[tuple[SaveHandle, OnComplete]] = []
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the Trainer saves in the background by default (``plugins=[AsyncCheckpointIO()]``)."""
+        return self._trainer._async_checkpointing
+
+    @property
+    def writes_directories(self) -> bool:
+        """Whether a checkpoint is a sharded directory (``FSDPStrategy(state_dict_type='sharded')``)."""
+        strategy = self._trainer._strategy
+        return is_fsdp(strategy) and strategy.state_dict_type == "sharded"
+
+    @property
+    def resume_requested(self) -> bool:
+        """Whether the current ``fit`` was given a ``ckpt_path`` (set before the ``setup`` hooks run)."""
+        return self._trainer._resume_requested
+
+    def save(
+        self,
+        path: str,
+        weights_only: bool = False,
+        storage_options: Any = None,
+        asynchronous: bool = False,
+        max_staging_bytes: int | None = None,
+        on_complete: OnComplete | None = None,
+        publish_as: str | None = None,
+        publish_link: bool = False,
+    ) -> SaveHandle:
+        """Build the checkpoint dict on every rank and commit it to ``path`` (rank 0's path under DDP).
+
+        Args:
+            path: the file (local path or fsspec URL), or the directory of a sharded checkpoint.
+            weights_only: leave out optimizer, scheduler and callback state.
+            storage_options: options for the fsspec filesystem of ``path`` (synchronous saves).
+            asynchronous: return once the state is copied into host buffers; the write runs in the background.
+            max_staging_bytes: for an asynchronous save, the most bytes of host buffers (None: one full copy).
+            on_complete: for an asynchronous save, called with its handle on the training thread when the port
+                settles it (before the next asynchronous save is built, and at the end of the run).
+            publish_as: for an asynchronous save, once it is committed also make it available under this path
+                (a durable copy, or a symlink with ``publish_link``) on the writer thread, before the handle
+                completes: the training thread never copies a checkpoint.
+            publish_link: link instead of copy.
+
+        Returns:
+            The save's handle: already done for a synchronous save (its result is the record on rank 0, None
+            on the other ranks).
+
+        Raises:
+            MisconfigurationException: no model is attached.
+            Exception: a synchronous save's failure, or a settled earlier save's failure (see ``complete``).
+        """
+        from stepstone.trainer.distributed import completed_handle, save_on_all_ranks
+
+        if self._trainer.model is None:
+            raise MisconfigurationException(
+                "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
+            )
+        if not asynchronous:
+            return completed_handle(save_on_all_ranks(self._trainer, path, weights_only, storage_options))
+        handle = self._save_async(path, weights_only, max_staging_bytes, publish_as, publish_link)
+        if on_complete is not None:
+            self._completions.append((handle, on_complete))
+        return handle
+
+    def _save_async(
+        self,
+        path: str,
+        weights_only: bool,
+        max_staging_bytes: int | None,
+        publish_as: str | None,
+        publish_link: bool,
+    ) -> SaveHandle:
+        from stepstone.trainer.checkpoint_io import dump_checkpoint
+        from stepstone.trainer.distributed import completed_handle
+
+        runner = self._trainer._runner
+        self.complete()  # the new file holds every callback's committed state
+        checkpoint = dump_checkpoint(
+            self._trainer, weights_only
+        )  # every rank: it gathers the ranks' RNG states
+        if not self._trainer.is_global_zero:
+            return completed_handle()  # under DDP only rank 0 writes
+        runner.async_saves.max_staging_bytes = max_staging_bytes
+        metadata = runner.checkpoint_metadata()
+        return runner.async_saves.save(path, checkpoint, metadata, publish_as, publish_link)
+
+    def wait_turn(self) -> None:
+        """Backpressure before a new asynchronous save: wait for the one in flight, reporting a long wait."""
+        self._trainer._runner.async_saves.wait_turn()
+
+    def complete(self) -> None:
+        """Settle the asynchronous saves handed with an ``on_complete``: call each with its handle, in order.
+
+        Raises:
+            Exception: the first ``on_complete`` failure (the saves after it stay to be settled later).
+        """
+        while self._completions:
+            handle, on_complete = self._completions.pop(0)
+            on_complete(handle)
+
+    def remove(self, path: str, background: bool = False) -> None:
+        """Delete a committed checkpoint (a file or a sharded directory) on rank 0; the other ranks return.
+
+        Args:
+            path: the checkpoint's path.
+            background: delete a local file on a background thread (a large unlink stalls the training step);
+                a failure is raised by a later save or removal, or when ``fit`` ends.
+        """
+        import stepstone.checkpoint as engine  # looked up at the call (tests replace ``remove_file``)
+
+        if not self._trainer.is_global_zero:
+            return
+        if engine.kind_of(path) is engine.SHARDED_DIRECTORY and not os.path.islink(path):
+            engine.SHARDED_DIRECTORY.remove(path)
+        elif background and is_local(path):
+            self._trainer._runner.async_saves.remove_later(path)
+        else:
+            engine.remove_file(path)
+
+    def finish(self) -> BaseException | None:
+        """At the end of a run: settle every asynchronous save, join the writer, free the buffers.
+
+        Returns:
+            The first failure met (every save is still settled), or None.
+        """
+        failure: BaseException | None = None
+        while self._completions:
+            try:
+                self.complete()
+            except BaseException as error:  # returned to the caller, which raises it
+                failure = failure or error
+        later = self._trainer._runner.async_saves.finish()
+        return failure or later

@@ -1,0 +1,103 @@
+"""The Trainer's one public checkpoint port: saves (sync and async), removals and the settling of async saves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import stepstone as L
+from scripted import ScriptedModel, loader, trainer
+from stepstone.callbacks import Callback
+from stepstone.checkpoint import SaveHandle, read_info
+from stepstone.errors import MisconfigurationException
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "stepstone"
+
+
+def test_no_callback_module_touches_a_private_attribute_of_the_trainer() -> None:
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+        for path in sorted((SRC / "callbacks").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\btrainer\._", line)
+    ]
+    assert offenders == []
+
+
+def test_the_trainer_side_calls_no_private_method_of_a_callback() -> None:
+    # Names a callback object then reaches into it: ``callback._x``, ``cb._x``, ``checkpoint_callback._x``.
+    pattern = re.compile(r"\b(callback|cb|checkpoint_callback|checkpoint_callbacks\[\d+\])\._\w")
+    private_names = re.compile(
+        r"\._(complete_pending|newest_checkpoint|hold_restored_step|last_global_step_saved)\b"
+    )
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+        for folder in ("trainer", "loops")
+        for path in sorted((SRC / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line) or private_names.search(line)
+    ]
+    assert offenders == []
+
+
+class _SavesEachEpoch(Callback):
+    """A third-party callback doing what ModelCheckpoint does, through public methods only."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.committed: list[tuple[str, int]] = []
+        self.settled_on_training_thread: list[bool] = []
+        self.last_handle: SaveHandle | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = str(self.folder / f"epoch={trainer.current_epoch}.ckpt")
+
+        def settled(handle: SaveHandle) -> None:
+            import threading
+
+            self.settled_on_training_thread.append(threading.current_thread() is threading.main_thread())
+            self.committed.append((path, handle.result().step))
+
+        self.last_handle = trainer.checkpoint_port.save(path, asynchronous=True, on_complete=settled)
+        if trainer.current_epoch == 2:  # the oldest file leaves, off the training thread
+            trainer.checkpoint_port.remove(str(self.folder / "epoch=0.ckpt"), background=True)
+
+
+def test_a_third_party_callback_saves_asynchronously_and_is_told_of_each_commit(tmp_path: Path) -> None:
+    callback = _SavesEachEpoch(tmp_path)
+    t = trainer(tmp_path, [callback], max_epochs=3, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader(), loader())
+    # Settled before the next save was built, and the last one when fit ended; each once, in order.
+    assert callback.committed == [(str(tmp_path / f"epoch={e}.ckpt"), 4 * (e + 1)) for e in range(3)]
+    assert callback.settled_on_training_thread == [True, True, True]
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["epoch=1.ckpt", "epoch=2.ckpt"]
+    assert read_info(str(tmp_path / "epoch=2.ckpt")).step == 12
+
+
+def test_save_checkpoint_returns_a_handle_done_for_a_sync_save_and_committing_for_an_async_one(
+    tmp_path: Path,
+) -> None:
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    sync = t.save_checkpoint(tmp_path / "sync.ckpt")
+    assert sync.done() and sync.result().step == 4
+    background = t.save_checkpoint(tmp_path / "async.ckpt", asynchronous=True)
+    assert background.result().step == 4
+    assert read_info(str(tmp_path / "async.ckpt")).step == 4
+    assert t.checkpoint_port.finish() is None  # joins the writer and frees the host buffers
+
+
+def test_save_checkpoint_without_a_model_names_the_fix(tmp_path: Path) -> None:
+    t = trainer(tmp_path, [])
+    with pytest.raises(MisconfigurationException, match="call fit/validate/test/predict first"):
+        t.save_checkpoint(tmp_path / "x.ckpt")
+
+
+def test_remove_deletes_a_committed_file(tmp_path: Path) -> None:
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    t.save_checkpoint(tmp_path / "gone.ckpt")
+    t.checkpoint_port.remove(str(tmp_path / "gone.ckpt"))
+    assert not (tmp_path / "gone.ckpt").exists()
