@@ -60,6 +60,20 @@ def _data(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, x.sum(1, keepdim=True))
 
 
+class Augmented(TensorDataset):
+    """Random per-sample augmentation drawn from the loading process's torch, python and numpy generators."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        x, y = super().__getitem__(index)
+        noise = 0.1 * torch.randn(4) + 0.01 * random.random() + 0.01 * float(np.random.rand())
+        return x + noise, y
+
+
+def user_worker_init(worker_id: int) -> None:
+    """A user's worker_init_fn that reseeds python's generator per worker (stepstone must chain it)."""
+    random.seed(torch.initial_seed() % 2**32 + 17 * worker_id)
+
+
 class InterruptAt(L.Callback):
     """Writes ``path`` at ``point`` (``[hook, n]``) and stops the run."""
 
@@ -104,16 +118,25 @@ def run(
 ) -> None:
     """One fit of ``scenario``; writes ``final`` at the end.
 
-    ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``epochs``, ``dirpath`` (a ModelCheckpoint
+    ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``augment`` (random per-sample noise in
+    the dataset), ``persistent`` (persistent workers, prefetch_factor 3, a user worker_init_fn), ``drop_last``,
+    ``epochs``, ``dirpath`` (a ModelCheckpoint
     saving every 4 steps there) and ``pace`` (seconds to sleep after each batch, announcing the start). ``stop``
     (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
     """
     L.seed_everything(7)
+    data = _data(22, 0)
+    workers = scenario["workers"]
+    extra: dict[str, Any] = {}
+    if scenario.get("persistent"):
+        extra = {"persistent_workers": True, "prefetch_factor": 3, "worker_init_fn": user_worker_init}
     train = DataLoader(
-        _data(22, 0),
+        Augmented(*data.tensors) if scenario.get("augment") else data,
         batch_size=4,
         shuffle=scenario["shuffle"],
-        num_workers=scenario["workers"],
+        num_workers=workers,
+        drop_last=bool(scenario.get("drop_last")),
+        **extra,
     )
     val = DataLoader(_data(8, 1), batch_size=4, shuffle=scenario["shuffle"])
     callbacks: list[L.Callback] = [InterruptAt(stop[0], stop[1])] if stop else []
@@ -142,6 +165,10 @@ def run(
         trainer.fit(TinyModel(), train, val, ckpt_path=resume)
     except Stop:
         return
+    finally:
+        # Shut persistent workers down now (the trainer keeps the loader alive until garbage collection, and
+        # the next run's workers would inherit them).
+        train._iterator = None
     if final is not None:
         trainer.save_checkpoint(final)
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from stepstone.loops.worker_rng import WorkerRng, is_captured
 from stepstone.trainer.rng import capture_rng, restore_rng
 
 __all__ = ["DataPosition", "is_stateful_loader"]
@@ -113,6 +114,8 @@ class DataPosition:
         self._resume: dict[str, Any] | None = None
         self._save_time_rng: dict[str, Any] | None = None
         self._warned_replay = False
+        # The training loader's worker processes' generators (random augmentation in the workers).
+        self.workers = WorkerRng()
 
     def resume_from(self, epoch_state: dict[str, Any], save_time_rng: dict[str, Any] | None) -> None:
         """Arrange for the next :meth:`open` to recreate the saved epoch's order.
@@ -160,6 +163,8 @@ class DataPosition:
             self.after_skip()
             return iterator
         if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+            if is_captured(loader):
+                return self.workers.iterate(loader, skip, lambda: self._open_with_skipper(loader, skip))
             return self._open_with_skipper(loader, skip)
         return self._replay(loader, skip)
 

@@ -332,6 +332,7 @@ class FitLoop:
                 was drawn) and ``loader_state`` (a stateful loader's ``state_dict()``).
         """
         self._exact = dict(state)
+        self.data.workers.load_state_dict(state.get("workers"))
         if self._resume_batch is None:
             return
         if state.get("tail") in ("validate", "after_validation") and self._stepped_on_load:
