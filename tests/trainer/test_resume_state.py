@@ -80,3 +80,16 @@ def test_an_older_file_that_stored_should_stop_resumes_training(tmp_path: Path, 
     with quiet():
         trainer.fit(module_class("stepstone")(), data(4), ckpt_path=str(tmp_path / "old.ckpt"))
     assert trainer.global_step == 8
+
+
+def test_each_rank_takes_its_own_dataloader_workers_generators() -> None:
+    import stepstone as L
+    from stepstone.trainer.resume_state import load_resume_state
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    own, rank_zero = {"num_workers": 2, "states": [None, None]}, {"num_workers": 2, "states": [None]}
+    load_resume_state(trainer, {"loop": {"tail": None, "workers": rank_zero, "workers_per_rank": [own]}})
+    assert trainer.fit_loop.data.workers._saved is own
+    # Another world size: rank 0's states (the data is sharded differently then anyway).
+    load_resume_state(trainer, {"loop": {"tail": None, "workers": rank_zero, "workers_per_rank": [own, own]}})
+    assert trainer.fit_loop.data.workers._saved is rank_zero

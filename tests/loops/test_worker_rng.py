@@ -1,0 +1,91 @@
+"""The worker generators: captured per consumed batch, restored in new workers, batches routed to the same worker."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stepstone.loops.worker_rng import WorkerRng, is_captured
+
+
+class WhoAndWhat(Dataset[torch.Tensor]):
+    """Each sample: the id of the worker that loaded it and a draw from its torch and python generators."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        info = torch.utils.data.get_worker_info()
+        return torch.tensor([float(info.id if info else -1), torch.rand(()).item(), random.random()])
+
+
+def _loader(**kwargs: Any) -> DataLoader[torch.Tensor]:
+    return DataLoader(WhoAndWhat(), batch_size=2, num_workers=2, **kwargs)
+
+
+def _epoch(loader: DataLoader[torch.Tensor], tracker: WorkerRng, skip: int) -> list[torch.Tensor]:
+    return list(tracker.iterate(loader, skip, lambda: iter(loader)))
+
+
+def test_the_first_batch_goes_to_the_worker_of_the_uninterrupted_run() -> None:
+    loader = _loader()
+    batches = _epoch(loader, WorkerRng(), skip=3)
+    # Four batches dispatched from worker 1 on: workers 1, 0, 1, 0 (torch alternates).
+    assert [int(b[0, 0]) for b in batches] == [1, 0, 1, 0]
+
+
+def test_resumed_workers_continue_the_generators_of_the_consumed_batches() -> None:
+    torch.manual_seed(0)
+    full_tracker = WorkerRng()
+    loader = _loader()
+    full = _epoch(loader, full_tracker, 0)
+    # The state after batch 2 (worker 0's second batch) and after batch 1 (worker 1's first) say where the
+    # workers stand after 3 consumed batches.
+    torch.manual_seed(0)
+    partial = WorkerRng()
+    iterator = partial.iterate(loader, 0, lambda: iter(loader))
+    consumed = [next(iterator) for _ in range(3)]
+    saved = partial.state_dict()
+    del iterator
+    assert saved is not None and saved["num_workers"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(consumed, full[:3], strict=True))
+    resumed = WorkerRng()
+    resumed.load_state_dict(saved)
+    torch.manual_seed(1)  # other seeds for the new workers: the saved states must win
+    # The samples themselves are not skipped here (no index skipper): the draws are what is compared.
+    rest = _epoch(loader, resumed, 3)
+    assert torch.equal(rest[0][:, 1:], full[3][:, 1:])
+    assert int(rest[0][0, 0]) == 1
+
+
+def test_a_changed_num_workers_warns_once_and_continues() -> None:
+    tracker = WorkerRng()
+    tracker.load_state_dict({"num_workers": 3, "states": [None, None, None]})
+    with pytest.warns(UserWarning, match=r"num_workers=3.*num_workers=2.*cannot continue"):
+        assert len(_epoch(_loader(), tracker, 1)) == 4
+    tracker.load_state_dict({"num_workers": 3, "states": [None, None, None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _epoch(_loader(), tracker, 1)
+
+
+def test_the_user_collate_and_worker_init_run_and_batches_reach_the_loop_unwrapped() -> None:
+    def collate(samples: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"x": torch.stack(samples)}
+
+    loader = _loader(collate_fn=collate, worker_init_fn=lambda worker_id: random.seed(worker_id))
+    batches = _epoch(loader, WorkerRng(), 0)
+    assert all(isinstance(b, dict) and b["x"].shape == (2, 3) for b in batches)
+    random.seed(0)
+    assert float(batches[0]["x"][0, 2]) == pytest.approx(random.random())
+
+
+def test_only_map_style_loaders_with_workers_are_captured() -> None:
+    assert is_captured(_loader())
+    assert not is_captured(DataLoader(WhoAndWhat(), batch_size=2))
+    assert not is_captured([1, 2])
