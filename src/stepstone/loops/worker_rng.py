@@ -16,8 +16,11 @@ replayed by :mod:`stepstone.loops.data_position` (their workers restart from the
 
 from __future__ import annotations
 
+import ctypes
+import random
 import warnings
 import weakref
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torch.utils.data._utils.pin_memory import pin_memory
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from stepstone.trainer.rng import capture_rng, restore_rng
+from stepstone.trainer.rng import restore_rng
 
 __all__ = ["WorkerRng"]
 
@@ -34,12 +37,69 @@ __all__ = ["WorkerRng"]
 _CAPTURE = True
 
 
+def _capture_compact() -> tuple[Any, ...]:
+    """The worker's generator states, cheap to take and to pickle (bytes, not lists or tensors: a tensor would
+    cross the result queue through a shared-memory file of its own). :func:`_expand` turns them into
+    :func:`~stepstone.trainer.rng.capture_rng`'s format when a checkpoint needs them."""
+    version, internal, gauss_next = random.getstate()
+    torch_state = torch.get_rng_state()
+    numpy_state = None
+    np = _numpy()
+    if np is not None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        numpy_state = (str(kind), keys.tobytes(), int(pos), int(has_gauss), float(cached))
+    return (
+        version,
+        array("I", internal).tobytes(),
+        gauss_next,
+        ctypes.string_at(torch_state.data_ptr(), torch_state.numel()),
+        numpy_state,
+    )
+
+
+def _expand(compact: tuple[Any, ...]) -> dict[str, Any]:
+    """A :func:`_capture_compact` result in :func:`~stepstone.trainer.rng.capture_rng`'s (weights_only-safe)
+    format, which :func:`~stepstone.trainer.rng.restore_rng` restores."""
+    version, internal, gauss_next, torch_bytes, numpy_state = compact
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(array("I", internal)), "gauss_next": gauss_next},
+        "torch": torch.frombuffer(bytearray(torch_bytes), dtype=torch.uint8),
+    }
+    if numpy_state is not None:
+        kind, keys, pos, has_gauss, cached = numpy_state
+        state["numpy"] = {
+            "kind": kind,
+            "keys": torch.tensor(list(array("I", keys)), dtype=torch.int64),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached,
+        }
+    return state
+
+
+def _numpy() -> Any:
+    global _NUMPY
+    if _NUMPY is False:
+        found: Any = None
+        try:
+            import numpy
+
+            found = numpy
+        except ImportError:  # numpy is optional
+            pass
+        _NUMPY = found
+    return _NUMPY
+
+
+_NUMPY: Any = False  # not looked up yet
+
+
 class _Tagged:
     """A batch as it leaves a worker: the batch, the worker's id and its generator states after producing it."""
 
     __slots__ = ("batch", "state", "worker")
 
-    def __init__(self, batch: Any, worker: int, state: dict[str, Any]) -> None:
+    def __init__(self, batch: Any, worker: int, state: tuple[Any, ...]) -> None:
         self.batch, self.worker, self.state = batch, worker, state
 
     def pin_memory(self, device: Any = None) -> _Tagged:
@@ -58,7 +118,7 @@ class _CapturingCollate:
         info = get_worker_info()
         if info is None:
             return batch
-        return _Tagged(batch, info.id, capture_rng())
+        return _Tagged(batch, info.id, _capture_compact())
 
 
 class _RestoringInit:
@@ -134,16 +194,19 @@ class WorkerRng:
 
     def __init__(self) -> None:
         self.num_workers = 0
-        self.states: list[dict[str, Any] | None] = []
+        # Per worker: a compact state (a tuple) from the worker, or an expanded one (a dict) from a checkpoint.
+        self.states: list[tuple[Any, ...] | dict[str, Any] | None] = []
         self._saved: dict[str, Any] | None = None
         self._warned = False
 
     def state_dict(self) -> dict[str, Any] | None:
-        """The states to checkpoint: ``{"num_workers", "states"}`` (a state per worker, None for a worker that
-        has produced no consumed batch yet), or None when no workers are tracked."""
+        """The states to checkpoint: ``{"num_workers", "states"}`` (a state per worker, in
+        :func:`~stepstone.trainer.rng.capture_rng`'s format; None for a worker that has produced no consumed
+        batch yet), or None when no workers are tracked."""
         if not self.num_workers:
             return None
-        return {"num_workers": self.num_workers, "states": list(self.states)}
+        states = [_expand(x) if isinstance(x, tuple) else x for x in self.states]
+        return {"num_workers": self.num_workers, "states": states}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Arrange for the next :meth:`iterate` to start the workers from ``state`` (a :meth:`state_dict`)."""
