@@ -16,13 +16,14 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 import stepstone as L
 from stepstone.callbacks import ModelCheckpoint
@@ -67,6 +68,30 @@ class Augmented(TensorDataset):
         x, y = super().__getitem__(index)
         noise = 0.1 * torch.randn(4) + 0.01 * random.random() + 0.01 * float(np.random.rand())
         return x + noise, y
+
+
+class PositionedStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """An unsized stream with random per-sample augmentation; each worker's copy streams its share of the
+    samples and saves/loads its position (``state_dict``/``load_state_dict``)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = Augmented(*data.tensors)
+        self.start = self.position = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        mine = range(worker, len(self.data), workers)
+        start, self.start = self.start, 0
+        for self.position in range(start, len(mine)):
+            yield self.data[mine[self.position]]
+        self.position = len(mine)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"start": self.position + 1}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.start = state["start"]
 
 
 def user_worker_init(worker_id: int) -> None:
@@ -120,6 +145,7 @@ def run(
 
     ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``augment`` (random per-sample noise in
     the dataset), ``persistent`` (persistent workers, prefetch_factor 3, a user worker_init_fn), ``drop_last``,
+    ``iterable`` (an unsized, augmented :class:`PositionedStream`; needs ``shuffle`` False),
     ``epochs``, ``dirpath`` (a ModelCheckpoint
     saving every 4 steps there) and ``pace`` (seconds to sleep after each batch, announcing the start). ``stop``
     (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
@@ -130,8 +156,11 @@ def run(
     extra: dict[str, Any] = {}
     if scenario.get("persistent"):
         extra = {"persistent_workers": True, "prefetch_factor": 3, "worker_init_fn": user_worker_init}
+    dataset: Any = Augmented(*data.tensors) if scenario.get("augment") else data
+    if scenario.get("iterable"):
+        dataset = PositionedStream(data)
     train = DataLoader(
-        Augmented(*data.tensors) if scenario.get("augment") else data,
+        dataset,
         batch_size=4,
         shuffle=scenario["shuffle"],
         num_workers=workers,

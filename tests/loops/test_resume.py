@@ -50,6 +50,12 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[list[Any]]]] = {
         },
         [["batch", 3], ["validation", 1], ["epoch", 1], ["batch", 7]],
     ),
+    # An unsized IterableDataset with state_dict/load_state_dict and augmentation in 2 workers: each worker's
+    # copy is put back at its position (no replay); the loop fetches one batch ahead of training here.
+    "iterable-workers-augmented": (
+        {"shuffle": False, "accumulate": 1, "workers": 2, "iterable": True},
+        [["batch", 3], ["epoch", 1], ["batch", 8]],
+    ),
 }
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from stepstone.loops.data_position import DataPosition
 from stepstone.loops.worker_rng import WorkerRng, is_captured
+from stepstone.trainer.rng import capture_rng
 
 
 class WhoAndWhat(Dataset[torch.Tensor]):
@@ -89,3 +92,58 @@ def test_only_map_style_loaders_with_workers_are_captured() -> None:
     assert is_captured(_loader())
     assert not is_captured(DataLoader(WhoAndWhat(), batch_size=2))
     assert not is_captured([1, 2])
+
+
+class Positioned(IterableDataset[torch.Tensor]):
+    """Each worker's copy yields its share of 0..15 with a random draw, and saves/loads its position."""
+
+    def __init__(self) -> None:
+        self.start = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        assert info is not None
+        mine = list(range(info.id, 16, info.num_workers))
+        start, self.start = self.start, 0
+        for self.position in range(start, len(mine)):
+            yield torch.tensor([float(mine[self.position]), torch.rand(()).item()])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"start": self.position + 1}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.start = state["start"]
+
+
+def test_an_iterable_dataset_with_state_dict_resumes_each_worker_without_replay() -> None:
+    loader = DataLoader(Positioned(), batch_size=2, num_workers=2)
+    torch.manual_seed(0)
+    first = DataPosition()
+    full = list(first.open(loader, 0))
+    torch.manual_seed(0)
+    interrupted = DataPosition()
+    iterator = interrupted.open(loader, 0)
+    consumed = [next(iterator) for _ in range(3)]
+    saved = interrupted.workers.state_dict()
+    del iterator
+    assert all(torch.equal(a, b) for a, b in zip(consumed, full[:3], strict=True))
+    assert saved is not None and [s["dataset"] for s in saved["states"]] == [{"start": 4}, {"start": 2}]
+    resumed = DataPosition()
+    resumed.resume_from(interrupted.epoch_state, capture_rng())
+    resumed.workers.load_state_dict(saved)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no replay warning
+        rest = list(resumed.open(loader, 3))
+    assert len(rest) == len(full) - 3
+    assert all(torch.equal(a, b) for a, b in zip(rest, full[3:], strict=True))
+
+
+def test_an_iterable_dataset_without_usable_positions_is_replayed_with_a_warning() -> None:
+    loader = DataLoader(Positioned(), batch_size=2, num_workers=2)
+    torch.manual_seed(0)
+    full = list(DataPosition().open(loader, 0))
+    torch.manual_seed(0)
+    resumed = DataPosition()
+    with pytest.warns(UserWarning, match="give the IterableDataset state_dict"):
+        rest = list(resumed.open(loader, 3))
+    assert all(torch.equal(a, b) for a, b in zip(rest, full[3:], strict=True))

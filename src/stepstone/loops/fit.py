@@ -296,7 +296,9 @@ class FitLoop:
             if start >= total:
                 return
             self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
-        iterator = self.data.open(loader, start, exact.get("loader_state") if exact else None)
+        iterator = self.data.open(
+            loader, start, exact.get("loader_state") if exact else None, lookahead=math.isinf(total)
+        )
         preemption = trainer._preemption
         for batch_idx, batch, is_last in iterate_batches(iterator, start, total):
             self.batch_progress.is_last_batch = is_last

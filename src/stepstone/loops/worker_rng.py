@@ -10,8 +10,10 @@ the worker and after the user's ``worker_init_fn``), and the first remaining bat
 would have produced it in the uninterrupted run: torch hands map-style batches to its workers in turn,
 starting each epoch at worker 0, so batch ``k`` of an epoch comes from worker ``k % num_workers``.
 
-Only map-style datasets under a torch ``DataLoader`` with ``num_workers > 0`` are captured; iterables are
-replayed by :mod:`stepstone.loops.data_position` (their workers restart from the same seeds).
+Map-style datasets under a torch ``DataLoader`` with ``num_workers > 0`` are captured, and so are
+``IterableDataset`` s with ``state_dict``/``load_state_dict``: each worker's copy also reports its position,
+and the resumed workers load it instead of replaying. Other iterables are replayed by
+:mod:`stepstone.loops.data_position` (non-persistent workers restart from the same seeds).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _capture_compact() -> tuple[Any, ...]:
 def _expand(compact: tuple[Any, ...]) -> dict[str, Any]:
     """A :func:`_capture_compact` result in :func:`~stepstone.trainer.rng.capture_rng`'s (weights_only-safe)
     format, which :func:`~stepstone.trainer.rng.restore_rng` restores."""
-    version, internal, gauss_next, torch_bytes, numpy_state = compact
+    version, internal, gauss_next, torch_bytes, numpy_state = compact[:5]
     state: dict[str, Any] = {
         "python": {"version": version, "state": list(array("I", internal)), "gauss_next": gauss_next},
         "torch": torch.frombuffer(bytearray(torch_bytes), dtype=torch.uint8),
@@ -74,6 +76,8 @@ def _expand(compact: tuple[Any, ...]) -> dict[str, Any]:
             "has_gauss": has_gauss,
             "cached_gaussian": cached,
         }
+    if len(compact) > 5 and compact[5] is not None:
+        state["dataset"] = compact[5]
     return state
 
 
@@ -118,7 +122,10 @@ class _CapturingCollate:
         info = get_worker_info()
         if info is None:
             return batch
-        return _Tagged(batch, info.id, _capture_compact())
+        dataset = info.dataset
+        # An IterableDataset that keeps its own position: each worker's copy reports where it is.
+        position = dataset.state_dict() if _has_state(dataset) else None  # type: ignore[attr-defined]
+        return _Tagged(batch, info.id, (*_capture_compact(), position))
 
 
 class _RestoringInit:
@@ -131,8 +138,12 @@ class _RestoringInit:
     def __call__(self, worker_id: int) -> None:
         if self.inner is not None:
             self.inner(worker_id)
-        if self.states is not None and self.states[worker_id] is not None:
-            restore_rng(self.states[worker_id])  # type: ignore[arg-type]
+        state = self.states[worker_id] if self.states is not None else None
+        if state is not None:
+            restore_rng(state)
+            info = get_worker_info()
+            if "dataset" in state and info is not None:
+                info.dataset.load_state_dict(state["dataset"])  # type: ignore[attr-defined]
 
 
 class _RoutedIterator(_MultiProcessingDataLoaderIter):
@@ -171,8 +182,15 @@ class _RoutedIterator(_MultiProcessingDataLoaderIter):
         super()._try_put_index()
 
 
+def _has_state(dataset: object) -> bool:
+    return callable(getattr(dataset, "state_dict", None)) and callable(
+        getattr(dataset, "load_state_dict", None)
+    )
+
+
 def is_captured(loader: object) -> bool:
-    """Whether the workers of ``loader`` can be captured (a DataLoader over a map-style dataset, with workers).
+    """Whether the workers of ``loader`` can be captured: a DataLoader with workers over a map-style dataset,
+    or over an IterableDataset with ``state_dict``/``load_state_dict`` (each worker's copy is saved).
 
     Args:
         loader: the training dataloader.
@@ -184,7 +202,7 @@ def is_captured(loader: object) -> bool:
         _CAPTURE
         and isinstance(loader, DataLoader)
         and loader.num_workers > 0
-        and not isinstance(loader.dataset, IterableDataset)
+        and (not isinstance(loader.dataset, IterableDataset) or _has_state(loader.dataset))
         and getattr(loader, "in_order", True)
     )
 
@@ -197,6 +215,8 @@ class WorkerRng:
         # Per worker: a compact state (a tuple) from the worker, or an expanded one (a dict) from a checkpoint.
         self.states: list[tuple[Any, ...] | dict[str, Any] | None] = []
         self._saved: dict[str, Any] | None = None
+        # Whether the loop fetches one batch ahead of the one it trains (a loader without a length).
+        self.lookahead = False
         self._warned = False
 
     def state_dict(self) -> dict[str, Any] | None:
@@ -211,6 +231,13 @@ class WorkerRng:
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Arrange for the next :meth:`iterate` to start the workers from ``state`` (a :meth:`state_dict`)."""
         self._saved = state
+
+    def can_resume(self, loader: DataLoader[Any]) -> bool:
+        """Whether the saved states put ``loader``'s workers at the position (no replay needed): they were
+        saved with the same number of workers and every worker had produced a consumed batch."""
+        saved = self._saved or {}
+        states = saved.get("states") or []
+        return saved.get("num_workers") == loader.num_workers and all(x is not None for x in states)
 
     def iterate(self, loader: DataLoader[Any], skip: int, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         """Create the epoch's iterator with ``make`` (which calls ``iter(loader)``), with captured workers.
@@ -257,11 +284,21 @@ class WorkerRng:
         return self._unwrap(iterator)
 
     def _unwrap(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        # With ``lookahead`` the loop fetches batch i + 1 before training batch i (to know which is the last):
+        # a batch counts as consumed once the next one is fetched, or the loader is exhausted.
+        pending: _Tagged | None = None
         for item in iterator:
+            if pending is not None:
+                self.states[pending.worker], pending = pending.state, None
             if isinstance(item, _Tagged):
-                self.states[item.worker] = item.state
+                if self.lookahead:
+                    pending = item
+                else:
+                    self.states[item.worker] = item.state
                 item = item.batch
             yield item
+        if pending is not None:
+            self.states[pending.worker] = pending.state
 
     def _warn_workers_changed(self, before: Any, now: int) -> None:
         if self._warned:
