@@ -7,7 +7,8 @@ or generator states, which the tests compare bit for bit.
 
 Script use: ``python resume_harness.py SPEC.json`` where the spec holds ``scenario`` (see :func:`run`),
 ``root`` and ``resumes``: a list of ``[checkpoint_to_resume_from, final_checkpoint_to_write]`` (the checkpoint
-may be ``"auto"``).
+may be ``"auto"`` or None, for a run from scratch), optionally with a third item, ``stop`` (see :func:`run`).
+Under ``torchrun`` with ``scenario["ranks"]`` processes, every run uses DDP on CPU (gloo).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Augmented(TensorDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         x, y = super().__getitem__(index)
+        torch.rand(index % 3)  # a sample-dependent number of draws: every worker (and rank) has its own state
         noise = 0.1 * torch.randn(4) + 0.01 * random.random() + 0.01 * float(np.random.rand())
         return x + noise, y
 
@@ -184,6 +186,11 @@ def run(
         enable_model_summary=False,
         logger=False,
         callbacks=callbacks,
+        **(
+            {"strategy": "ddp", "accelerator": "cpu", "devices": scenario["ranks"]}
+            if scenario.get("ranks")
+            else {}
+        ),
     )
     if resume not in (None, "auto"):
         # Disturb every generator: the resume must set them from the checkpoint. ("auto" may start fresh.)
@@ -221,8 +228,8 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    for resume, final in spec["resumes"]:
-        run(spec["scenario"], spec["root"], final, resume=resume)
+    for resume, final, *stop in spec["resumes"]:
+        run(spec["scenario"], spec["root"], final, resume=resume, stop=stop[0] if stop else None)
 
 
 if __name__ == "__main__":
