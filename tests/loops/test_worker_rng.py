@@ -147,3 +147,29 @@ def test_an_iterable_dataset_without_usable_positions_is_replayed_with_a_warning
     with pytest.warns(UserWarning, match="give the IterableDataset state_dict"):
         rest = list(resumed.open(loader, 3))
     assert all(torch.equal(a, b) for a, b in zip(rest, full[3:], strict=True))
+
+
+def test_the_loader_is_left_as_the_user_made_it() -> None:
+    """The wrappers live in the training iterator only: a validation iterating the same loader sees plain
+    batches (a loader passed as both train and val dataloader is common)."""
+    loader = _loader()
+    collate, init = loader.collate_fn, loader.worker_init_fn
+    iterator = WorkerRng().iterate(loader, 0, lambda: iter(loader))
+    assert loader.collate_fn is collate and loader.worker_init_fn is init
+    assert "_get_iterator" not in vars(loader)
+    assert all(isinstance(batch, torch.Tensor) for batch in loader)
+    assert all(isinstance(batch, torch.Tensor) for batch in iterator)
+
+
+def test_a_tagged_batch_keeps_its_tag_through_the_pin_memory_thread() -> None:
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from stepstone.loops.worker_rng import _capture_compact, _Tagged
+
+    state = _capture_compact()
+    pinned = pin_memory(_Tagged("not a tensor", 1, state))  # what torch's pin-memory thread calls
+    assert isinstance(pinned, _Tagged) and (pinned.batch, pinned.worker, pinned.state) == (
+        "not a tensor",
+        1,
+        state,
+    )

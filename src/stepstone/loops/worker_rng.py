@@ -252,15 +252,11 @@ class WorkerRng:
         """
         workers = loader.num_workers
         persistent = bool(loader.persistent_workers)
-        collate = loader.collate_fn
-        if not isinstance(collate, _CapturingCollate):
-            loader.collate_fn = _CapturingCollate(collate)
-        init = loader.worker_init_fn
-        if not isinstance(init, _RestoringInit):
-            init = _RestoringInit(init)
-            loader.worker_init_fn = init
+        # The wrappers are in place only while the iterator starts its workers (they take them along): the
+        # loader itself stays as the user made it, e.g. for a validation that iterates the same loader.
+        collate, user_init = loader.collate_fn, loader.worker_init_fn
+        init = _RestoringInit(user_init)
         route = _Router(loader)
-        object.__setattr__(loader, "_get_iterator", route)
         saved, self._saved = self._saved, None
         if not persistent or self.num_workers != workers:
             self.states = [None] * workers  # new worker processes
@@ -277,10 +273,13 @@ class WorkerRng:
         existing = getattr(loader, "_iterator", None)
         if isinstance(existing, _RoutedIterator):
             existing.first_worker = route.first_worker
+        loader.collate_fn, loader.worker_init_fn = _CapturingCollate(collate), init
+        object.__setattr__(loader, "_get_iterator", route)
         try:
             iterator = make()
         finally:
-            init.states = None  # workers started later (next epochs) get their fresh seeds
+            loader.collate_fn, loader.worker_init_fn = collate, user_init
+            del loader.__dict__["_get_iterator"]
         return self._unwrap(iterator)
 
     def _unwrap(self, iterator: Iterator[Any]) -> Iterator[Any]:
