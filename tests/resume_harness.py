@@ -7,7 +7,8 @@ or generator states, which the tests compare bit for bit.
 
 Script use: ``python resume_harness.py SPEC.json`` where the spec holds ``scenario`` (see :func:`run`),
 ``root`` and ``resumes``: a list of ``[checkpoint_to_resume_from, final_checkpoint_to_write]`` (the checkpoint
-may be ``"auto"``).
+may be ``"auto"`` or None, for a run from scratch), optionally with a third item, ``stop`` (see :func:`run`).
+Under ``torchrun`` with ``scenario["ranks"]`` processes, every run uses DDP on CPU (gloo).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, get_worker_info
 
 import stepstone as L
 from stepstone.callbacks import ModelCheckpoint
@@ -58,6 +60,45 @@ def _data(n: int, seed: int) -> TensorDataset:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=gen)
     return TensorDataset(x, x.sum(1, keepdim=True))
+
+
+class Augmented(TensorDataset):
+    """Random per-sample augmentation drawn from the loading process's torch, python and numpy generators."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        x, y = super().__getitem__(index)
+        torch.rand(index % 3)  # a sample-dependent number of draws: every worker (and rank) has its own state
+        noise = 0.1 * torch.randn(4) + 0.01 * random.random() + 0.01 * float(np.random.rand())
+        return x + noise, y
+
+
+class PositionedStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """An unsized stream with random per-sample augmentation; each worker's copy streams its share of the
+    samples and saves/loads its position (``state_dict``/``load_state_dict``)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = Augmented(*data.tensors)
+        self.start = self.position = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        mine = range(worker, len(self.data), workers)
+        start, self.start = self.start, 0
+        for self.position in range(start, len(mine)):
+            yield self.data[mine[self.position]]
+        self.position = len(mine)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"start": self.position + 1}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.start = state["start"]
+
+
+def user_worker_init(worker_id: int) -> None:
+    """A user's worker_init_fn that reseeds python's generator per worker (stepstone must chain it)."""
+    random.seed(torch.initial_seed() % 2**32 + 17 * worker_id)
 
 
 class InterruptAt(L.Callback):
@@ -104,16 +145,29 @@ def run(
 ) -> None:
     """One fit of ``scenario``; writes ``final`` at the end.
 
-    ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``epochs``, ``dirpath`` (a ModelCheckpoint
+    ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``augment`` (random per-sample noise in
+    the dataset), ``persistent`` (persistent workers, prefetch_factor 3, a user worker_init_fn), ``drop_last``,
+    ``iterable`` (an unsized, augmented :class:`PositionedStream`; needs ``shuffle`` False),
+    ``epochs``, ``dirpath`` (a ModelCheckpoint
     saving every 4 steps there) and ``pace`` (seconds to sleep after each batch, announcing the start). ``stop``
     (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
     """
     L.seed_everything(7)
+    data = _data(22, 0)
+    workers = scenario["workers"]
+    extra: dict[str, Any] = {}
+    if scenario.get("persistent"):
+        extra = {"persistent_workers": True, "prefetch_factor": 3, "worker_init_fn": user_worker_init}
+    dataset: Any = Augmented(*data.tensors) if scenario.get("augment") else data
+    if scenario.get("iterable"):
+        dataset = PositionedStream(data)
     train = DataLoader(
-        _data(22, 0),
+        dataset,
         batch_size=4,
         shuffle=scenario["shuffle"],
-        num_workers=scenario["workers"],
+        num_workers=workers,
+        drop_last=bool(scenario.get("drop_last")),
+        **extra,
     )
     val = DataLoader(_data(8, 1), batch_size=4, shuffle=scenario["shuffle"])
     callbacks: list[L.Callback] = [InterruptAt(stop[0], stop[1])] if stop else []
@@ -132,6 +186,11 @@ def run(
         enable_model_summary=False,
         logger=False,
         callbacks=callbacks,
+        **(
+            {"strategy": "ddp", "accelerator": "cpu", "devices": scenario["ranks"]}
+            if scenario.get("ranks")
+            else {}
+        ),
     )
     if resume not in (None, "auto"):
         # Disturb every generator: the resume must set them from the checkpoint. ("auto" may start fresh.)
@@ -142,6 +201,10 @@ def run(
         trainer.fit(TinyModel(), train, val, ckpt_path=resume)
     except Stop:
         return
+    finally:
+        # Shut persistent workers down now (the trainer keeps the loader alive until garbage collection, and
+        # the next run's workers would inherit them).
+        train._iterator = None
     if final is not None:
         trainer.save_checkpoint(final)
 
@@ -165,8 +228,8 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    for resume, final in spec["resumes"]:
-        run(spec["scenario"], spec["root"], final, resume=resume)
+    for resume, final, *stop in spec["resumes"]:
+        run(spec["scenario"], spec["root"], final, resume=resume, stop=stop[0] if stop else None)
 
 
 if __name__ == "__main__":

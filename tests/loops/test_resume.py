@@ -31,9 +31,30 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[list[Any]]]] = {
         {"shuffle": False, "accumulate": 3, "workers": 0},
         [["batch", 4], ["batch", 6], ["validation", 2]],
     ),
-    "workers-accumulating": (
-        {"shuffle": True, "accumulate": 2, "workers": 2},
-        [["batch", 3], ["validation", 1], ["batch", 8]],
+    # Random per-sample augmentation (torch, python, numpy draws) in 2 worker processes: the workers' generators
+    # must continue too. Batch 3 is odd (the next batch comes from worker 1) and inside an accumulation window.
+    "workers-augmented-accumulating": (
+        {"shuffle": True, "accumulate": 2, "workers": 2, "augment": True},
+        [["batch", 3], ["validation", 1], ["epoch", 1], ["batch", 8]],
+    ),
+    # Persistent workers (they keep their generators across epochs), prefetch_factor 3, a user worker_init_fn,
+    # drop_last (5 batches an epoch).
+    "persistent-workers-augmented": (
+        {
+            "shuffle": True,
+            "accumulate": 1,
+            "workers": 2,
+            "augment": True,
+            "persistent": True,
+            "drop_last": True,
+        },
+        [["batch", 3], ["validation", 1], ["epoch", 1], ["batch", 7]],
+    ),
+    # An unsized IterableDataset with state_dict/load_state_dict and augmentation in 2 workers: each worker's
+    # copy is put back at its position (no replay); the loop fetches one batch ahead of training here.
+    "iterable-workers-augmented": (
+        {"shuffle": False, "accumulate": 1, "workers": 2, "iterable": True},
+        [["batch", 3], ["epoch", 1], ["batch", 8]],
     ),
 }
 
@@ -90,6 +111,21 @@ def test_the_comparison_sees_a_resume_that_forgets_the_generators(
     run(scenario, root, str(tmp_path / "straight.ckpt"))
     run(scenario, root, None, stop=[["batch", 4], str(tmp_path / "mid.ckpt")])
     monkeypatch.setattr(fit, "restore_rng", lambda state: None)
+    run(scenario, root, str(tmp_path / "resumed.ckpt"), resume=str(tmp_path / "mid.ckpt"))
+    found = differences(load(tmp_path / "straight.ckpt"), load(tmp_path / "resumed.ckpt"))
+    assert ".state_dict.net.0.weight: tensors differ" in found
+
+
+def test_the_comparison_sees_a_resume_without_the_worker_generators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stepstone.loops.worker_rng as worker_rng
+
+    monkeypatch.setattr(worker_rng, "_CAPTURE", False)
+    scenario = {"shuffle": True, "accumulate": 1, "workers": 2, "augment": True}
+    root = str(tmp_path / "root")
+    run(scenario, root, str(tmp_path / "straight.ckpt"))
+    run(scenario, root, None, stop=[["batch", 3], str(tmp_path / "mid.ckpt")])
     run(scenario, root, str(tmp_path / "resumed.ckpt"), resume=str(tmp_path / "mid.ckpt"))
     found = differences(load(tmp_path / "straight.ckpt"), load(tmp_path / "resumed.ckpt"))
     assert ".state_dict.net.0.weight: tensors differ" in found

@@ -80,3 +80,48 @@ def test_an_older_file_that_stored_should_stop_resumes_training(tmp_path: Path, 
     with quiet():
         trainer.fit(module_class("stepstone")(), data(4), ckpt_path=str(tmp_path / "old.ckpt"))
     assert trainer.global_step == 8
+
+
+def test_each_rank_takes_its_own_dataloader_workers_generators() -> None:
+    import stepstone as L
+    from stepstone.trainer.resume_state import load_resume_state
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    own, rank_zero = {"num_workers": 2, "states": [None, None]}, {"num_workers": 2, "states": [None]}
+    load_resume_state(trainer, {"loop": {"tail": None, "workers": rank_zero, "workers_per_rank": [own]}})
+    assert trainer.fit_loop.data.workers._saved is own
+    # Another world size: rank 0's states (the data is sharded differently then anyway).
+    load_resume_state(trainer, {"loop": {"tail": None, "workers": rank_zero, "workers_per_rank": [own, own]}})
+    assert trainer.fit_loop.data.workers._saved is rank_zero
+
+
+@pytest.mark.timeout(180)
+def test_under_ddp_each_rank_resumes_its_own_augmenting_workers(tmp_path: Path) -> None:
+    """2 ranks (torchrun, gloo) x 2 workers with per-sample augmentation whose draws differ per rank: straight
+    and interrupted at batch 3 in one launch, resumed in a fresh one; the final checkpoints are equal."""
+    import json
+    import subprocess
+    import sys
+
+    from resume_harness import differences
+    from stepstone.strategies import find_free_port
+
+    harness = Path(__file__).parents[1] / "resume_harness.py"
+    scenario = {"shuffle": True, "accumulate": 1, "workers": 2, "augment": True, "ranks": 2}
+
+    def launch(name: str, resumes: list[list[Any]]) -> None:
+        spec = tmp_path / f"{name}.json"
+        spec.write_text(
+            json.dumps({"scenario": scenario, "root": str(tmp_path / "root"), "resumes": resumes})
+        )
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+        command += [f"--master_port={find_free_port()}", str(harness), str(spec)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=150)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    straight, mid, resumed = (str(tmp_path / f"{n}.ckpt") for n in ("straight", "mid", "resumed"))
+    launch("first", [[None, straight], [None, None, [["batch", 3], mid]]])
+    launch("resume", [[mid, resumed]])
+    per_rank = torch.load(mid, weights_only=True)["stepstone"]["loop"]["workers_per_rank"]
+    assert differences(per_rank[0], per_rank[1]) != []  # each rank's workers are in their own state
+    assert differences(torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)) == []

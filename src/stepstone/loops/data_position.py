@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from stepstone.checkpoint.private_apis import index_sampler, persistent_iterator, set_index_sampler
+from stepstone.loops.worker_rng import WorkerRng, is_captured
 from stepstone.trainer.rng import capture_rng, restore_rng
 
 __all__ = ["DataPosition", "is_stateful_loader"]
@@ -114,6 +115,8 @@ class DataPosition:
         self._resume: dict[str, Any] | None = None
         self._save_time_rng: dict[str, Any] | None = None
         self._warned_replay = False
+        # The training loader's worker processes' generators (random augmentation in the workers).
+        self.workers = WorkerRng()
 
     def resume_from(self, epoch_state: dict[str, Any], save_time_rng: dict[str, Any] | None) -> None:
         """Arrange for the next :meth:`open` to recreate the saved epoch's order.
@@ -139,13 +142,17 @@ class DataPosition:
             restore_rng(self._save_time_rng)
         self._resume = self._save_time_rng = None
 
-    def open(self, loader: Iterable[Any], skip: int, loader_state: Any = None) -> Iterator[Any]:
+    def open(
+        self, loader: Iterable[Any], skip: int, loader_state: Any = None, lookahead: bool = False
+    ) -> Iterator[Any]:
         """An iterator over ``loader`` that starts at batch ``skip`` of the epoch.
 
         Args:
             loader: the training dataloader.
             skip: batches of this epoch already trained on (0 for a fresh epoch).
             loader_state: a stateful loader's saved ``state_dict()`` (it resumes itself).
+            lookahead: the caller fetches each batch before training the previous one (an unsized loader):
+                a batch counts as consumed when the next one is fetched.
 
         Returns:
             The iterator; its first item is batch ``skip``.
@@ -154,6 +161,7 @@ class DataPosition:
         if resume is not None and "at_iter" in resume:
             _restore(loader, resume["at_iter"])
         self.epoch_state = {"at_iter": _capture(loader)}
+        self.workers.lookahead = lookahead
         if is_stateful_loader(loader):
             if loader_state is not None:
                 loader.load_state_dict(loader_state)  # type: ignore[attr-defined]
@@ -161,7 +169,16 @@ class DataPosition:
             self.after_skip()
             return iterator
         if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+            if is_captured(loader):
+                return self.workers.iterate(loader, skip, lambda: self._open_with_skipper(loader, skip))
             return self._open_with_skipper(loader, skip)
+        if is_captured(loader):
+            assert isinstance(loader, DataLoader)  # is_captured holds for DataLoaders only
+            if skip == 0 or self.workers.can_resume(loader):
+                # An IterableDataset whose workers' copies load their saved positions: nothing to replay.
+                return self.workers.iterate(loader, skip, lambda: self._replay(loader, 0))
+            self.workers.load_state_dict(None)  # no usable positions: replay from the epoch's start
+            return self.workers.iterate(loader, 0, lambda: self._replay(loader, skip))
         return self._replay(loader, skip)
 
     def _open_with_skipper(self, loader: DataLoader[Any], skip: int) -> Iterator[Any]:
@@ -189,9 +206,10 @@ class DataPosition:
             self._warned_replay = True
             warnings.warn(
                 f"Resuming mid-epoch on a {type(loader).__name__} that has no sampler to fast-forward: its first "
-                f"{skip} batches of this epoch are read again and dropped. Use a map-style Dataset, or a loader "
-                "with state_dict()/load_state_dict() (e.g. torchdata's StatefulDataLoader), to skip them without "
-                "loading.",
+                f"{skip} batches of this epoch are read again and dropped. To skip them without loading, give the "
+                "IterableDataset state_dict()/load_state_dict() methods (with DataLoader workers, each worker's "
+                "copy is saved and restored), use a map-style Dataset, or a loader with "
+                "state_dict()/load_state_dict() (e.g. torchdata's StatefulDataLoader).",
                 UserWarning,
                 stacklevel=4,
             )

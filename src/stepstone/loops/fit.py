@@ -304,7 +304,9 @@ class FitLoop:
             if start >= total:
                 return
             self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
-        iterator = self.data.open(loader, start, exact.get("loader_state") if exact else None)
+        iterator = self.data.open(
+            loader, start, exact.get("loader_state") if exact else None, lookahead=math.isinf(total)
+        )
         profiler = trainer._hooks.profiler
         if profiler is not None:
             iterator = profiled(iterator, profiler, "[_TrainingEpochLoop].train_dataloader_next")
@@ -348,6 +350,7 @@ class FitLoop:
                 was drawn) and ``loader_state`` (a stateful loader's ``state_dict()``).
         """
         self._exact = dict(state)
+        self.data.workers.load_state_dict(state.get("workers"))
         if self._resume_batch is None:
             return
         if state.get("tail") in ("validate", "after_validation") and self._stepped_on_load:

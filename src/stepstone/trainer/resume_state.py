@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from stepstone.loops.data_position import is_stateful_loader
 from stepstone.strategies.collectives import all_gather_object
@@ -63,6 +64,8 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
             "tail": loop.tail,
             "epoch_state": loop.data.epoch_state,
             "loader_state": loader.state_dict() if is_stateful_loader(loader) else None,  # type: ignore[union-attr]
+            # The worker processes' generators after the last consumed batch (None without workers).
+            "workers": loop.data.workers.state_dict(),
         },
         # Informational: the loop counters (checkpoint["loops"]) are what positions the resume.
         "data": {
@@ -83,6 +86,14 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
         per_rank = all_gather_object(rng, what="gather the ranks' RNG states for the checkpoint")
         if len(per_rank) == trainer.world_size:
             state["loop"]["rng_per_rank"] = per_rank
+        if isinstance(loader, DataLoader) and loader.num_workers > 0:
+            # Each rank has its own workers (same num_workers on every rank, so every rank gathers).
+            workers = all_gather_object(
+                state["loop"]["workers"],
+                what="gather the ranks' DataLoader worker RNG states for the checkpoint",
+            )
+            if len(workers) == trainer.world_size:
+                state["loop"]["workers_per_rank"] = workers
     grads = _accumulated_grads(trainer)
     if grads:
         state["accumulation"] = {"grads": grads}
@@ -107,6 +118,9 @@ def load_resume_state(trainer: Trainer, state: dict[str, Any]) -> None:
     if isinstance(per_rank, list) and len(per_rank) == trainer.world_size:
         # This rank's own generators; at another world size every rank takes rank 0's (as Lightning does).
         loop_state = {**loop_state, "rng": per_rank[trainer.global_rank]}
+    workers = loop_state.get("workers_per_rank")
+    if isinstance(workers, list) and len(workers) == trainer.world_size:
+        loop_state = {**loop_state, "workers": workers[trainer.global_rank]}
     loop.resume_exactly(loop_state)
     trainer._validation_has_run = bool(state.get("validation_has_run", False))
     hub = trainer._metrics
