@@ -96,3 +96,17 @@ def test_fsspec_transactions_are_probed() -> None:
         assert fsspec_in_transaction(fs)
     with pytest.raises(PrivateApiChanged, match=r"fsspec\.AbstractFileSystem\._intrans.*fsspec"):
         fsspec_in_transaction(object())
+
+
+def test_the_worker_iterator_internals_are_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.data import dataloader
+
+    assert private_apis.worker_iterator_base() is dataloader._MultiProcessingDataLoaderIter
+    monkeypatch.delattr(dataloader._MultiProcessingDataLoaderIter, "_try_put_index")
+    with pytest.raises(private_apis.PrivateApiChanged, match=r"_try_put_index.*torch"):
+        private_apis.worker_iterator_base()
+
+
+def test_a_worker_iterator_without_its_cycle_names_it() -> None:
+    with pytest.raises(private_apis.PrivateApiChanged, match="_worker_queue_idx_cycle"):
+        private_apis.turn_worker_cycle(object(), 1)

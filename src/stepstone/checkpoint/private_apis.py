@@ -10,8 +10,12 @@ stepstone relies on a handful of names that torch and fsspec do not promise to k
 - ``DataLoader._iterator`` and its iterator's ``_index_sampler`` -- a mid-epoch resume with persistent
   workers puts the batch skipper into the workers' iterator.
 - fsspec's ``AbstractFileSystem._intrans`` -- a remote save inside the caller's own transaction.
+- torch's ``_MultiProcessingDataLoaderIter`` (its ``_reset``, ``_try_put_index`` and
+  ``_worker_queue_idx_cycle``), ``DataLoader._get_iterator`` and ``torch.utils.data._utils.pin_memory`` -- a
+  resume with DataLoader workers sends the first remaining batch to the worker that produced it in the
+  uninterrupted run (``loops/worker_rng``).
 
-The last three have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
+The last four have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
 the installed version and the fix (pin the versions stepstone was tested with, or report it). This module
 lives in the engine because the engine imports nothing outside itself, while the rest of stepstone may
 import the engine.
@@ -31,12 +35,15 @@ __all__ = [
     "fsspec_in_transaction",
     "index_sampler",
     "persistent_iterator",
+    "pin_batch",
     "save_into",
     "serialization_supported",
     "set_index_sampler",
     "skip_data_active",
     "storage_alignment",
     "tensor_use_count",
+    "turn_worker_cycle",
+    "worker_iterator_base",
 ]
 
 _SERIALIZATION_NAMES = ("_save", "_get_storage_alignment", "_serialization_tls")
@@ -201,3 +208,66 @@ def fsspec_in_transaction(fs: object) -> bool:
     if not hasattr(fs, "_intrans"):
         raise PrivateApiChanged("fsspec.AbstractFileSystem._intrans", "fsspec")
     return bool(fs._intrans)
+
+
+def worker_iterator_base() -> type:
+    """torch's iterator over a ``DataLoader`` with worker processes, for a subclass that picks the first worker.
+
+    Returns:
+        ``torch.utils.data.dataloader._MultiProcessingDataLoaderIter``, checked to have what the subclass uses.
+
+    Raises:
+        PrivateApiChanged: the class, its ``_reset``/``_try_put_index``, or ``DataLoader._get_iterator`` is gone.
+    """
+    from torch.utils.data import dataloader
+
+    base = getattr(dataloader, "_MultiProcessingDataLoaderIter", None)
+    if base is None:
+        raise PrivateApiChanged("torch.utils.data.dataloader._MultiProcessingDataLoaderIter", "torch")
+    for name in ("_reset", "_try_put_index"):
+        if not callable(getattr(base, name, None)):
+            raise PrivateApiChanged(
+                f"torch.utils.data.dataloader._MultiProcessingDataLoaderIter.{name}", "torch"
+            )
+    if not callable(getattr(dataloader.DataLoader, "_get_iterator", None)):
+        raise PrivateApiChanged("torch.utils.data.DataLoader._get_iterator", "torch")
+    return base
+
+
+def turn_worker_cycle(iterator: object, steps: int) -> None:
+    """Make a worker iterator send its next index batch ``steps`` workers further on (round-robin).
+
+    Args:
+        iterator: a ``_MultiProcessingDataLoaderIter`` right after its reset.
+        steps: how many workers to pass over.
+
+    Raises:
+        PrivateApiChanged: the iterator no longer has ``_worker_queue_idx_cycle``.
+    """
+    cycle = getattr(iterator, "_worker_queue_idx_cycle", None)
+    if cycle is None:
+        raise PrivateApiChanged(
+            "torch.utils.data.dataloader._MultiProcessingDataLoaderIter._worker_queue_idx_cycle", "torch"
+        )
+    for _ in range(steps):
+        next(cycle)
+
+
+def pin_batch(batch: Any, device: Any = None) -> Any:
+    """Pin a batch's tensors as torch's pin-memory thread does.
+
+    Args:
+        batch: a (nested) batch.
+        device: the device to pin for (None: the current accelerator).
+
+    Returns:
+        The batch with pinned tensors.
+
+    Raises:
+        PrivateApiChanged: ``torch.utils.data._utils.pin_memory.pin_memory`` is gone.
+    """
+    try:
+        from torch.utils.data._utils.pin_memory import pin_memory
+    except ImportError:
+        raise PrivateApiChanged("torch.utils.data._utils.pin_memory.pin_memory", "torch") from None
+    return pin_memory(batch, device)

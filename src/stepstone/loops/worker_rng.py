@@ -19,6 +19,7 @@ and the resumed workers load it instead of replaying. Other iterables are replay
 from __future__ import annotations
 
 import ctypes
+import functools
 import random
 import warnings
 import weakref
@@ -28,9 +29,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torch.utils.data._utils.pin_memory import pin_memory
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
+from stepstone.checkpoint.private_apis import (
+    persistent_iterator,
+    pin_batch,
+    turn_worker_cycle,
+    worker_iterator_base,
+)
 from stepstone.trainer.rng import restore_rng
 
 __all__ = ["WorkerRng"]
@@ -108,7 +113,7 @@ class _Tagged:
 
     def pin_memory(self, device: Any = None) -> _Tagged:
         # torch's pin-memory thread calls this on objects it does not know: pin the batch, keep the tag.
-        return _Tagged(pin_memory(self.batch, device), self.worker, self.state)
+        return _Tagged(pin_batch(self.batch, device), self.worker, self.state)
 
 
 class _CapturingCollate:
@@ -146,40 +151,47 @@ class _RestoringInit:
                 info.dataset.load_state_dict(state["dataset"])  # type: ignore[attr-defined]
 
 
-class _RoutedIterator(_MultiProcessingDataLoaderIter):
-    """torch's worker iterator, whose next epoch (or first) starts dispatching at worker ``first_worker``."""
+@functools.cache
+def _routed_iterator() -> type[Any]:
+    """The worker iterator class that starts dispatching at a chosen worker (built on first use: it subclasses
+    a private torch class, probed by ``private_apis``)."""
+    base = worker_iterator_base()
 
-    def __init__(self, loader: DataLoader[Any], first_worker: int, undo_seed_draw: bool = False) -> None:
-        self.first_worker = first_worker
-        self._rotation = 0
-        # Persistent workers that the uninterrupted run had started in an earlier epoch: there, this epoch's
-        # iter() drew no base seed, so the draw made here to start the new workers is undone before the
-        # sampler draws the epoch's order (the workers' generators come from the checkpoint anyway).
-        generator = loader.generator
-        self._before_seed = (
-            (torch.get_rng_state(), generator.get_state() if generator is not None else None)
-            if undo_seed_draw
-            else None
-        )
-        super().__init__(loader)
+    class _RoutedIterator(base):  # type: ignore[valid-type,misc]
+        """torch's worker iterator, whose next epoch (or first) starts dispatching at worker ``first_worker``."""
 
-    def _reset(self, loader: DataLoader[Any], first_iter: bool = False) -> None:
-        if self._before_seed is not None:
-            state, generator_state = self._before_seed
-            self._before_seed = None
-            torch.set_rng_state(state)
-            if generator_state is not None and loader.generator is not None:
-                loader.generator.set_state(generator_state)
-        # The rotation applies to one epoch: the first batch dispatched after this reset.
-        self._rotation, self.first_worker = self.first_worker, 0
-        super()._reset(loader, first_iter)
+        def __init__(self, loader: DataLoader[Any], first_worker: int, undo_seed_draw: bool = False) -> None:
+            self.first_worker = first_worker
+            self._rotation = 0
+            # Persistent workers that the uninterrupted run had started in an earlier epoch: there, this epoch's
+            # iter() drew no base seed, so the draw made here to start the new workers is undone before the
+            # sampler draws the epoch's order (the workers' generators come from the checkpoint anyway).
+            generator = loader.generator
+            self._before_seed = (
+                (torch.get_rng_state(), generator.get_state() if generator is not None else None)
+                if undo_seed_draw
+                else None
+            )
+            super().__init__(loader)
 
-    def _try_put_index(self) -> None:
-        # _reset made a fresh worker cycle just before priming the prefetch; turn it to the right worker once.
-        for _ in range(self._rotation):
-            next(self._worker_queue_idx_cycle)
-        self._rotation = 0
-        super()._try_put_index()
+        def _reset(self, loader: DataLoader[Any], first_iter: bool = False) -> None:
+            if self._before_seed is not None:
+                state, generator_state = self._before_seed
+                self._before_seed = None
+                torch.set_rng_state(state)
+                if generator_state is not None and loader.generator is not None:
+                    loader.generator.set_state(generator_state)
+            # The rotation applies to one epoch: the first batch dispatched after this reset.
+            self._rotation, self.first_worker = self.first_worker, 0
+            super()._reset(loader, first_iter)
+
+        def _try_put_index(self) -> None:
+            # _reset made a fresh worker cycle just before priming the prefetch; turn it to the right worker once.
+            turn_worker_cycle(self, self._rotation)
+            self._rotation = 0
+            super()._try_put_index()
+
+    return _RoutedIterator
 
 
 def _has_state(dataset: object) -> bool:
@@ -270,8 +282,8 @@ class WorkerRng:
             else:
                 self._warn_workers_changed(saved.get("num_workers"), workers)
         route.first_worker = skip % workers
-        existing = getattr(loader, "_iterator", None)
-        if isinstance(existing, _RoutedIterator):
+        existing: Any = persistent_iterator(loader)
+        if isinstance(existing, _routed_iterator()):
             existing.first_worker = route.first_worker
         loader.collate_fn, loader.worker_init_fn = _CapturingCollate(collate), init
         object.__setattr__(loader, "_get_iterator", route)
@@ -322,10 +334,10 @@ class _Router:
         self.first_worker = 0
         self.undo_seed_draw = False
 
-    def __call__(self) -> _MultiProcessingDataLoaderIter:
+    def __call__(self) -> Any:
         loader = self.loader()
         assert loader is not None  # called by the loader itself
         loader.check_worker_number_rationality()
         first, self.first_worker = self.first_worker, 0
         undo, self.undo_seed_draw = self.undo_seed_draw, False
-        return _RoutedIterator(loader, first, undo)
+        return _routed_iterator()(loader, first, undo)
