@@ -25,9 +25,11 @@ from stepstone.checkpoint import commit
 from stepstone.checkpoint.outputs import FdOutput, RawOutput, StreamOutput
 from stepstone.errors import CheckpointNotFoundError
 
-__all__ = ["LocalStorage", "RemoteStorage", "Storage", "split_url", "storage_for"]
+__all__ = ["LocalStorage", "RemoteStorage", "Storage", "filesystem", "split_url", "storage_for"]
 
 T = TypeVar("T")
+# Protocols whose fsspec package stepstone names as an extra: ``pip install stepstone[<extra>]``.
+_EXTRAS = {"s3": "s3", "s3a": "s3"}
 _REMOTE_LOCKS: dict[int, threading.Lock] = {}
 _REMOTE_LOCKS_GUARD = threading.Lock()
 
@@ -316,6 +318,33 @@ def _remote_lock(fs: fsspec.AbstractFileSystem) -> Iterator[None]:
         yield
 
 
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path inside it (``fsspec.core.url_to_fs``).
+
+    Args:
+        url: an fsspec URL (``s3://bucket/run``, ``memory://x``, chained URLs).
+        storage_options: options for the filesystem (credentials, ``endpoint_url``, ...).
+
+    Returns:
+        ``(filesystem, path)``.
+
+    Raises:
+        ImportError: when the package of the URL's protocol is missing; for ``s3://`` it names the extra
+            (``pip install stepstone[s3]``).
+    """
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except ImportError as error:
+        protocols = [part.split("://", 1)[0] for part in url.split("::") if "://" in part]
+        extras = sorted({_EXTRAS[p] for p in protocols if p in _EXTRAS})
+        if not extras:
+            raise
+        raise ImportError(
+            f"{url!r} needs an fsspec filesystem that is not installed ({error}); install it with "
+            f"`pip install stepstone[{','.join(extras)}]`"
+        ) from error
+
+
 def split_url(
     path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
 ) -> tuple[Storage, str]:
@@ -331,7 +360,7 @@ def split_url(
     text = os.fspath(path)
     if "://" not in text and "::" not in text:
         return LocalStorage(), os.path.abspath(text)
-    fs, fs_path = fsspec.core.url_to_fs(text, **(storage_options or {}))
+    fs, fs_path = filesystem(text, storage_options)
     if isinstance(fs, LocalFileSystem):
         return LocalStorage(), os.path.abspath(fs_path)
     return RemoteStorage(fs), fs_path
