@@ -25,6 +25,7 @@ from stepstone.checkpoint import (
     verify_file,
 )
 from stepstone.checkpoint.outputs import StreamOutput
+from stepstone.checkpoint.storage import filesystem, is_folder_like
 from stepstone.errors import CheckpointCorruptError
 
 
@@ -156,3 +157,17 @@ def test_without_s3fs_the_error_names_the_extra() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install stepstone[s3]" in result.stdout and "s3://bucket/a.ckpt" in result.stdout
+
+
+def test_an_empty_prefix_serves_as_a_folder_on_s3_but_not_a_file(s3_dir: str, memory_dir: str) -> None:
+    # makedirs creates nothing on an object store, so "does the folder exist" is "is the path not a file"
+    # (Lightning's rule); a filesystem with real folders keeps isdir.
+    fs, folder = filesystem(f"{s3_dir}/logs/version_0")
+    fs.makedirs(folder, exist_ok=True)
+    assert not fs.isdir(folder) and is_folder_like(fs, folder)
+    fs.pipe_file(f"{folder}/taken", b"x")
+    assert not is_folder_like(fs, f"{folder}/taken")
+    memory, path = filesystem(f"{memory_dir}/absent")
+    assert not is_folder_like(memory, path)
+    memory.makedirs(path)
+    assert is_folder_like(memory, path)

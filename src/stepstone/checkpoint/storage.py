@@ -25,11 +25,21 @@ from stepstone.checkpoint import commit
 from stepstone.checkpoint.outputs import FdOutput, RawOutput, StreamOutput
 from stepstone.errors import CheckpointNotFoundError
 
-__all__ = ["LocalStorage", "RemoteStorage", "Storage", "filesystem", "split_url", "storage_for"]
+__all__ = [
+    "LocalStorage",
+    "RemoteStorage",
+    "Storage",
+    "filesystem",
+    "is_folder_like",
+    "split_url",
+    "storage_for",
+]
 
 T = TypeVar("T")
 # Protocols whose fsspec package stepstone names as an extra: ``pip install stepstone[<extra>]``.
 _EXTRAS = {"s3": "s3", "s3a": "s3"}
+# Object stores (S3, GCS, Azure Blob) have no real folders: a prefix exists once an object is under it.
+_OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
 _REMOTE_LOCKS: dict[int, threading.Lock] = {}
 _REMOTE_LOCKS_GUARD = threading.Lock()
 
@@ -343,6 +353,25 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
             f"{url!r} needs an fsspec filesystem that is not installed ({error}); install it with "
             f"`pip install stepstone[{','.join(extras)}]`"
         ) from error
+
+
+def is_folder_like(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether files can be written inside ``path`` without creating it first.
+
+    On an object store a folder is only a key prefix: ``makedirs`` creates nothing and an empty folder does
+    not exist, so any path not taken by a file counts (Lightning's rule too). Elsewhere: ``fs.isdir``.
+
+    Args:
+        fs: the filesystem.
+        path: a path of ``fs``.
+
+    Returns:
+        True if ``path`` is (or, on an object store, may serve as) a folder.
+    """
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if protocols & _OBJECT_STORE_PROTOCOLS:
+        return not fs.isfile(path)
+    return bool(fs.isdir(path))
 
 
 def split_url(

@@ -124,10 +124,10 @@ def save_hparams_to_yaml(
             warnings.warn(f"Skipping hyperparameter {key!r} in {path}: {err}.", UserWarning, stacklevel=2)
     text = yaml.safe_dump(plain, sort_keys=True)
     if _is_remote(path):
-        from stepstone.checkpoint.storage import filesystem
+        from stepstone.checkpoint.storage import filesystem, is_folder_like
 
         fs, target = filesystem(path)
-        if not fs.isdir(os.path.dirname(target)):
+        if not is_folder_like(fs, os.path.dirname(target)):
             raise RuntimeError(f"Missing folder: {os.path.dirname(path)}.")
         with fs.open(target, "w") as handle:
             handle.write(text)
