@@ -107,6 +107,28 @@ def test_fit_on_s3_then_resume_from_last_equals_an_uninterrupted_run(s3_dir: str
     assert len(_files(run)) == 3  # retention deleted the objects that left the top 2
 
 
+def test_resume_with_ckpt_path_last_finds_the_newest_object(s3_dir: str, tmp_path: Path) -> None:
+    # Deliberate difference: Lightning 2.6.6 looks for `last` through local paths, finds nothing on s3 and
+    # trains from scratch (writing -v1 duplicates beside the old files); stepstone resumes as from a local folder.
+    runs = {"s3": f"{s3_dir}/run", "local": str(tmp_path / "run")}
+    resumed = {}
+    for where, run in runs.items():
+        _fit("stepstone", 2, callbacks=[_checkpoint("stepstone", run)], logger=False)
+        resumed[where] = _fit(
+            "stepstone", 3, ckpt_path="last", callbacks=[_checkpoint("stepstone", run)], logger=False
+        )
+    assert resumed["s3"].ckpt_path == f"{runs['s3']}/last.ckpt"
+    assert (
+        sorted(_files(runs["s3"]))
+        == sorted(os.listdir(runs["local"]))
+        == [
+            "epoch=1-step=6.ckpt",
+            "epoch=2-step=9.ckpt",
+            "last.ckpt",
+        ]
+    )
+
+
 def test_default_root_dir_on_s3_has_lightnings_layout(s3_dir: str) -> None:
     pl, _ = framework("lightning")
     ours = _fit("stepstone", 2, default_root_dir=f"{s3_dir}/ours")

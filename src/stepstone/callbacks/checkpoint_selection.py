@@ -20,7 +20,7 @@ def newest_checkpoint(dirpath: str, last_name: str) -> tuple[str, int, float] | 
     """The newest committed checkpoint in ``dirpath`` that verifies.
 
     Args:
-        dirpath: a local run folder (a ModelCheckpoint's ``dirpath``).
+        dirpath: a run folder, local or a URL (a ModelCheckpoint's ``dirpath``).
         last_name: the ``last`` checkpoint's name stem (``ModelCheckpoint.CHECKPOINT_NAME_LAST``).
 
     Returns:

@@ -695,8 +695,8 @@ class ModelCheckpoint(Checkpoint):
         """The newest committed checkpoint in ``dirpath`` that verifies (see ``checkpoint_selection``)."""
         from stepstone.callbacks.checkpoint_selection import newest_checkpoint
 
-        if self.dirpath is None or not is_local(self.dirpath) or not os.path.isdir(self.dirpath):
-            return None
+        if self.dirpath is None or (is_local(self.dirpath) and not os.path.isdir(self.dirpath)):
+            return None  # a remote folder is listed by the run index (empty when missing)
         return newest_checkpoint(self.dirpath, self.CHECKPOINT_NAME_LAST)
 
     # --- names, state, export -----------------------------------------------------------------------
