@@ -89,3 +89,18 @@ def test_bad_storage_options_are_a_usage_error(text: str, capsys: pytest.Capture
     with pytest.raises(SystemExit) as exit_info:
         main(["ckpt", "ls", "somewhere", "--storage-options", text])
     assert exit_info.value.code == 2 and "JSON object" in capsys.readouterr().err
+
+
+def test_show_and_diff_read_s3_objects(
+    run_dir: Path, s3_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _upload(run_dir, s3_dir)
+    local_code, local = _run(capsys, "show", str(run_dir / "last.ckpt"))
+    code, remote = _run(capsys, "show", f"{s3_dir}/last.ckpt")
+    assert (
+        (code, {**remote, "file": None})
+        == (local_code, {**local, "file": None})
+        == (0, {**local, "file": None})
+    )
+    code, same = _run(capsys, "diff", f"{s3_dir}/last.ckpt", str(run_dir / "last.ckpt"))
+    assert code == 0, same
