@@ -38,13 +38,15 @@ def test_save_load_verify_round_trip_bitwise(
     s3: S3Server, s3_dir: str, state: dict[str, Any], same: Callable[[object, object], None]
 ) -> None:
     url = f"{s3_dir}/a.ckpt"
-    # Explicit storage_options carry the endpoint (no reliance on the environment).
-    record = save_file(
-        url, state, metadata={"step": 7, "metrics": {"loss": 0.5}}, storage_options=s3.storage_options
-    )
-    assert record.step == 7 and record.size > 256 * 300 * 4
-    same(load_file(url, storage_options=s3.storage_options), state)
-    assert verify_file(url, storage_options=s3.storage_options).verified
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_ENDPOINT_URL_S3")  # only the explicit storage_options name the server here
+        options = s3.storage_options
+        record = save_file(
+            url, state, metadata={"step": 7, "metrics": {"loss": 0.5}}, storage_options=options
+        )
+        assert record.step == 7 and record.size > 256 * 300 * 4
+        same(load_file(url, storage_options=options), state)
+        assert verify_file(url, storage_options=options).verified
     info = read_info(url)  # through the environment's endpoint
     assert info is not None and info.metrics == {"loss": 0.5} and info.size == record.size
     # The object is a plain torch file: torch.load reads the downloaded bytes.
