@@ -1,14 +1,17 @@
-"""Suite-wide guards: every test must leave no threads, open files or process groups behind."""
+"""Suite-wide guards (every test must leave no threads, open files or process groups behind) and the S3 server."""
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import torch.distributed as dist
+
+from s3_server import S3Server, s3_server
 
 
 def _open_files() -> dict[int, str]:
@@ -24,8 +27,21 @@ def _open_files() -> dict[int, str]:
     return found
 
 
+def _fsspec_io_threads() -> set[threading.Thread]:
+    """fsspec's process-wide IO loop thread and its executor's threads (s3fs, aiohttp's DNS lookups).
+
+    fsspec starts them on the first async filesystem use and keeps them for the life of the process, by
+    design: they are not a test's leak.
+    """
+    asyn = sys.modules.get("fsspec.asyn")
+    if asyn is None or asyn.iothread[0] is None:
+        return set()
+    executor = getattr(asyn.loop[0], "_default_executor", None)
+    return {asyn.iothread[0], *getattr(executor, "_threads", ())}
+
+
 def _live_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.is_alive()}
+    return {t for t in threading.enumerate() if t.is_alive()} - _fsspec_io_threads()
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +67,21 @@ def _no_leaks() -> Iterator[None]:
         problems.append("leaked a torch.distributed process group")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-API server (moto) on loopback, started once; boto's environment points at it meanwhile."""
+    with (
+        s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as server,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        for name, value in server.env.items():
+            patch.setenv(name, value)
+        yield server
+
+
+@pytest.fixture
+def s3_dir(s3: S3Server) -> str:
+    """A fresh, empty ``s3://`` folder on the loopback server (a unique prefix in its bucket)."""
+    return s3.new_folder()

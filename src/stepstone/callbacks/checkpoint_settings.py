@@ -31,9 +31,9 @@ def is_local(path: str) -> bool:
 def exists(path: str) -> bool:
     if is_local(path):
         return os.path.exists(path)
-    import fsspec
+    from stepstone.checkpoint.storage import filesystem
 
-    fs, target = fsspec.core.url_to_fs(path)
+    fs, target = filesystem(path)
     return bool(fs.exists(target))
 
 
@@ -65,18 +65,18 @@ def default_dirpath(trainer: Trainer) -> str:
 def is_folder(path: str) -> bool:
     if is_local(path):
         return os.path.isdir(path)
-    import fsspec
+    from stepstone.checkpoint.storage import filesystem
 
-    fs, target = fsspec.core.url_to_fs(path)
+    fs, target = filesystem(path)
     return bool(fs.isdir(target))
 
 
 def has_checkpoints(dirpath: str) -> bool:
     if is_local(dirpath):
         return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
-    import fsspec
+    from stepstone.checkpoint.storage import filesystem
 
-    fs, target = fsspec.core.url_to_fs(dirpath)
+    fs, target = filesystem(dirpath)
     return any(str(name).endswith(".ckpt") for name in fs.ls(target, detail=False))
 
 

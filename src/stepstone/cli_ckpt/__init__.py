@@ -14,6 +14,7 @@ from collections.abc import Callable
 from stepstone.cli_ckpt.contents import run_diff, run_export, run_show
 from stepstone.cli_ckpt.convert import run_convert
 from stepstone.cli_ckpt.listing import UsageError, run_ls, run_prune, run_verify
+from stepstone.cli_ckpt.locations import storage_options
 from stepstone.errors import CheckpointError, MisconfigurationException
 
 __all__ = ["add_ckpt_parser", "run_ckpt"]
@@ -37,6 +38,16 @@ def _add(
     return parser
 
 
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=storage_options,
+        metavar="JSON",
+        help='fsspec options for s3:// and other URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\' '
+        "(S3 also reads boto's environment: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...)",
+    )
+
+
 def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``ckpt`` and its subcommands to the ``stepstone`` parser.
 
@@ -48,10 +59,11 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     ls = _add(
         sub, "ls", run_ls, "list the checkpoints of a directory: step, epoch, metrics, size, time, status"
     )
-    ls.add_argument("dir", help="the checkpoint directory")
+    ls.add_argument("dir", help="the checkpoint directory (a path or a URL such as s3://bucket/run)")
     ls.add_argument("--no-verify", action="store_true", help="read trailers only, skip the checksum pass")
     ls.add_argument("--metric", help="mark the best by this metric (default: ModelCheckpoint's own best)")
     ls.add_argument("--mode", choices=("min", "max"), default="min", help="with --metric (default: min)")
+    _add_storage_options(ls)
     show = _add(
         sub,
         "show",
@@ -62,6 +74,7 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--all", action="store_true", help="list every tensor, not only the state_dict's")
     verify = _add(sub, "verify", run_verify, "check every checksum of files, sharded dirs or *.ckpt in dirs")
     verify.add_argument("paths", nargs="+", metavar="PATH")
+    _add_storage_options(verify)
     prune = _add(sub, "prune", run_prune, "delete the checkpoints a retention policy drops (never last*)")
     prune.add_argument("dir")
     prune.add_argument("--keep-best", type=_positive, metavar="K", help="keep the K best by --metric")
@@ -69,6 +82,7 @@ def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
     prune.add_argument("--metric", help="the metric --keep-best ranks by, e.g. val_loss")
     prune.add_argument("--mode", choices=("min", "max"), default="min", help="lower or higher is better")
     prune.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    _add_storage_options(prune)
     diff = _add(
         sub, "diff", run_diff, "compare two checkpoints: tensors, hparams, metrics (exit 1 if they differ)"
     )

@@ -34,6 +34,8 @@ from stepstone.checkpoint.sharded import (
 )
 from stepstone.checkpoint.sharded_commit import read_marker
 from stepstone.checkpoint.sharded_reading import check_metadata_safe
+from stepstone.checkpoint.storage import split_url
+from stepstone.cli_ckpt.locations import is_url
 from stepstone.cli_ckpt.output import emit_json, human_size, iter_tensors, metrics_text, table
 from stepstone.errors import CheckpointCorruptError, CheckpointNotFoundError
 
@@ -100,7 +102,7 @@ def _load_any(argument: str, path: str) -> tuple[dict[str, Any], CheckpointRecor
         return load_sharded(path, template_from_metadata(path), verify=False), record
     if is_uncommitted_directory(path):
         raise _not_a_checkpoint_dir(argument, path)
-    return load_file(path, mmap=True), read_info(path)
+    return load_file(path, mmap=not is_url(path)), read_info(path)  # mmap: local files only
 
 
 def _checked_bytes(directory: str, name: str, marker: dict[str, Any]) -> bytes | None:
@@ -184,8 +186,9 @@ def _sharded_info(path: str, everything: bool) -> dict[str, Any]:
 
 def _file_info(path: str, everything: bool) -> dict[str, Any]:
     """What ``show`` prints for a checkpoint file (loaded memory-mapped, verified)."""
-    state = load_file(path, mmap=True)
+    state = load_file(path, mmap=not is_url(path))  # mmap: local files only
     record = read_info(path)
+    storage, storage_path = split_url(path)
     # The weights by default; --all adds optimizer state, RNG states and the rest.
     tensors = _tensor_rows(
         state if everything or "state_dict" not in state else {"state_dict": state["state_dict"]}
@@ -197,7 +200,7 @@ def _file_info(path: str, everything: bool) -> dict[str, Any]:
         "step": record.step if record else state.get("global_step"),
         "epoch": record.epoch if record else state.get("epoch"),
         "metrics": dict(record.metrics) if record else {},
-        "size": os.path.getsize(path),
+        "size": storage.size(storage_path),
         "keys": sorted(map(str, state)),
         "tensors": tensors,
         "tensor_bytes": sum(row["bytes"] for row in tensors),

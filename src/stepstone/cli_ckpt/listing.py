@@ -27,9 +27,10 @@ from stepstone.checkpoint import (
 )
 from stepstone.checkpoint.commit import is_temp_name
 from stepstone.checkpoint.index import LEGACY_INDEX_NAME
-from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, kind_of
 from stepstone.checkpoint.record import age_key
 from stepstone.checkpoint.sharded import META_NAME
+from stepstone.cli_ckpt.locations import file_names, is_folder, is_url, join
 from stepstone.cli_ckpt.output import emit_json, human_size, human_time, metrics_text, table
 from stepstone.errors import CheckpointError
 
@@ -70,44 +71,51 @@ class Entry:
         }
 
 
-def _require_dir(directory: str) -> None:
-    if not os.path.isdir(directory):
+def _require_dir(directory: str, options: dict[str, Any] | None) -> None:
+    if not is_folder(directory, options):
         raise UsageError(
             f"DIR={directory!r} is not a directory; pass the folder that holds the *.ckpt files (or use "
             "`stepstone ckpt show` for one checkpoint)"
         )
 
 
-def checkpoint_paths(directory: str) -> list[str]:
-    """The checkpoints of a local directory, sorted: ``*.ckpt`` entries and committed sharded directories.
+def checkpoint_paths(directory: str, options: dict[str, Any] | None = None) -> list[str]:
+    """The checkpoints of a directory, sorted: ``*.ckpt`` entries and committed sharded directories.
 
     Hidden names (temporary files and directories of unfinished saves) are excluded; a ``*.ckpt`` directory
-    without its commit marker is included (so that ``ls``/``verify`` report it as not committed).
+    without its commit marker is included (so that ``ls``/``verify`` report it as not committed). In a
+    remote folder (a URL) the ``*.ckpt`` objects.
 
     Args:
-        directory: the folder.
+        directory: the folder (a local path or URL).
+        options: fsspec options for a URL.
 
     Returns:
-        Their paths.
+        Their paths (URLs for a remote folder).
     """
+    remote = is_url(directory)
     names = sorted(
         name
-        for name in os.listdir(directory)
+        for name in file_names(directory, options)
         if not name.startswith(".")
         and not is_temp_name(name)
-        and (name.endswith(".ckpt") or kind_of(os.path.join(directory, name)) is SHARDED_DIRECTORY)
+        and (
+            name.endswith(".ckpt")
+            or (not remote and kind_of(os.path.join(directory, name)) is SHARDED_DIRECTORY)
+        )
     )
-    return [os.path.join(directory, name) for name in names]
+    return [join(directory, name) for name in names]
 
 
-def _describe(path: str, verify: bool) -> Entry:
-    entry = Entry(os.path.basename(path), link=os.readlink(path) if os.path.islink(path) else None)
-    entry.sharded = os.path.isdir(path)
+def _describe(path: str, verify: bool, options: dict[str, Any] | None) -> Entry:
+    local = not is_url(path)
+    entry = Entry(os.path.basename(path), link=os.readlink(path) if local and os.path.islink(path) else None)
+    entry.sharded = local and os.path.isdir(path)
     try:
         if entry.sharded:
             entry.record = SHARDED_DIRECTORY.verify(path) if verify else SHARDED_DIRECTORY.describe(path)
             return entry
-        entry.record = verify_file(path) if verify else read_info(path)
+        entry.record = verify_file(path, options) if verify else read_info(path, options)
         if entry.record is None:
             entry.status = "no stepstone trailer (cannot be verified)"
     except CheckpointError as error:
@@ -115,18 +123,18 @@ def _describe(path: str, verify: bool) -> Entry:
     return entry
 
 
-def _best_from_state(entries: list[Entry], directory: str) -> str | None:
+def _best_from_state(entries: list[Entry], directory: str, options: dict[str, Any] | None) -> str | None:
     """The best file named by ModelCheckpoint's state in the newest good checkpoint, if any."""
     good = [e for e in entries if e.record is not None and e.status == "ok"]
     if not good:
         return None
     newest = max(good, key=lambda e: age_key(e.record))  # type: ignore[arg-type]
-    path = os.path.join(directory, newest.name)
+    path = join(directory, newest.name)
     try:
         if newest.sharded:  # the callback state is in meta.pt (small, weights_only-safe)
             state = torch.load(os.path.join(path, META_NAME), weights_only=True, map_location="cpu")
         else:
-            state = load_file(path, mmap=True)
+            state = load_file(path, mmap=not is_url(path), storage_options=options)
     except (CheckpointError, OSError, RuntimeError, ValueError, EOFError):
         return None
     if not isinstance(state, dict):
@@ -142,7 +150,9 @@ def _best_from_state(entries: list[Entry], directory: str) -> str | None:
     return None
 
 
-def _mark(entries: list[Entry], directory: str, metric: str | None, mode: str) -> None:
+def _mark(
+    entries: list[Entry], directory: str, metric: str | None, mode: str, options: dict[str, Any] | None
+) -> None:
     for entry in entries:
         if entry.name.startswith("last"):
             entry.flags.append("last")
@@ -154,7 +164,7 @@ def _mark(entries: list[Entry], directory: str, metric: str | None, mode: str) -
         ranked = KeepBest(1, metric, mode).rank(records)
         best = ranked[0].name if ranked and metric in ranked[0].metrics else None
     else:
-        best = _best_from_state(entries, directory)
+        best = _best_from_state(entries, directory, options)
     for entry in entries:
         if entry.name == best:
             entry.flags.append("best")
@@ -169,9 +179,10 @@ def run_ls(args: argparse.Namespace) -> int:
     Returns:
         0, or 1 when a file fails verification.
     """
-    _require_dir(args.dir)
-    entries = [_describe(path, verify=not args.no_verify) for path in checkpoint_paths(args.dir)]
-    _mark(entries, args.dir, args.metric, args.mode)
+    options = args.storage_options
+    _require_dir(args.dir, options)
+    entries = [_describe(path, not args.no_verify, options) for path in checkpoint_paths(args.dir, options)]
+    _mark(entries, args.dir, args.metric, args.mode, options)
     if args.json:
         emit_json({"directory": args.dir, "checkpoints": [entry.to_json() for entry in entries]})
     elif not entries:
@@ -204,9 +215,13 @@ def run_ls(args: argparse.Namespace) -> int:
     return 0 if all(entry.status == "ok" for entry in entries) else 1
 
 
-def _verify_one(path: str) -> dict[str, Any]:
+def _is_sharded(path: str) -> bool:
+    return kind_of(path) is SHARDED_DIRECTORY  # a URL is always a file
+
+
+def _verify_one(path: str, options: dict[str, Any] | None) -> dict[str, Any]:
     try:
-        record = kind_of(path).verify(path)
+        record = SHARDED_DIRECTORY.verify(path) if _is_sharded(path) else verify_file(path, options)
     except CheckpointError as error:
         return {"path": path, "ok": False, "size": None, "step": None, "error": str(error)}
     return {"path": path, "ok": True, "size": record.size, "step": record.step, "error": None}
@@ -222,16 +237,17 @@ def run_verify(args: argparse.Namespace) -> int:
     Returns:
         0 only if at least one checkpoint was checked and all verified; else 1.
     """
+    options = args.storage_options
     paths: list[str] = []
     for path in args.paths:
-        if is_uncommitted_directory(path):
-            found = checkpoint_paths(path)
+        if not _is_sharded(path) and is_folder(path, options):
+            found = checkpoint_paths(path, options)
             if not found:
                 print(f"FAILED    {path}: no *.ckpt files in this directory")
             paths += found or [""]
         else:
             paths.append(path)
-    results = [_verify_one(path) for path in filter(None, paths)]
+    results = [_verify_one(path, options) for path in filter(None, paths)]
     ok = bool(results) and all(r["ok"] for r in results) and "" not in paths
     if args.json:
         emit_json({"ok": ok, "files": results})
@@ -239,7 +255,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for r in results:
         detail = f"({human_size(r['size'])}, step {r['step']})" if r["ok"] else r["error"]
         print(f"{'OK' if r['ok'] else 'FAILED':<8}  {r['path']}  {detail}")
-    noun = "checkpoint(s)" if any(kind_of(r["path"]) is SHARDED_DIRECTORY for r in results) else "file(s)"
+    noun = "checkpoint(s)" if any(_is_sharded(r["path"]) for r in results) else "file(s)"
     print(f"{sum(r['ok'] for r in results)} of {len(results)} {noun} verified")
     return 0 if ok else 1
 
@@ -247,6 +263,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def _protected(directory: str, records: list[CheckpointRecord]) -> set[str]:
     # ``last*`` files, and the file a ``last`` symlink points to, are never pruned.
     names = {r.name for r in records if r.name.startswith("last")}
+    if is_url(directory):  # an object store has no symlinks
+        return names
     for path in checkpoint_paths(directory):
         if os.path.basename(path).startswith("last") and os.path.islink(path):
             names.add(os.path.basename(os.readlink(path)))
@@ -275,16 +293,17 @@ def run_prune(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    _require_dir(args.dir)
+    options = args.storage_options
+    _require_dir(args.dir, options)
     policy = _policy(args)
-    index = RunIndex(args.dir)
+    index = RunIndex(args.dir, storage_options=options)
     # Only stepstone's own files are subject to retention; foreign *.ckpt files are never deleted.
     records = [r for r in index.entries() if r.format_version > 0]
     # The policy ranks the real checkpoints; last* copies are always kept and would otherwise take a slot.
     keep = policy([r for r in records if not r.name.startswith("last")]) | _protected(args.dir, records)
     dropped = [r for r in records if r.name not in keep]
     legacy = os.path.join(args.dir, LEGACY_INDEX_NAME)
-    has_legacy = os.path.isfile(legacy) and not os.path.islink(legacy)
+    has_legacy = not is_url(args.dir) and os.path.isfile(legacy) and not os.path.islink(legacy)
     if not args.dry_run:
         index.delete(*(r.name for r in dropped))  # directories via remove_sharded
         if has_legacy:

@@ -124,10 +124,10 @@ def save_hparams_to_yaml(
             warnings.warn(f"Skipping hyperparameter {key!r} in {path}: {err}.", UserWarning, stacklevel=2)
     text = yaml.safe_dump(plain, sort_keys=True)
     if _is_remote(path):
-        import fsspec
+        from stepstone.checkpoint.storage import filesystem, is_folder_like
 
-        fs, target = fsspec.core.url_to_fs(path)
-        if not fs.isdir(os.path.dirname(target)):
+        fs, target = filesystem(path)
+        if not is_folder_like(fs, os.path.dirname(target)):
             raise RuntimeError(f"Missing folder: {os.path.dirname(path)}.")
         with fs.open(target, "w") as handle:
             handle.write(text)
@@ -143,9 +143,9 @@ _MISSING = object()
 def _read_yaml(path: str) -> Any:
     """``yaml.safe_load`` of a local file or an fsspec URL; ``_MISSING`` when there is no such file."""
     if _is_remote(path):
-        import fsspec
+        from stepstone.checkpoint.storage import filesystem
 
-        fs, target = fsspec.core.url_to_fs(path)
+        fs, target = filesystem(path)
         if not fs.exists(target):
             return _MISSING
         with fs.open(target, "r") as handle:

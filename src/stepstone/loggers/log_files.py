@@ -42,9 +42,9 @@ def local_path(path: str) -> str:
 
 
 def _fs(path: str) -> tuple[Any, str]:
-    import fsspec
+    from stepstone.checkpoint.storage import filesystem
 
-    return fsspec.core.url_to_fs(path)
+    return filesystem(path)
 
 
 def make_dirs(path: str) -> None:

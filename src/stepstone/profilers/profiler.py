@@ -13,6 +13,8 @@ from typing import IO
 
 import fsspec
 
+from stepstone.checkpoint.storage import filesystem
+
 __all__ = ["PassThroughProfiler", "Profiler"]
 
 
@@ -68,7 +70,7 @@ class Profiler(ABC):
             return
         if self.filename and self.dirpath:
             dirpath = os.fspath(self.dirpath)
-            fs, _ = fsspec.core.url_to_fs(dirpath)
+            fs, _ = filesystem(dirpath)
             fs.makedirs(dirpath, exist_ok=True)
             handle = fsspec.open(f"{dirpath.rstrip('/')}/{self._prepare_filename()}", "a").open()
             self._output_file = handle

@@ -31,7 +31,7 @@ def newest_checkpoint(callbacks: Sequence[ModelCheckpoint], read: bool = True) -
     """The newest committed checkpoint of the callbacks' folders that verifies.
 
     Args:
-        callbacks: the Trainer's ModelCheckpoints (remote or missing folders are passed over).
+        callbacks: the Trainer's ModelCheckpoints (local or remote folders; missing local ones are passed over).
         read: load the chosen file (verified as it is read); False: only verify it.
 
     Returns:
@@ -41,8 +41,8 @@ def newest_checkpoint(callbacks: Sequence[ModelCheckpoint], read: bool = True) -
     records: list[CheckpointRecord] = []
     for callback in callbacks:
         folder = callback.dirpath
-        if folder is None or not is_local(folder) or not os.path.isdir(folder):
-            continue
+        if folder is None or (is_local(folder) and not os.path.isdir(folder)):
+            continue  # a remote folder is listed by its run index (empty when missing)
         index = RunIndex(folder)
         for record in index.entries():
             owners[record.path] = (index, callback.CHECKPOINT_NAME_LAST)
