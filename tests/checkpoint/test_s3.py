@@ -23,8 +23,8 @@ from stepstone.checkpoint import (
     save_file,
     verify_file,
 )
+from stepstone.checkpoint.filesystems import filesystem, is_folder_like
 from stepstone.checkpoint.outputs import StreamOutput
-from stepstone.checkpoint.storage import filesystem, is_folder_like
 from stepstone.errors import CheckpointCorruptError
 
 

@@ -31,7 +31,7 @@ def is_local(path: str) -> bool:
 def exists(path: str) -> bool:
     if is_local(path):
         return os.path.exists(path)
-    from stepstone.checkpoint.storage import filesystem
+    from stepstone.checkpoint.filesystems import filesystem
 
     fs, target = filesystem(path)
     return bool(fs.exists(target))
@@ -65,7 +65,7 @@ def default_dirpath(trainer: Trainer) -> str:
 def is_folder(path: str) -> bool:
     if is_local(path):
         return os.path.isdir(path)
-    from stepstone.checkpoint.storage import filesystem
+    from stepstone.checkpoint.filesystems import filesystem
 
     fs, target = filesystem(path)
     return bool(fs.isdir(target))
@@ -74,7 +74,7 @@ def is_folder(path: str) -> bool:
 def has_checkpoints(dirpath: str) -> bool:
     if is_local(dirpath):
         return any(name.endswith(".ckpt") for name in os.listdir(dirpath))
-    from stepstone.checkpoint.storage import filesystem
+    from stepstone.checkpoint.filesystems import filesystem
 
     fs, target = filesystem(dirpath)
     return any(str(name).endswith(".ckpt") for name in fs.ls(target, detail=False))

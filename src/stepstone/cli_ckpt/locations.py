@@ -12,7 +12,8 @@ import json
 import os
 from typing import Any
 
-from stepstone.checkpoint.storage import filesystem, split_url
+from stepstone.checkpoint.filesystems import filesystem
+from stepstone.checkpoint.storage import split_url
 
 __all__ = ["file_names", "is_folder", "is_url", "join", "storage_options"]
 

@@ -124,7 +124,7 @@ def save_hparams_to_yaml(
             warnings.warn(f"Skipping hyperparameter {key!r} in {path}: {err}.", UserWarning, stacklevel=2)
     text = yaml.safe_dump(plain, sort_keys=True)
     if _is_remote(path):
-        from stepstone.checkpoint.storage import filesystem, is_folder_like
+        from stepstone.checkpoint.filesystems import filesystem, is_folder_like
 
         fs, target = filesystem(path)
         if not is_folder_like(fs, os.path.dirname(target)):
@@ -143,7 +143,7 @@ _MISSING = object()
 def _read_yaml(path: str) -> Any:
     """``yaml.safe_load`` of a local file or an fsspec URL; ``_MISSING`` when there is no such file."""
     if _is_remote(path):
-        from stepstone.checkpoint.storage import filesystem
+        from stepstone.checkpoint.filesystems import filesystem
 
         fs, target = filesystem(path)
         if not fs.exists(target):

@@ -42,7 +42,7 @@ def local_path(path: str) -> str:
 
 
 def _fs(path: str) -> tuple[Any, str]:
-    from stepstone.checkpoint.storage import filesystem
+    from stepstone.checkpoint.filesystems import filesystem
 
     return filesystem(path)
 

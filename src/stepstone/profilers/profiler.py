@@ -13,7 +13,7 @@ from typing import IO
 
 import fsspec
 
-from stepstone.checkpoint.storage import filesystem
+from stepstone.checkpoint.filesystems import filesystem
 
 __all__ = ["PassThroughProfiler", "Profiler"]
 
