@@ -13,6 +13,7 @@ import torch
 
 import stepstone as L
 from both_frameworks import FRAMEWORKS, framework, quiet
+from callbacks.ddp_runs import ddp_results
 from scripted import loader
 from stepstone.callbacks import ModelCheckpoint
 from stepstone.checkpoint import verify_file
@@ -201,3 +202,12 @@ def test_a_failed_save_keeps_the_original_exception(tmp_path: Path) -> None:
 def test_invalid_value_is_refused(value: Any) -> None:
     with pytest.raises(MisconfigurationException, match=rf"save_on_exception={value!r}\).*pass True"):
         ModelCheckpoint(save_on_exception=value)
+
+
+def test_under_ddp_every_rank_takes_part_and_rank_0_writes_once() -> None:
+    # Every rank raised at global step 3 (see early_stopping_ddp_script.py): one file, the same on both ranks.
+    rank0, rank1 = ddp_results("save_on_exception")
+    assert rank0["raised"] == ("rank 0 failed", []) and rank1["raised"] == ("rank 1 failed", [])
+    assert rank0["files"] == rank1["files"] == ["epoch=0-step=3.ckpt", "last.ckpt"]
+    assert rank0["last_model_path"] == rank1["last_model_path"]
+    assert rank0["last_model_path"].endswith("last.ckpt")
