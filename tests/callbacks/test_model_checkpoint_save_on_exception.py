@@ -211,3 +211,16 @@ def test_under_ddp_every_rank_takes_part_and_rank_0_writes_once() -> None:
     assert rank0["files"] == rank1["files"] == ["epoch=0-step=3.ckpt", "last.ckpt"]
     assert rank0["last_model_path"] == rank1["last_model_path"]
     assert rank0["last_model_path"].endswith("last.ckpt")
+
+
+def test_asynchronous_checkpointing_saves_the_same_files(tmp_path: Path) -> None:
+    seen = []
+    for async_save in (False, True):
+        root = tmp_path / str(async_save)
+        with pytest.raises(Boom):
+            fit("stepstone", root, 5, save_last=True, async_save=async_save)
+        folder = root / "ckpts"
+        seen.append([(file, link, _saved(folder / file)) for file, link in _files(folder)])
+    assert seen[0] == seen[1]
+    assert [entry[0] for entry in seen[1]] == ["epoch=0-step=4.ckpt", "epoch=1-step=5.ckpt", "last.ckpt"]
+    assert seen[1][2][2] == (1, 5)  # last holds the exception's state, not the earlier background save's

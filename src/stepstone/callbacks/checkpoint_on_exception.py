@@ -130,8 +130,11 @@ def save_on_exception(callback: ModelCheckpoint, trainer: Trainer, exception: Ba
 
 def _save(callback: ModelCheckpoint, trainer: Trainer, exception: BaseException) -> str:
     # Background saves first: their bookkeeping (and ``last`` published on the writer thread) must not land
-    # after this newer state.
-    trainer.checkpoint_port.complete()
+    # after this newer state. One that failed is told, and this newer state is still saved.
+    try:
+        trainer.checkpoint_port.complete()
+    except Exception as failure:
+        report_failed_save(exception, f"Also, an earlier background checkpoint save failed: {failure!r}")
     candidates = callback._monitor_candidates(trainer)
     # The ordinary name; an existing file of that name gets a -vN suffix rather than being replaced (a
     # resumed run failing again at its restored step keeps the file it resumed from).
