@@ -1,4 +1,4 @@
-"""One torchrun start (2 gloo ranks) of ``early_stopping_ddp_script.py`` shared by the EarlyStopping and Timer tests."""
+"""One torchrun start (2 gloo ranks) of ``early_stopping_ddp_script.py`` shared by the callback tests."""
 
 from __future__ import annotations
 
@@ -43,6 +43,6 @@ def _run_all() -> Path:
 
 
 def ddp_results(scenario: str) -> list[dict[str, Any]]:
-    """What ranks 0 and 1 saw in ``scenario`` (``early_stopping``, ``timer_rank0``, ``timer_rank1``)."""
+    """What ranks 0 and 1 saw in ``scenario`` (``early_stopping``, ``timer_rank0|1``, ``save_on_exception``)."""
     out = _run_all()
     return [torch.load(out / f"{scenario}-rank{rank}.pt") for rank in (0, 1)]

@@ -3,6 +3,8 @@
 ``early_stopping``: each rank logs its own val_loss. Rank 0's keeps improving, rank 1's never does after the
 first epoch: rank 1 alone would stop, and so every rank must stop at the same epoch.
 ``timer_rank<N>``: only rank N's clock says the time budget is spent; rank 0's decides for both.
+``save_on_exception``: every rank raises at global step 3; ModelCheckpoint(save_on_exception=True) saves once
+(rank 0 writes) and every rank re-raises. Last, because a failed fit leaves the process group.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import stepstone as L
 import stepstone.callbacks.timer as timer_module
-from stepstone.callbacks import EarlyStopping, Timer
+from stepstone.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from stepstone.strategies import DDPStrategy
 
 
@@ -38,6 +40,44 @@ class PerRank(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Boom(Exception):
+    pass
+
+
+class FailsAtStep3(PerRank):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.global_step == 3:
+            raise Boom(f"rank {self.global_rank} failed")
+        return super().training_step(batch, batch_idx)
+
+
+def run_save_on_exception(out: Path) -> None:
+    folder = out / "exception-ckpts"
+    callback = ModelCheckpoint(dirpath=folder, save_on_exception=True, save_last=True)
+    trainer = L.Trainer(
+        strategy=DDPStrategy(timeout=timedelta(seconds=30)),
+        accelerator="cpu",
+        devices=2,
+        max_epochs=3,
+        callbacks=[callback],
+        default_root_dir=str(out),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        trainer.fit(FailsAtStep3(), DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=4))
+        raised = None
+    except Boom as error:
+        raised = (str(error), getattr(error, "__notes__", []))
+    seen = {
+        "raised": raised,
+        "files": sorted(os.listdir(folder)),
+        "last_model_path": callback.last_model_path,
+    }
+    torch.save(seen, out / f"save_on_exception-rank{trainer.global_rank}.pt")
 
 
 def run(out: Path, scenario: str) -> None:
@@ -79,6 +119,7 @@ def main(out: Path) -> None:
     for scenario in ("early_stopping", "timer_rank0", "timer_rank1"):
         run(out, scenario)
         timer_module.time = real_time
+    run_save_on_exception(out)
 
 
 if __name__ == "__main__":

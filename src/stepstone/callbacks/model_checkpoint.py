@@ -24,6 +24,7 @@ import yaml
 import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
+from stepstone.callbacks.checkpoint_on_exception import check_argument, save_on_exception
 from stepstone.callbacks.checkpoint_pending import PendingSave
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
 from stepstone.callbacks.checkpoint_schedule import (
@@ -72,6 +73,9 @@ class ModelCheckpoint(Checkpoint):
         save_last: True also keeps ``last.ckpt`` with the newest state; ``"link"`` makes it a symlink to the newest
             file when there is one.
         save_top_k: how many best checkpoints to keep; -1 all, 0 none.
+        save_on_exception: when an exception stops the Trainer, save a checkpoint under the usual name (marked
+            ``saved_on_exception``, outside the top k) and refresh ``last``; the error is re-raised. See
+            :mod:`~stepstone.callbacks.checkpoint_on_exception`.
         save_weights_only: leave optimizer, scheduler and callback state out of the files.
         mode: ``"min"`` or ``"max"``: whether a lower or a higher monitored value is better.
         auto_insert_metric_name: write ``name=value`` for each template field.
@@ -111,6 +115,7 @@ class ModelCheckpoint(Checkpoint):
         verbose: bool = False,
         save_last: bool | Literal["link"] | None = None,
         save_top_k: int = 1,
+        save_on_exception: bool = False,
         save_weights_only: bool = False,
         mode: str = "min",
         auto_insert_metric_name: bool = True,
@@ -139,6 +144,7 @@ class ModelCheckpoint(Checkpoint):
                 f"ModelCheckpoint(max_staging_bytes={max_staging_bytes!r}) is invalid; pass an int >= 0 (bytes) or None."
             )
         self.max_staging_bytes = max_staging_bytes
+        self.save_on_exception = check_argument(save_on_exception)
         validate_arguments(
             save_top_k, monitor, mode, save_last, every_n_train_steps, every_n_epochs, train_time_interval
         )
@@ -346,6 +352,12 @@ class ModelCheckpoint(Checkpoint):
         if self._last_step_written == trainer.global_step:
             return  # this run's last already holds this step
         self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
+
+    def on_exception(
+        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
+    ) -> None:
+        """With ``save_on_exception``, save the current state; a failed save is reported, never raised."""
+        save_on_exception(self, trainer, exception)
 
     # --- decisions ----------------------------------------------------------------------------------
     def _should_skip(self, trainer: stepstone.Trainer, any_step: bool = False) -> bool:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 
 import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
-from stepstone.trainer.signals import Preempted
+from stepstone.callbacks.checkpoint_on_exception import preemption_checkpoint, report_failed_save
 from stepstone.trainer.state import TrainerStatus
 
 __all__ = ["OnExceptionCheckpoint"]
@@ -52,9 +51,10 @@ class OnExceptionCheckpoint(Checkpoint):
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
     ) -> None:
         """Save the checkpoint (overwriting an older one); a failed save is reported, never raised instead."""
-        if isinstance(exception, Preempted) and exception.path is not None:
+        preempted = preemption_checkpoint(exception)
+        if preempted is not None:
             print(
-                f"OnExceptionCheckpoint: not saving {self.ckpt_path}; the preemption checkpoint {exception.path} "
+                f"OnExceptionCheckpoint: not saving {self.ckpt_path}; the preemption checkpoint {preempted} "
                 "holds the same step.",
                 file=sys.stderr,
             )
@@ -63,9 +63,9 @@ class OnExceptionCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.ckpt_path)
         except Exception as failure:
             # The exception that stopped the run is the one to see: the failed save is told alongside it.
-            message = f"OnExceptionCheckpoint could not save {self.ckpt_path}: {failure!r}"
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            getattr(exception, "add_note", lambda note: None)(message)
+            report_failed_save(
+                exception, f"OnExceptionCheckpoint could not save {self.ckpt_path}: {failure!r}"
+            )
 
     def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """After a run that ended without an exception, remove the file an earlier failure left (rank 0)."""

@@ -181,7 +181,19 @@ def _sharded_info(path: str, everything: bool) -> dict[str, Any]:
         "hyper_parameters": meta.get("hyper_parameters", {}),
         "loops": _summary(meta.get("loops", {})),
         "callbacks": _summary(meta.get("callbacks", {})),
+        "saved_on": _saved_on(meta),
     }
+
+
+def _saved_on(state: dict[str, Any]) -> str | None:
+    """Why stepstone wrote the file when it was not a scheduled save: an exception or a preemption."""
+    marks = state.get("stepstone")
+    if not isinstance(marks, dict):
+        return None
+    exception = marks.get("saved_on_exception")
+    if isinstance(exception, dict):
+        return f"exception {exception.get('type')}: {exception.get('message')}"
+    return "preemption" if marks.get("preempted") else None
 
 
 def _file_info(path: str, everything: bool) -> dict[str, Any]:
@@ -207,6 +219,7 @@ def _file_info(path: str, everything: bool) -> dict[str, Any]:
         "hyper_parameters": state.get("hyper_parameters", {}),
         "loops": _summary(state.get("loops", {})),
         "callbacks": _summary(state.get("callbacks", {})),
+        "saved_on": _saved_on(state),
     }
 
 
@@ -238,6 +251,8 @@ def run_show(args: argparse.Namespace) -> int:
     tensors = info["tensors"]
     print(f"file:     {args.file} ({human_size(info['size'])}; {kind})")
     print(f"step:     {info['step']}   epoch: {info['epoch']}   metrics: {metrics_text(info['metrics'])}")
+    if info["saved_on"] is not None:
+        print(f"saved on: {info['saved_on']}")
     print(f"keys:     {', '.join(info['keys'])}")
     print(f"hparams:  {info['hyper_parameters'] or '-'}")
     print(f"loops:    {info['loops'] or '-'}")

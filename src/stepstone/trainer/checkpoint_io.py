@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -55,12 +56,16 @@ def _optimizer_states(trainer: Trainer) -> list[dict[str, Any]]:
     return [opt.state_dict() for opt in trainer.optimizers]
 
 
-def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+def dump_checkpoint(
+    trainer: Trainer, weights_only: bool = False, marks: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Build the checkpoint dict of the Trainer's current state.
 
     Args:
         trainer: a Trainer with a model attached.
         weights_only: leave out optimizer, scheduler and callback state (Lightning's ``save_weights_only``).
+        marks: entries added to ``checkpoint["stepstone"]`` (e.g. ``saved_on_exception``), kept even with
+            ``weights_only``.
 
     Returns:
         The checkpoint dict, with Lightning's keys plus ``stepstone``.
@@ -84,6 +89,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             },
         },
     }
+    checkpoint["stepstone"].update(marks or {})
     if not weights_only:
         checkpoint["stepstone"].update(dump_resume_state(trainer))
         states = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}

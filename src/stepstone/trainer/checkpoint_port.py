@@ -65,6 +65,7 @@ class CheckpointPort:
         on_complete: OnComplete | None = None,
         publish_as: str | None = None,
         publish_link: bool = False,
+        marks: dict[str, Any] | None = None,
     ) -> SaveHandle:
         """Build the checkpoint dict on every rank and commit it to ``path`` (rank 0's path under DDP).
 
@@ -80,6 +81,8 @@ class CheckpointPort:
                 (a durable copy, or a symlink with ``publish_link``) on the writer thread, before the handle
                 completes: the training thread never copies a checkpoint.
             publish_link: link instead of copy.
+            marks: entries added to the file's ``checkpoint["stepstone"]`` dict, e.g.
+                ``{"saved_on_exception": {...}}`` (shown by ``stepstone ckpt show``); plain values only.
 
         Returns:
             The save's handle: already done for a synchronous save (its result is the record on rank 0, None
@@ -96,8 +99,10 @@ class CheckpointPort:
                 "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
             )
         if not asynchronous:
-            return completed_handle(save_on_all_ranks(self._trainer, path, weights_only, storage_options))
-        handle = self._save_async(path, weights_only, max_staging_bytes, publish_as, publish_link)
+            return completed_handle(
+                save_on_all_ranks(self._trainer, path, weights_only, storage_options, marks)
+            )
+        handle = self._save_async(path, weights_only, max_staging_bytes, publish_as, publish_link, marks)
         if on_complete is not None:
             self._completions.append((handle, on_complete))
         return handle
@@ -109,6 +114,7 @@ class CheckpointPort:
         max_staging_bytes: int | None,
         publish_as: str | None,
         publish_link: bool,
+        marks: dict[str, Any] | None,
     ) -> SaveHandle:
         from stepstone.trainer.checkpoint_io import dump_checkpoint
         from stepstone.trainer.distributed import completed_handle
@@ -116,7 +122,7 @@ class CheckpointPort:
         runner = self._trainer._runner
         self.complete()  # the new file holds every callback's committed state
         checkpoint = dump_checkpoint(
-            self._trainer, weights_only
+            self._trainer, weights_only, marks
         )  # every rank: it gathers the ranks' RNG states
         if not self._trainer.is_global_zero:
             return completed_handle()  # under DDP only rank 0 writes

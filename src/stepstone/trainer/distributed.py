@@ -183,7 +183,11 @@ def _join_at_exit(launcher: ScriptLauncher) -> None:
 
 
 def save_on_all_ranks(
-    trainer: Trainer, path: str, weights_only: bool, storage_options: Any = None
+    trainer: Trainer,
+    path: str,
+    weights_only: bool,
+    storage_options: Any = None,
+    marks: dict[str, Any] | None = None,
 ) -> CheckpointRecord | None:
     """Write a checkpoint once: every rank builds it (as Lightning does), global rank 0 commits it at its path.
 
@@ -191,6 +195,8 @@ def save_on_all_ranks(
     under ``if trainer.is_global_zero``) makes every rank fail at once, naming both places, instead of hanging.
     The ranks may pass different paths (``f"rank{trainer.global_rank}.ckpt"``): as in Lightning, rank 0's path
     is the one written (and nothing else); rank 0 warns once per process that the others' paths were ignored.
+
+    ``marks`` are entries added to the checkpoint's ``stepstone`` dict (see ``dump_checkpoint``).
 
     Returns:
         The record of the committed file on rank 0, None on the other ranks.
@@ -211,15 +217,15 @@ def save_on_all_ranks(
         from stepstone.checkpoint.sharded import save_sharded
 
         # A directory: every rank writes its own shards; rank 0 writes the marker last (the commit).
-        checkpoint = dump_checkpoint(trainer, weights_only)
+        checkpoint = dump_checkpoint(trainer, weights_only, marks)
         written = save_sharded(path, checkpoint, metadata=trainer._runner.checkpoint_metadata())
         record = written if trainer.is_global_zero else None
     elif trainer.is_global_zero:
-        record = trainer._runner.write_checkpoint(path, weights_only, storage_options)
+        record = trainer._runner.write_checkpoint(path, weights_only, storage_options, marks)
     else:
         # Built and dropped, so that hooks such as on_save_checkpoint run on every rank, as in Lightning (and
         # the gathers of a "full" FSDP state dict take place).
-        dump_checkpoint(trainer, weights_only)
+        dump_checkpoint(trainer, weights_only, marks)
     # The file exists for every rank once the barrier is passed (e.g. before a rank reads best_model_path).
     collectives.barrier("saved checkpoint")
     return record

@@ -455,14 +455,17 @@ class Runner:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def write_checkpoint(
-        self, path: str, weights_only: bool, storage_options: Any = None
+        self, path: str, weights_only: bool, storage_options: Any = None, marks: dict[str, Any] | None = None
     ) -> CheckpointRecord:
-        """Build the checkpoint dict and commit it to ``path``; returns the engine's record of the file."""
+        """Build the checkpoint dict (``marks`` into its ``stepstone`` entry) and commit it to ``path``.
+
+        Returns the engine's record of the file.
+        """
         from stepstone.checkpoint import save_file
         from stepstone.checkpoint.format import estimate_size
 
         self.async_saves.settle_deletions(path)  # a background deletion never removes the file written here
-        checkpoint = dump_checkpoint(self.t, weights_only)
+        checkpoint = dump_checkpoint(self.t, weights_only, marks)
         metadata = self.checkpoint_metadata()
         # A free-space preflight: a full disk fails before writing, with a message giving both sizes.
         size = estimate_size(checkpoint)
