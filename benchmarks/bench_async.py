@@ -18,7 +18,8 @@ sync, and ``AsyncCheckpointIO``), in its own venv and process (``benchmarks/.ven
 bench_overhead.py), with the same model, step work and checkpoint schedule; reported beside ours, labelled.
 
 Prints a table with the issue's targets and one JSON line per figure. Usage:
-``python benchmarks/run.py async [--repeats 2] [--tensors 8] [--dir DIR] [--lightning]``.
+``python benchmarks/run.py async [--repeats 2] [--tensors 8] [--save-last true|link] [--dir DIR] [--lightning]``
+(``--save-last``: every checkpoint also publishes ``last.ckpt``; async saves copy or link it on the writer thread).
 """
 
 from __future__ import annotations
@@ -106,7 +107,14 @@ def _waited(trainer: L.Trainer) -> float:
 
 
 def _fit(
-    mode: str, kind: str, tensors: int, matmuls: int, steps: int, every: int, root: str
+    mode: str,
+    kind: str,
+    tensors: int,
+    matmuls: int,
+    steps: int,
+    every: int,
+    root: str,
+    save_last: bool | str | None = None,
 ) -> dict[str, Any]:
     """One fit; ``mode`` is none / sync / async. Returns its wall time and the checkpoint stalls."""
     shutil.rmtree(root, ignore_errors=True)
@@ -115,7 +123,11 @@ def _fit(
     if mode != "none":
         callbacks.append(
             _TimedCheckpoint(
-                dirpath=root, every_n_train_steps=every, save_top_k=1, async_save=mode == "async"
+                dirpath=root,
+                every_n_train_steps=every,
+                save_top_k=1,
+                async_save=mode == "async",
+                save_last=save_last,
             )
         )
     trainer = L.Trainer(
@@ -231,7 +243,16 @@ def _loop_figures(args: argparse.Namespace, root: str, matmuls: int) -> dict[str
             copies.append(_copy_limits(args.tensors, 0)["copy_s"])
             for mode in runs:
                 runs[mode].append(
-                    _fit(mode, kind, args.tensors, matmuls, steps, every, os.path.join(root, mode))
+                    _fit(
+                        mode,
+                        kind,
+                        args.tensors,
+                        matmuls,
+                        steps,
+                        every,
+                        os.path.join(root, mode),
+                        args.save_last,
+                    )
                 )
         base = min(r["fit_s"] for r in runs["none"])
         for mode in ("sync", "async"):
@@ -359,6 +380,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="fits per mode and step kind (best is kept)")
     parser.add_argument("--tensors", type=int, default=8, help="64 MiB tensors in the state (default 8)")
     parser.add_argument("--every", type=int, default=300, help="steps between checkpoints (default 300)")
+    parser.add_argument(
+        "--save-last",
+        default=None,
+        type=lambda text: {"true": True, "false": False, "link": "link"}[text.lower()],
+        help="ModelCheckpoint(save_last=...) in the stall/lost fits: true, false or link (default: unset)",
+    )
     parser.add_argument("--dir", default=None, help="directory on the disk to measure (default: a temp dir)")
     parser.add_argument(
         "--lightning", action="store_true", help="also run the fits with Lightning 2.6.6 (its own venv)"
