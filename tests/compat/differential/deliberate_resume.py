@@ -203,22 +203,25 @@ def whole_epoch_mean(d: Difference, ctx: Context) -> bool:
     return all(number_same(d.stepstone[k], whole) and number_same(d.lightning[k], after) for k in differing)
 
 
-def resumed_epoch_means(ctx: Context, run: str) -> tuple[float, float] | None:
-    """The training metric's epoch mean (Lightning's, stepstone's) at the end of a run resumed mid-epoch.
+def resumed_epoch_means(ctx: Context, run: str, *, ended_inside: bool = True) -> tuple[float, float] | None:
+    """The training metric's mean over the resumed epoch (Lightning's, stepstone's) in a run resumed mid-epoch.
 
     Returns None unless ``run`` resumed mid-epoch (Lightning's first batch is not batch 0), both frameworks
-    trained the same batches and the run ended inside that epoch. Lightning's mean covers the batches trained
-    after the resume, stepstone's every batch of the epoch so far (7).
+    trained the same batches (epoch, batch index) and the run ended inside that epoch (``ended_inside``) or
+    trained past it (not ``ended_inside``: the resumed epoch's mean then stays the logged epoch mean until the
+    next epoch's end, so ModelCheckpoint triggers in between score and name with it). Lightning's mean covers
+    the batches trained after the resume, stepstone's every batch of the epoch so far (7).
     """
     pairs_l = [list(t[:2]) for t in ctx.lightning[run].get("trained", [])]
     pairs_s = [list(t[:2]) for t in ctx.stepstone[run].get("trained", [])]
     if resume_step(ctx, run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
         return None
     epoch = pairs_l[0][0]
-    if any(e != epoch for e, _ in pairs_l):
+    inside = [i for e, i in pairs_l if e == epoch]
+    if (len(inside) == len(pairs_l)) != ended_inside:
         return None
-    whole = _epoch_mean(ctx, epoch, list(range(pairs_l[-1][1] + 1)))
-    return _epoch_mean(ctx, epoch, [i for _, i in pairs_l]), whole
+    whole = _epoch_mean(ctx, epoch, list(range(inside[-1] + 1)))
+    return _epoch_mean(ctx, epoch, inside), whole
 
 
 def _batches_per_epoch(config: Config) -> int:

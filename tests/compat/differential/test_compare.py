@@ -642,6 +642,46 @@ def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with
     }
 
 
+def test_a_resumed_epochs_whole_mean_kept_into_the_next_epoch_is_filtered_only_with_the_exact_values() -> (
+    None
+):
+    # Seeds 2127, 2375: resumed in epoch 1 and trained on into epoch 2, so the callback_metrics agree at the end,
+    # but triggers in epoch 2 scored and named with epoch 1's mean (stepstone's covers the whole epoch).
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]], [2, 0, [0, 1]]]
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+
+    def run(name: str, score: float, pairs: list[list[Any]] = trained) -> dict[str, Any]:
+        path = f"ckpt0/{name}.ckpt"
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": score,
+            "kth_best_model_path": path,
+            "kth_value": score,
+            "last_model_path": "",
+            "current_score": score,
+            "best_k_models": {path: score},
+        }
+        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 2, "global_step": 7}}
+        obs = _resumed(trained=pairs, callback_metrics={"train_m": 0.75}, checkpoints=[callback], files=files)
+        return {"resume_mid": obs}
+
+    assert compare(config, run("7-0.375", after), run("7-0.292", whole)) == []
+    # A score or a name that is not the other mean is reported.
+    wrong = {d.field for d in compare(config, run("7-0.375", after), run("7-0.300", 0.3))}
+    assert {"checkpoint.best_model_score", "checkpoint.best_model_path", "files.only_in_stepstone"} <= wrong
+    # Ended inside the resumed epoch with equal callback_metrics: nothing explains other means.
+    inside = trained[:2]
+    fields = {d.field for d in compare(config, run("7-0.375", after, inside), run("7-0.292", whole, inside))}
+    assert {"checkpoint.best_model_score", "files.only_in_stepstone"} <= fields
+
+
 def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_before_lightnings_first() -> None:
     config = _config()
     config["checkpoints"][0].update(monitor="val_m", filename="{step}", save_last=None)
