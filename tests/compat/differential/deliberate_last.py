@@ -260,7 +260,8 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     ``last_model_path`` ('' at the first), so its resumed run reports that, and its next ``last`` save sees
     ``last.ckpt`` as someone else's file and writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. Explains,
     in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
-    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk; a versioned last file only in Lightning
+    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk (or there
+    only as a broken link, (7)); a versioned last file only in Lightning
     whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
     holds stepstone's global_step; the earlier run's last file of a callback only in Lightning, where
     stepstone's last of that callback in the earlier run is gone, replaced by a new last.
@@ -272,8 +273,11 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
         mine, theirs = d.stepstone, d.lightning
         if not (isinstance(mine, str) and mine and is_last_name(mine)) or not isinstance(theirs, str):
             return False
+        # Lightning's previous last may be gone, or still there as a link to a deleted file (7).
         dangling = (
-            is_last_name(theirs) and os.path.dirname(theirs) == os.path.dirname(mine) and theirs not in lf
+            is_last_name(theirs)
+            and os.path.dirname(theirs) == os.path.dirname(mine)
+            and (theirs not in lf or _broken_link(lf[theirs]))
         )
         return _saves_last_in(ctx, os.path.dirname(mine)) and (
             theirs == "" or _VERSION.sub("", theirs) == mine or dangling
@@ -291,6 +295,11 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     return False
 
 
+def _broken_link(info: Any) -> bool:
+    """Whether a file's observation is a symbolic link whose target is gone."""
+    return isinstance(info, dict) and "link" in info and info.get("load_error") == "FileNotFoundError"
+
+
 def no_dangling_last(d: Difference, ctx: Context) -> bool:
     """(7) A replaced linked ``last`` is deleted; Lightning 2.6 can leave the old link, dangling.
 
@@ -304,4 +313,4 @@ def no_dangling_last(d: Difference, ctx: Context) -> bool:
         return False
     dirpath = os.path.dirname(d.key)
     links = any(c["save_last"] == "link" and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
-    return links and "link" in d.lightning and d.lightning.get("load_error") == "FileNotFoundError"
+    return links and _broken_link(d.lightning)

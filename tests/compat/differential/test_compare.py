@@ -448,6 +448,14 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     }
     diffs = compare(config, {"resume_mid": on_disk}, {"resume_mid": {**stepstone, "files": on_disk["files"]}})
     assert [d.field for d in diffs] == ["checkpoint.last_model_path"]
+    # Seed 2652: Lightning's earlier name is still on disk as a link to a deleted file (7): as good as gone.
+    broken = {"ckpt0/final-4.ckpt": {"link": "step=4.ckpt", "load_error": "FileNotFoundError"}}
+    linked = {**lightning, "files": {**source, **current, **broken}}
+    diffs = compare(config, {"resume_mid": linked}, {"resume_mid": stepstone})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]  # a broken link is (7) only with "link"
+    config["checkpoints"][0]["save_last"] = "link"
+    assert compare(config, {"resume_mid": linked}, {"resume_mid": stepstone}) == []
+    config["checkpoints"][0]["save_last"] = True
     # The earlier run's last under Lightning's name (epoch 2) and stepstone's (epoch 1, see 1b); stepstone's
     # resumed run replaced its own.
     stop_l = _fit(
