@@ -57,7 +57,7 @@ def last_refreshed(d: Difference, ctx: Context) -> bool:
     saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
     if not saves_last:
         return False
-    if _earlier_refresh_holds_the_name(d, ctx):
+    if _earlier_refresh_holds_the_name(d, ctx) or _untracked_earlier_last(d, ctx):
         return True
     lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
     sf = _last_files(ctx.stepstone[d.run].get("files", {}), dirpath)
@@ -231,6 +231,38 @@ def restored_metric_decisions(d: Difference, ctx: Context) -> bool:
     if d.field.startswith("files.") and d.key.endswith(".ckpt") and d.kind != "manual":
         return any(_is_dir_of(c, os.path.dirname(d.key)) for c in affected)
     return False
+
+
+def _untracked_earlier_last(d: Difference, ctx: Context) -> bool:
+    """(1, consequence) A last file that only one framework's earlier run left, by (1), is still there unchanged.
+
+    A resumed run tracks the last named in the file it resumed from, not a last the earlier run wrote after
+    that file (stepstone's refreshed last; Lightning's last of an earlier trigger stepstone already replaced), so
+    neither framework touches it. Explains, in a resumed run, a last file only in one framework that holds what
+    it held at the end of the earlier run, where it was also only in that framework and (1) explained that, and
+    that no callback of the run names as its ``last_model_path``.
+    """
+    prev = _CHAIN.get(d.run, "")
+    if (
+        d.field not in ("files.only_in_lightning", "files.only_in_stepstone")
+        or resume_step(ctx, d.run) is None
+    ):
+        return False
+    if prev not in ctx.lightning or prev not in ctx.stepstone:
+        return False
+    mine, theirs = (
+        (ctx.lightning, ctx.stepstone)
+        if d.field == "files.only_in_lightning"
+        else (ctx.stepstone, ctx.lightning)
+    )
+    info = mine[d.run].get("files", {}).get(d.key)
+    then = mine[prev].get("files", {}).get(d.key)
+    if info is None or info != then or d.key in theirs[prev].get("files", {}):
+        return False
+    if any(c.get("last_model_path") == d.key for c in mine[d.run].get("checkpoints", [])):
+        return False
+    earlier = Difference(prev, d.field, d.key, d.lightning, d.stepstone, d.kind)
+    return last_refreshed(earlier, ctx)
 
 
 _VERSION = re.compile(r"-v\d+(?=\.ckpt$)")

@@ -478,6 +478,58 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     )  # the stop run's own difference is not explained here
 
 
+def test_an_earlier_runs_last_left_by_a_refresh_is_filtered_only_unchanged_and_untracked() -> None:
+    # Seeds 2673, 2906: stepstone's stop run refreshed last at its end (1), Lightning kept an older one; the
+    # resumed run tracks neither, so each framework's stays as it was.
+    config = _config()
+    config["checkpoints"][0]["last_name"] = "{epoch}-last"
+    state = _callback_state("")
+    old_l, old_s = (
+        {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 2}},
+        {"ckpt0/3-last.ckpt": {"epoch": 3, "global_step": 3}},
+    )
+    stop_l = _fit(files=old_l, checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}])
+    stop_s = _fit(files=old_s, checkpoints=[{**state, "last_model_path": "ckpt0/3-last.ckpt"}])
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    new = {"ckpt0/5-last.ckpt": {"epoch": 5, "global_step": 6}}
+    now = [{**state, "last_model_path": "ckpt0/5-last.ckpt"}]
+
+    def chain(
+        files_l: dict[str, Any], files_s: dict[str, Any], earlier_s: dict[str, Any] = stop_s
+    ) -> list[Any]:
+        lightning = {
+            "stop": stop_l,
+            "resume_mid": _resumed(files={**source, **new, **files_l}, checkpoints=now),
+        }
+        stepstone = {
+            "stop": earlier_s,
+            "resume_mid": _resumed(files={**source, **new, **files_s}, checkpoints=now),
+        }
+        return [(d.run, d.field, d.key) for d in compare(config, lightning, stepstone)]
+
+    assert chain(old_l, old_s) == []
+    # Changed since the earlier run: reported.
+    changed = {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 4}}
+    assert chain(changed, old_s) == [("resume_mid", "files.only_in_lightning", "ckpt0/1-last.ckpt")]
+    # Tracked by the resumed run (it is the run's last_model_path): reported.
+    tracked = _resumed(
+        files={**source, **old_l}, checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}]
+    )
+    diffs = compare(
+        config,
+        {"stop": stop_l, "resume_mid": tracked},
+        {"stop": stop_s, "resume_mid": _resumed(files=source)},
+    )
+    assert ("resume_mid", "files.only_in_lightning") in {(d.run, d.field) for d in diffs}
+    # stepstone's earlier last not newer than Lightning's: not (1), so its consequence is reported too.
+    stale_s = _fit(
+        files={"ckpt0/0-last.ckpt": {"epoch": 0, "global_step": 1}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/0-last.ckpt"}],
+    )
+    found = chain(old_l, {"ckpt0/0-last.ckpt": {"epoch": 0, "global_step": 1}}, stale_s)
+    assert ("resume_mid", "files.only_in_lightning", "ckpt0/1-last.ckpt") in found
+
+
 def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     dangling = {"ckpt0/last.ckpt": {"link": "gone.ckpt", "load_error": "FileNotFoundError"}}
     config = _config()  # save_last=True: no link expected, so the dangling one is reported (and no crash)
