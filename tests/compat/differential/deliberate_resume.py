@@ -17,6 +17,7 @@ from compat.differential.difference import (
     STARTS_FROM,
     Context,
     Difference,
+    checkpoint_callbacks,
     file_kind,
     is_dir_of,
     resume_file,
@@ -336,7 +337,7 @@ def _evicted_by_later_save(d: Difference, ctx: Context, step: int) -> bool:
         return False
     dirpath = os.path.dirname(d.key)
     started = ctx.stepstone.get(STARTS_FROM.get(d.run, ""), {}).get("files", {})
-    callbacks = [c for c in ctx.config["checkpoints"] if is_dir_of(c, dirpath)]
+    callbacks = [c for c in checkpoint_callbacks(ctx.config) if is_dir_of(c, dirpath)]
     if started.get(d.key) != d.lightning or not any(c["save_top_k"] > 0 for c in callbacks):
         return False
     files_l = ctx.lightning[d.run].get("files", {})

@@ -800,6 +800,31 @@ def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_st
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
 
 
+def test_a_top_k_file_of_the_trainers_default_callback_replaced_after_an_epoch_end_restart_is_filtered() -> (
+    None
+):
+    # Seed 3467: no ModelCheckpoint configured, so the Trainer's default one (top-1 in "checkpoints") saves.
+    config = _two_batch_epochs()
+    config["checkpoints"] = []
+    earlier = {"checkpoints/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}}
+    later = {"checkpoints/epoch=1-step=3.ckpt": {"epoch": 1, "global_step": 3}}
+    fit = _fit(files=earlier)
+    empty = _continued([], global_step=2, current_epoch=3)
+    empty["files"] = {**empty["files"], **earlier}
+    whole = _continued([[1, 0], [1, 1]], global_step=3, current_epoch=3)
+    whole["files"] = {**whole["files"], **later}
+    callback = {"dirpath": "checkpoints", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    empty["checkpoints"] = [{**callback, "best_model_path": next(iter(earlier))}]
+    whole["checkpoints"] = [{**callback, "best_model_path": next(iter(later))}]
+    assert compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole}) == []
+    # A configured callback elsewhere: nothing saves top-k files in "checkpoints", so the file is reported.
+    config = _two_batch_epochs()
+    config["checkpoints"][0].update(dirpath="ckpt0", save_top_k=1, save_last=None)
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
+    assert ("continue", "files.only_in_lightning") in {(d.run, d.field) for d in diffs}
+
+
 def test_the_relabelled_batch_without_max_steps_is_filtered_only_after_an_epoch_end_file() -> None:
     # A file written in on_train_epoch_end of epoch 0 ("epoch" 0): Lightning trains batch_idx=n of epoch 0 first.
     epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
