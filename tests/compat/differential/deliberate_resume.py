@@ -258,7 +258,8 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
     stepstone trains whole epochs from the next one, ``e``. Matches only when the file's ``epoch`` is ``k``,
     stepstone's batches are whole epochs from ``e`` (``k``, or ``k + 1`` for an ``on_train_epoch_end`` file,
     whose epoch is not completed yet) and Lightning's are ``[]`` or ``[[k, n]]`` followed by whole epochs from
-    ``k + 1``.
+    ``k + 1``; or, when ``k`` was the run's last epoch (``max_epochs``), stepstone trains nothing and Lightning
+    only ``[[k, n]]``.
     """
     info = resume_file(ctx, run)
     if info is None or not isinstance(info.get("epoch"), int):
@@ -267,6 +268,12 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
     pairs_l = [list(t[:2]) for t in lightning.get("trained", [])]
     pairs_s = [list(t[:2]) for t in stepstone.get("trained", [])]
     per_epoch, finished = _batches_per_epoch(ctx.config), info["epoch"]
+    max_epochs = ctx.config["trainer"]["max_epochs"] + (
+        ctx.config["flows"]["continue_extra"] if run == "continue" else 0
+    )
+    if not pairs_s and finished + 1 == max_epochs:
+        # Epoch k was the last one: stepstone has nothing left to train, Lightning still trains its relabelled batch.
+        return pairs_l == [[finished, per_epoch]]
     if not pairs_s or pairs_s[0] not in ([finished, 0], [finished + 1, 0]):
         return False
     if not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):

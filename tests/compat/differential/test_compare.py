@@ -825,6 +825,21 @@ def test_a_top_k_file_of_the_trainers_default_callback_replaced_after_an_epoch_e
     assert ("continue", "files.only_in_lightning") in {(d.run, d.field) for d in diffs}
 
 
+def test_the_relabelled_batch_after_the_last_epoch_is_filtered_only_when_no_epoch_is_left() -> None:
+    # Seed 4899: resumed from a file of the last epoch's end (max_epochs=1); stepstone has nothing left to train.
+    epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
+    source = "ckpt0/epoch=0-step=2.ckpt"
+    relabelled = _continued([[0, 2]], ckpt_path=source, files=epoch_end, global_step=3, current_epoch=1)
+    nothing = _continued([], ckpt_path=source, files=epoch_end, global_step=2, current_epoch=1)
+    config = _two_batch_epochs(-1)
+    config["trainer"]["max_epochs"] = 1
+    assert compare(config, {"resume_file": relabelled}, {"resume_file": nothing}) == []
+    # With an epoch left, training nothing is not excused.
+    config["trainer"]["max_epochs"] = 3
+    fields = [d.field for d in compare(config, {"resume_file": relabelled}, {"resume_file": nothing})]
+    assert "trained.batches" in fields
+
+
 def test_the_relabelled_batch_without_max_steps_is_filtered_only_after_an_epoch_end_file() -> None:
     # A file written in on_train_epoch_end of epoch 0 ("epoch" 0): Lightning trains batch_idx=n of epoch 0 first.
     epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
