@@ -89,15 +89,17 @@ def _paired_file(d: Difference, ctx: Context, means: tuple[float, float]) -> boo
 def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
     """(7, consequence) ModelCheckpoint monitors and names files with the whole-epoch mean after a mid-epoch resume.
 
-    Explains, in a run whose ``callback_metrics`` differ only by (7), for a callback that monitors an epoch-mean
+    Explains, in a run whose ``callback_metrics`` differ only by (7) or that trained past the resumed epoch (whose
+    mean stays the logged epoch mean until the next epoch's end), for a callback that monitors an epoch-mean
     key or formats one into its file name: a score (``current_score``, ``best_model_score``, ``kth_value``) that
     is Lightning's after-resume mean vs stepstone's whole-epoch mean; a path or ``best_k_models`` whose names
     differ only by those means rendered (and a ``-vN`` suffix) and whose scores differ only by them; a file
     written after the resume that exists in each framework under its own such name.
     """
-    if (d.run, _WHOLE_EPOCH_MEAN) not in ctx.explained:
-        return False
-    means = resumed_epoch_means(ctx, d.run)
+    if (d.run, _WHOLE_EPOCH_MEAN) in ctx.explained:
+        means = resumed_epoch_means(ctx, d.run)
+    else:  # the run trained past the resumed epoch: its mean was current until the next epoch's end
+        means = resumed_epoch_means(ctx, d.run, ended_inside=False)
     keys = epoch_keys(ctx.config)
     users = [c for c in ctx.config["checkpoints"] if uses_any(c, keys)]
     if means is None or not users:

@@ -57,7 +57,7 @@ def last_refreshed(d: Difference, ctx: Context) -> bool:
     saves_last = [c for c in ctx.config["checkpoints"] if c["save_last"] and _is_dir_of(c, dirpath)]
     if not saves_last:
         return False
-    if _earlier_refresh_holds_the_name(d, ctx):
+    if _earlier_refresh_holds_the_name(d, ctx) or _untracked_earlier_last(d, ctx):
         return True
     lf = _last_files(ctx.lightning[d.run].get("files", {}), dirpath)
     sf = _last_files(ctx.stepstone[d.run].get("files", {}), dirpath)
@@ -233,6 +233,38 @@ def restored_metric_decisions(d: Difference, ctx: Context) -> bool:
     return False
 
 
+def _untracked_earlier_last(d: Difference, ctx: Context) -> bool:
+    """(1, consequence) A last file that only one framework's earlier run left, by (1), is still there unchanged.
+
+    A resumed run tracks the last named in the file it resumed from, not a last the earlier run wrote after
+    that file (stepstone's refreshed last; Lightning's last of an earlier trigger stepstone already replaced), so
+    neither framework touches it. Explains, in a resumed run, a last file only in one framework that holds what
+    it held at the end of the earlier run, where it was also only in that framework and (1) explained that, and
+    that no callback of the run names as its ``last_model_path``.
+    """
+    prev = _CHAIN.get(d.run, "")
+    if (
+        d.field not in ("files.only_in_lightning", "files.only_in_stepstone")
+        or resume_step(ctx, d.run) is None
+    ):
+        return False
+    if prev not in ctx.lightning or prev not in ctx.stepstone:
+        return False
+    mine, theirs = (
+        (ctx.lightning, ctx.stepstone)
+        if d.field == "files.only_in_lightning"
+        else (ctx.stepstone, ctx.lightning)
+    )
+    info = mine[d.run].get("files", {}).get(d.key)
+    then = mine[prev].get("files", {}).get(d.key)
+    if info is None or info != then or d.key in theirs[prev].get("files", {}):
+        return False
+    if any(c.get("last_model_path") == d.key for c in mine[d.run].get("checkpoints", [])):
+        return False
+    earlier = Difference(prev, d.field, d.key, d.lightning, d.stepstone, d.kind)
+    return last_refreshed(earlier, ctx)
+
+
 _VERSION = re.compile(r"-v\d+(?=\.ckpt$)")
 
 
@@ -260,7 +292,8 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     ``last_model_path`` ('' at the first), so its resumed run reports that, and its next ``last`` save sees
     ``last.ckpt`` as someone else's file and writes ``last-v1.ckpt`` beside a stale ``last.ckpt``. Explains,
     in a resumed run, for a folder where a callback saves ``last``: ``last_model_path`` where stepstone names
-    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk; a versioned last file only in Lightning
+    a last file and Lightning '', that name with a ``-vN`` suffix, or a last name no longer on disk (or there
+    only as a broken link, (7)); a versioned last file only in Lightning
     whose unversioned name stepstone has; that unversioned file's content where Lightning's versioned one
     holds stepstone's global_step; the earlier run's last file of a callback only in Lightning, where
     stepstone's last of that callback in the earlier run is gone, replaced by a new last.
@@ -272,8 +305,11 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
         mine, theirs = d.stepstone, d.lightning
         if not (isinstance(mine, str) and mine and is_last_name(mine)) or not isinstance(theirs, str):
             return False
+        # Lightning's previous last may be gone, or still there as a link to a deleted file (7).
         dangling = (
-            is_last_name(theirs) and os.path.dirname(theirs) == os.path.dirname(mine) and theirs not in lf
+            is_last_name(theirs)
+            and os.path.dirname(theirs) == os.path.dirname(mine)
+            and (theirs not in lf or _broken_link(lf[theirs]))
         )
         return _saves_last_in(ctx, os.path.dirname(mine)) and (
             theirs == "" or _VERSION.sub("", theirs) == mine or dangling
@@ -291,6 +327,11 @@ def last_path_of_trigger(d: Difference, ctx: Context) -> bool:
     return False
 
 
+def _broken_link(info: Any) -> bool:
+    """Whether a file's observation is a symbolic link whose target is gone."""
+    return isinstance(info, dict) and "link" in info and info.get("load_error") == "FileNotFoundError"
+
+
 def no_dangling_last(d: Difference, ctx: Context) -> bool:
     """(7) A replaced linked ``last`` is deleted; Lightning 2.6 can leave the old link, dangling.
 
@@ -304,4 +345,4 @@ def no_dangling_last(d: Difference, ctx: Context) -> bool:
         return False
     dirpath = os.path.dirname(d.key)
     links = any(c["save_last"] == "link" and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
-    return links and "link" in d.lightning and d.lightning.get("load_error") == "FileNotFoundError"
+    return links and _broken_link(d.lightning)

@@ -17,6 +17,7 @@ from compat.differential.difference import (
     STARTS_FROM,
     Context,
     Difference,
+    checkpoint_callbacks,
     file_kind,
     is_dir_of,
     resume_file,
@@ -203,22 +204,25 @@ def whole_epoch_mean(d: Difference, ctx: Context) -> bool:
     return all(number_same(d.stepstone[k], whole) and number_same(d.lightning[k], after) for k in differing)
 
 
-def resumed_epoch_means(ctx: Context, run: str) -> tuple[float, float] | None:
-    """The training metric's epoch mean (Lightning's, stepstone's) at the end of a run resumed mid-epoch.
+def resumed_epoch_means(ctx: Context, run: str, *, ended_inside: bool = True) -> tuple[float, float] | None:
+    """The training metric's mean over the resumed epoch (Lightning's, stepstone's) in a run resumed mid-epoch.
 
     Returns None unless ``run`` resumed mid-epoch (Lightning's first batch is not batch 0), both frameworks
-    trained the same batches and the run ended inside that epoch. Lightning's mean covers the batches trained
-    after the resume, stepstone's every batch of the epoch so far (7).
+    trained the same batches (epoch, batch index) and the run ended inside that epoch (``ended_inside``) or
+    trained past it (not ``ended_inside``: the resumed epoch's mean then stays the logged epoch mean until the
+    next epoch's end, so ModelCheckpoint triggers in between score and name with it). Lightning's mean covers
+    the batches trained after the resume, stepstone's every batch of the epoch so far (7).
     """
     pairs_l = [list(t[:2]) for t in ctx.lightning[run].get("trained", [])]
     pairs_s = [list(t[:2]) for t in ctx.stepstone[run].get("trained", [])]
     if resume_step(ctx, run) is None or not pairs_l or pairs_l != pairs_s or pairs_l[0][1] == 0:
         return None
     epoch = pairs_l[0][0]
-    if any(e != epoch for e, _ in pairs_l):
+    inside = [i for e, i in pairs_l if e == epoch]
+    if (len(inside) == len(pairs_l)) != ended_inside:
         return None
-    whole = _epoch_mean(ctx, epoch, list(range(pairs_l[-1][1] + 1)))
-    return _epoch_mean(ctx, epoch, [i for _, i in pairs_l]), whole
+    whole = _epoch_mean(ctx, epoch, list(range(inside[-1] + 1)))
+    return _epoch_mean(ctx, epoch, inside), whole
 
 
 def _batches_per_epoch(config: Config) -> int:
@@ -254,7 +258,8 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
     stepstone trains whole epochs from the next one, ``e``. Matches only when the file's ``epoch`` is ``k``,
     stepstone's batches are whole epochs from ``e`` (``k``, or ``k + 1`` for an ``on_train_epoch_end`` file,
     whose epoch is not completed yet) and Lightning's are ``[]`` or ``[[k, n]]`` followed by whole epochs from
-    ``k + 1``.
+    ``k + 1``; or, when ``k`` was the run's last epoch (``max_epochs``), stepstone trains nothing and Lightning
+    only ``[[k, n]]``.
     """
     info = resume_file(ctx, run)
     if info is None or not isinstance(info.get("epoch"), int):
@@ -263,6 +268,12 @@ def _epoch_end_restart(ctx: Context, run: str) -> bool:
     pairs_l = [list(t[:2]) for t in lightning.get("trained", [])]
     pairs_s = [list(t[:2]) for t in stepstone.get("trained", [])]
     per_epoch, finished = _batches_per_epoch(ctx.config), info["epoch"]
+    max_epochs = ctx.config["trainer"]["max_epochs"] + (
+        ctx.config["flows"]["continue_extra"] if run == "continue" else 0
+    )
+    if not pairs_s and finished + 1 == max_epochs:
+        # Epoch k was the last one: stepstone has nothing left to train, Lightning still trains its relabelled batch.
+        return pairs_l == [[finished, per_epoch]]
     if not pairs_s or pairs_s[0] not in ([finished, 0], [finished + 1, 0]):
         return False
     if not _whole_epochs_from(pairs_s, pairs_s[0][0], per_epoch):
@@ -333,7 +344,7 @@ def _evicted_by_later_save(d: Difference, ctx: Context, step: int) -> bool:
         return False
     dirpath = os.path.dirname(d.key)
     started = ctx.stepstone.get(STARTS_FROM.get(d.run, ""), {}).get("files", {})
-    callbacks = [c for c in ctx.config["checkpoints"] if is_dir_of(c, dirpath)]
+    callbacks = [c for c in checkpoint_callbacks(ctx.config) if is_dir_of(c, dirpath)]
     if started.get(d.key) != d.lightning or not any(c["save_top_k"] > 0 for c in callbacks):
         return False
     files_l = ctx.lightning[d.run].get("files", {})

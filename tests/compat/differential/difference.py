@@ -106,6 +106,29 @@ def resume_step(ctx: Context, run: str) -> int | None:
     return None if info is None else int(info["global_step"])
 
 
+# The ModelCheckpoint a Trainer adds when a configuration has none (``enable_checkpointing`` is never off).
+DEFAULT_CHECKPOINT: Config = {
+    "dirpath": None,
+    "monitor": None,
+    "mode": "min",
+    "save_top_k": 1,
+    "save_last": None,
+    "save_weights_only": False,
+    "auto_insert_metric_name": True,
+    "every_n_train_steps": None,
+    "every_n_epochs": None,
+    "save_on_train_epoch_end": None,
+    "enable_version_counter": True,
+    "filename": None,
+    "last_name": None,
+}
+
+
+def checkpoint_callbacks(config: Config) -> list[Config]:
+    """The ModelCheckpoint configurations a run of ``config`` has: the configured ones, or the default one."""
+    return list(config["checkpoints"]) or [DEFAULT_CHECKPOINT]
+
+
 def is_dir_of(checkpoint: Config, dirpath: str) -> bool:
     """Whether ``dirpath`` (relative to the run's root) is where the checkpoint callback ``checkpoint`` saves."""
     if checkpoint["dirpath"] is None:  # default_root_dir/checkpoints, or <logger dir>/version_N/checkpoints

@@ -448,6 +448,14 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     }
     diffs = compare(config, {"resume_mid": on_disk}, {"resume_mid": {**stepstone, "files": on_disk["files"]}})
     assert [d.field for d in diffs] == ["checkpoint.last_model_path"]
+    # Seed 2652: Lightning's earlier name is still on disk as a link to a deleted file (7): as good as gone.
+    broken = {"ckpt0/final-4.ckpt": {"link": "step=4.ckpt", "load_error": "FileNotFoundError"}}
+    linked = {**lightning, "files": {**source, **current, **broken}}
+    diffs = compare(config, {"resume_mid": linked}, {"resume_mid": stepstone})
+    assert [d.field for d in diffs] == ["files.only_in_lightning"]  # a broken link is (7) only with "link"
+    config["checkpoints"][0]["save_last"] = "link"
+    assert compare(config, {"resume_mid": linked}, {"resume_mid": stepstone}) == []
+    config["checkpoints"][0]["save_last"] = True
     # The earlier run's last under Lightning's name (epoch 2) and stepstone's (epoch 1, see 1b); stepstone's
     # resumed run replaced its own.
     stop_l = _fit(
@@ -468,6 +476,58 @@ def test_last_path_of_same_trigger_accepts_a_dangling_earlier_name_and_a_renamed
     assert [d.run for d in diffs] == ["stop"] * len(
         diffs
     )  # the stop run's own difference is not explained here
+
+
+def test_an_earlier_runs_last_left_by_a_refresh_is_filtered_only_unchanged_and_untracked() -> None:
+    # Seeds 2673, 2906: stepstone's stop run refreshed last at its end (1), Lightning kept an older one; the
+    # resumed run tracks neither, so each framework's stays as it was.
+    config = _config()
+    config["checkpoints"][0]["last_name"] = "{epoch}-last"
+    state = _callback_state("")
+    old_l, old_s = (
+        {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 2}},
+        {"ckpt0/3-last.ckpt": {"epoch": 3, "global_step": 3}},
+    )
+    stop_l = _fit(files=old_l, checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}])
+    stop_s = _fit(files=old_s, checkpoints=[{**state, "last_model_path": "ckpt0/3-last.ckpt"}])
+    source = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
+    new = {"ckpt0/5-last.ckpt": {"epoch": 5, "global_step": 6}}
+    now = [{**state, "last_model_path": "ckpt0/5-last.ckpt"}]
+
+    def chain(
+        files_l: dict[str, Any], files_s: dict[str, Any], earlier_s: dict[str, Any] = stop_s
+    ) -> list[Any]:
+        lightning = {
+            "stop": stop_l,
+            "resume_mid": _resumed(files={**source, **new, **files_l}, checkpoints=now),
+        }
+        stepstone = {
+            "stop": earlier_s,
+            "resume_mid": _resumed(files={**source, **new, **files_s}, checkpoints=now),
+        }
+        return [(d.run, d.field, d.key) for d in compare(config, lightning, stepstone)]
+
+    assert chain(old_l, old_s) == []
+    # Changed since the earlier run: reported.
+    changed = {"ckpt0/1-last.ckpt": {"epoch": 1, "global_step": 4}}
+    assert chain(changed, old_s) == [("resume_mid", "files.only_in_lightning", "ckpt0/1-last.ckpt")]
+    # Tracked by the resumed run (it is the run's last_model_path): reported.
+    tracked = _resumed(
+        files={**source, **old_l}, checkpoints=[{**state, "last_model_path": "ckpt0/1-last.ckpt"}]
+    )
+    diffs = compare(
+        config,
+        {"stop": stop_l, "resume_mid": tracked},
+        {"stop": stop_s, "resume_mid": _resumed(files=source)},
+    )
+    assert ("resume_mid", "files.only_in_lightning") in {(d.run, d.field) for d in diffs}
+    # stepstone's earlier last not newer than Lightning's: not (1), so its consequence is reported too.
+    stale_s = _fit(
+        files={"ckpt0/0-last.ckpt": {"epoch": 0, "global_step": 1}},
+        checkpoints=[{**state, "last_model_path": "ckpt0/0-last.ckpt"}],
+    )
+    found = chain(old_l, {"ckpt0/0-last.ckpt": {"epoch": 0, "global_step": 1}}, stale_s)
+    assert ("resume_mid", "files.only_in_lightning", "ckpt0/1-last.ckpt") in found
 
 
 def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
@@ -642,6 +702,46 @@ def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with
     }
 
 
+def test_a_resumed_epochs_whole_mean_kept_into_the_next_epoch_is_filtered_only_with_the_exact_values() -> (
+    None
+):
+    # Seeds 2127, 2375: resumed in epoch 1 and trained on into epoch 2, so the callback_metrics agree at the end,
+    # but triggers in epoch 2 scored and named with epoch 1's mean (stepstone's covers the whole epoch).
+    config = _config()
+    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
+    config["trainer"]["accumulate_grad_batches"] = 1
+    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
+    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
+    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
+    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]], [2, 0, [0, 1]]]
+    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
+
+    def run(name: str, score: float, pairs: list[list[Any]] = trained) -> dict[str, Any]:
+        path = f"ckpt0/{name}.ckpt"
+        callback = {
+            "dirpath": "ckpt0",
+            "best_model_path": path,
+            "best_model_score": score,
+            "kth_best_model_path": path,
+            "kth_value": score,
+            "last_model_path": "",
+            "current_score": score,
+            "best_k_models": {path: score},
+        }
+        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 2, "global_step": 7}}
+        obs = _resumed(trained=pairs, callback_metrics={"train_m": 0.75}, checkpoints=[callback], files=files)
+        return {"resume_mid": obs}
+
+    assert compare(config, run("7-0.375", after), run("7-0.292", whole)) == []
+    # A score or a name that is not the other mean is reported.
+    wrong = {d.field for d in compare(config, run("7-0.375", after), run("7-0.300", 0.3))}
+    assert {"checkpoint.best_model_score", "checkpoint.best_model_path", "files.only_in_stepstone"} <= wrong
+    # Ended inside the resumed epoch with equal callback_metrics: nothing explains other means.
+    inside = trained[:2]
+    fields = {d.field for d in compare(config, run("7-0.375", after, inside), run("7-0.292", whole, inside))}
+    assert {"checkpoint.best_model_score", "files.only_in_stepstone"} <= fields
+
+
 def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_before_lightnings_first() -> None:
     config = _config()
     config["checkpoints"][0].update(monitor="val_m", filename="{step}", save_last=None)
@@ -698,6 +798,46 @@ def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_st
     config["checkpoints"][0]["save_top_k"] = -1
     diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
+
+
+def test_a_top_k_file_of_the_trainers_default_callback_replaced_after_an_epoch_end_restart_is_filtered() -> (
+    None
+):
+    # Seed 3467: no ModelCheckpoint configured, so the Trainer's default one (top-1 in "checkpoints") saves.
+    config = _two_batch_epochs()
+    config["checkpoints"] = []
+    earlier = {"checkpoints/epoch=0-step=1.ckpt": {"epoch": 0, "global_step": 1}}
+    later = {"checkpoints/epoch=1-step=3.ckpt": {"epoch": 1, "global_step": 3}}
+    fit = _fit(files=earlier)
+    empty = _continued([], global_step=2, current_epoch=3)
+    empty["files"] = {**empty["files"], **earlier}
+    whole = _continued([[1, 0], [1, 1]], global_step=3, current_epoch=3)
+    whole["files"] = {**whole["files"], **later}
+    callback = {"dirpath": "checkpoints", "best_model_score": None, "kth_value": None, "current_score": None}
+    callback.update(kth_best_model_path="", last_model_path="", best_k_models={})
+    empty["checkpoints"] = [{**callback, "best_model_path": next(iter(earlier))}]
+    whole["checkpoints"] = [{**callback, "best_model_path": next(iter(later))}]
+    assert compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole}) == []
+    # A configured callback elsewhere: nothing saves top-k files in "checkpoints", so the file is reported.
+    config = _two_batch_epochs()
+    config["checkpoints"][0].update(dirpath="ckpt0", save_top_k=1, save_last=None)
+    diffs = compare(config, {"fit": fit, "continue": empty}, {"fit": fit, "continue": whole})
+    assert ("continue", "files.only_in_lightning") in {(d.run, d.field) for d in diffs}
+
+
+def test_the_relabelled_batch_after_the_last_epoch_is_filtered_only_when_no_epoch_is_left() -> None:
+    # Seed 4899: resumed from a file of the last epoch's end (max_epochs=1); stepstone has nothing left to train.
+    epoch_end = {"ckpt0/epoch=0-step=2.ckpt": {"epoch": 0, "global_step": 2}}
+    source = "ckpt0/epoch=0-step=2.ckpt"
+    relabelled = _continued([[0, 2]], ckpt_path=source, files=epoch_end, global_step=3, current_epoch=1)
+    nothing = _continued([], ckpt_path=source, files=epoch_end, global_step=2, current_epoch=1)
+    config = _two_batch_epochs(-1)
+    config["trainer"]["max_epochs"] = 1
+    assert compare(config, {"resume_file": relabelled}, {"resume_file": nothing}) == []
+    # With an epoch left, training nothing is not excused.
+    config["trainer"]["max_epochs"] = 3
+    fields = [d.field for d in compare(config, {"resume_file": relabelled}, {"resume_file": nothing})]
+    assert "trained.batches" in fields
 
 
 def test_the_relabelled_batch_without_max_steps_is_filtered_only_after_an_epoch_end_file() -> None:
