@@ -6,8 +6,9 @@ Two measurements, with 2 worker processes:
   flip per sample, collated in the workers; the epoch's batches are consumed through stepstone's capture
   (``WorkerRng``) and through the bare DataLoader, alternately, ``--repeats`` times (median seconds per batch).
   Because two shared cores make that difference noisy, the capture's own work is also timed in one process:
-  what a worker adds per batch (``capture_rng`` and pickling the states, which is what crosses the queue)
-  against producing the batch.
+  what a worker adds per batch (taking its generator states and pickling them, which is what crosses the
+  queue) against producing the batch, in wall time and in the thread's CPU time (steadier when other
+  processes compete for the cores).
 - **resume**: a 100,000-sample epoch (batch 64, shuffled, ``--resume-at`` batches consumed) checkpointed
   mid-epoch; seconds from ``fit(ckpt_path=...)`` to the first resumed batch, next to a fresh ``fit`` to its
   first batch (the Trainer's and the workers' start-up): the difference is what resuming costs.
@@ -66,17 +67,25 @@ def _per_batch(loader: DataLoader[torch.Tensor], captured: bool) -> float:
 
 
 def _in_process(dataset: CropFlip, repeats: int) -> dict[str, float]:
-    """Seconds to produce one batch in one process, and to capture and pickle the worker's states."""
-    produce, capture = [], []
+    """Seconds to produce one batch in one process, and to capture and pickle the worker's states: wall time,
+    and this thread's CPU time (blind to the time spent descheduled, so steadier on a shared machine)."""
+    times: dict[str, list[float]] = {
+        "produce_batch_s": [],
+        "capture_s": [],
+        "produce_batch_cpu_s": [],
+        "capture_cpu_s": [],
+    }
     for _ in range(repeats):
-        started = time.perf_counter()
-        torch.stack([dataset[i] for i in range(64)])
-        produce.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        for _ in range(100):
-            pickle.dumps(_capture_compact(), protocol=pickle.HIGHEST_PROTOCOL)
-        capture.append((time.perf_counter() - started) / 100)
-    return {"produce_batch_s": statistics.median(produce), "capture_s": statistics.median(capture)}
+        for name, count, work in (
+            ("produce_batch", 10, lambda: torch.stack([dataset[i] for i in range(64)])),
+            ("capture", 100, lambda: pickle.dumps(_capture_compact(), protocol=pickle.HIGHEST_PROTOCOL)),
+        ):
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            for _ in range(count):
+                work()
+            times[f"{name}_s"].append((time.perf_counter() - started) / count)
+            times[f"{name}_cpu_s"].append((time.thread_time() - started_cpu) / count)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def measure_per_batch(repeats: int, batches: int) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def measure_per_batch(repeats: int, batches: int) -> dict[str, Any]:
     result.update(_in_process(dataset, repeats))
     result["loader_overhead"] = result["captured_s"] / result["plain_s"] - 1
     result["capture_overhead"] = result["capture_s"] / result["produce_batch_s"]
+    result["capture_overhead_cpu"] = result["capture_cpu_s"] / result["produce_batch_cpu_s"]
     return result
 
 
@@ -188,7 +198,9 @@ def main(argv: list[str]) -> int:
         f"per batch (64 images, crop+flip, 2 workers): bare {per_batch['plain_s'] * 1e3:.2f} ms, captured "
         f"{per_batch['captured_s'] * 1e3:.2f} ms ({per_batch['loader_overhead']:+.1%}); in one process: "
         f"producing {per_batch['produce_batch_s'] * 1e3:.2f} ms, capture+pickle {per_batch['capture_s'] * 1e6:.0f} "
-        f"us ({per_batch['capture_overhead']:.2%}), {per_batch['state_bytes']} bytes"
+        f"us ({per_batch['capture_overhead']:.2%}); CPU time: producing {per_batch['produce_batch_cpu_s'] * 1e3:.2f} "
+        f"ms, capture+pickle {per_batch['capture_cpu_s'] * 1e6:.1f} us ({per_batch['capture_overhead_cpu']:.2%}); "
+        f"{per_batch['state_bytes']} bytes"
     )
     print(
         f"resume at batch {resume['resume_at_batch']} of a 100,000-sample epoch: fit to first batch "

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import random
 import warnings
+from array import array
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from stepstone.loops import rng_memory
 from stepstone.loops.data_position import DataPosition
+from stepstone.loops.rng_memory import numpy_state, python_state
 from stepstone.loops.worker_rng import WorkerRng, is_captured
 from stepstone.trainer.rng import capture_rng
 
@@ -173,3 +177,51 @@ def test_a_tagged_batch_keeps_its_tag_through_the_pin_memory_thread() -> None:
         1,
         state,
     )
+
+
+class NumpyAndPythonDraws(Dataset[torch.Tensor]):
+    """One numpy and one python gaussian per sample (the cached gaussians alternately made and taken), and now
+    and then a ``set_state`` that leaves numpy's MT19937 bytes as they were but sets a cached gaussian."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        np.random.normal()
+        random.gauss(0, 1)
+        if index % 5 == 4:
+            kind, keys, pos, _, _ = np.random.get_state(legacy=True)
+            np.random.set_state((kind, keys, pos, 1, float(index)))
+        return torch.tensor(float(index))
+
+
+def _public_states(samples: list[torch.Tensor]) -> tuple[Any, ...]:
+    """A collate_fn that returns, instead of a batch, the worker's states as the public getters report them
+    right before the capture, and whether the capture reads them from memory."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    numpy_state(np)
+    python_state()
+    cache, python_cache = rng_memory._numpy_cache, rng_memory._python_cache
+    from_memory = (
+        cache is not None
+        and cache[2] is not None
+        and python_cache is not None
+        and python_cache[1] is not None
+    )
+    info = torch.utils.data.get_worker_info()
+    assert info is not None
+    numpy_public = (str(kind), keys.tobytes(), int(pos), int(has_gauss), float(cached))
+    return info.id, (version, array("I", internal).tobytes(), gauss_next), numpy_public, from_memory
+
+
+def test_the_captured_states_are_those_of_the_public_getters_in_the_worker() -> None:
+    loader = DataLoader(NumpyAndPythonDraws(), batch_size=1, num_workers=2, collate_fn=_public_states)
+    tracker = WorkerRng()
+    seen_gaussian_cache = set()
+    for worker, python, numpy_public, from_memory in tracker.iterate(loader, 0, lambda: iter(loader)):
+        captured = tracker.states[worker]
+        assert isinstance(captured, tuple) and from_memory
+        assert captured[:3] == python and captured[4] == numpy_public
+        seen_gaussian_cache.add(numpy_public[3])
+    assert seen_gaussian_cache == {0, 1}

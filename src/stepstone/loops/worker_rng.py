@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import random
 import warnings
 import weakref
 from array import array
@@ -36,6 +35,7 @@ from stepstone.checkpoint.private_apis import (
     turn_worker_cycle,
     worker_iterator_base,
 )
+from stepstone.loops.rng_memory import numpy_state, python_state
 from stepstone.trainer.rng import restore_rng
 
 __all__ = ["WorkerRng"]
@@ -47,20 +47,17 @@ _CAPTURE = True
 def _capture_compact() -> tuple[Any, ...]:
     """The worker's generator states, cheap to take and to pickle (bytes, not lists or tensors: a tensor would
     cross the result queue through a shared-memory file of its own). :func:`_expand` turns them into
-    :func:`~stepstone.trainer.rng.capture_rng`'s format when a checkpoint needs them."""
-    version, internal, gauss_next = random.getstate()
+    :func:`~stepstone.trainer.rng.capture_rng`'s format when a checkpoint needs them. python's and numpy's are
+    read from the generators' memory (:mod:`~stepstone.loops.rng_memory`: ~1 µs instead of ~50 µs)."""
+    version, internal, gauss_next = python_state()
     torch_state = torch.get_rng_state()
-    numpy_state = None
     np = _numpy()
-    if np is not None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        numpy_state = (str(kind), keys.tobytes(), int(pos), int(has_gauss), float(cached))
     return (
         version,
-        array("I", internal).tobytes(),
+        internal,
         gauss_next,
         ctypes.string_at(torch_state.data_ptr(), torch_state.numel()),
-        numpy_state,
+        numpy_state(np) if np is not None else None,
     )
 
 
