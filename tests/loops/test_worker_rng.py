@@ -225,3 +225,19 @@ def test_the_captured_states_are_those_of_the_public_getters_in_the_worker() -> 
         assert captured[:3] == python and captured[4] == numpy_public
         seen_gaussian_cache.add(numpy_public[3])
     assert seen_gaussian_cache == {0, 1}
+
+
+def test_a_worker_with_a_numpy_bit_generator_other_than_mt19937_is_captured_exactly() -> None:
+    from stepstone.loops.worker_rng import _capture_compact, _expand
+    from stepstone.trainer.rng import restore_rng
+
+    original = np.random.get_bit_generator()
+    try:
+        np.random.set_bit_generator(np.random.PCG64(3))
+        np.random.normal()
+        captured = _expand(_capture_compact())
+        expected = [float(np.random.normal()) for _ in range(3)]
+        restore_rng(captured)
+        assert [float(np.random.normal()) for _ in range(3)] == expected
+    finally:
+        np.random.set_bit_generator(original)

@@ -38,3 +38,21 @@ def test_missing_generators_are_left_alone() -> None:
     before = random.getstate()
     restore_rng({"torch": torch.get_rng_state()})
     assert random.getstate() == before
+
+
+def test_a_numpy_bit_generator_other_than_mt19937_round_trips_and_is_reinstalled() -> None:
+    original = np.random.get_bit_generator()
+    try:
+        np.random.set_bit_generator(np.random.PCG64(7))
+        np.random.normal()  # leaves a cached gaussian in the legacy state
+        buffer = io.BytesIO()
+        torch.save(capture_rng(), buffer)
+        expected = [float(np.random.normal()) for _ in range(3)]
+        # A fresh process that has not installed the bit generator yet: restoring installs it.
+        np.random.set_bit_generator(np.random.MT19937(0))
+        buffer.seek(0)
+        restore_rng(torch.load(buffer, weights_only=True))
+        assert type(np.random.get_bit_generator()).__name__ == "PCG64"
+        assert [float(np.random.normal()) for _ in range(3)] == expected
+    finally:
+        np.random.set_bit_generator(original)

@@ -65,7 +65,7 @@ def python_state() -> PythonState:
     return instance.VERSION, raw[4:] + raw[:4], instance.gauss_next  # type: ignore[union-attr]
 
 
-def numpy_state(np: Any) -> NumpyState:
+def numpy_state(np: Any) -> NumpyState | dict[str, Any]:
     """The state of numpy's global (legacy) generator.
 
     Args:
@@ -73,11 +73,14 @@ def numpy_state(np: Any) -> NumpyState:
 
     Returns:
         ``(kind, keys, pos, has_gauss, cached_gaussian)``: ``np.random.get_state(legacy=True)`` with the key
-        array as native uint32 bytes.
+        array as native uint32 bytes; for a bit generator other than MT19937, its ``get_state`` dict.
     """
     reader = _numpy_reader(np)
     if reader is None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+        full = np.random.get_state(legacy=True)
+        if isinstance(full, dict):  # a bit generator other than MT19937: its own state dict (picklable)
+            return full
+        kind, keys, pos, has_gauss, cached = full
         return str(kind), keys.tobytes(), int(pos), int(has_gauss), float(cached)
     return reader.read()
 

@@ -36,7 +36,7 @@ from stepstone.checkpoint.private_apis import (
     worker_iterator_base,
 )
 from stepstone.loops.rng_memory import numpy_state, python_state
-from stepstone.trainer.rng import restore_rng
+from stepstone.trainer.rng import numpy_plain, restore_rng
 
 __all__ = ["WorkerRng"]
 
@@ -69,7 +69,9 @@ def _expand(compact: tuple[Any, ...]) -> dict[str, Any]:
         "python": {"version": version, "state": list(array("I", internal)), "gauss_next": gauss_next},
         "torch": torch.frombuffer(bytearray(torch_bytes), dtype=torch.uint8),
     }
-    if numpy_state is not None:
+    if isinstance(numpy_state, dict):
+        state["numpy"] = numpy_plain(numpy_state)
+    elif numpy_state is not None:
         kind, keys, pos, has_gauss, cached = numpy_state
         state["numpy"] = {
             "kind": kind,

@@ -38,18 +38,64 @@ def capture_rng() -> dict[str, Any]:
     }
     np = _numpy()
     if np is not None:
-        kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-        state["numpy"] = {
-            "kind": str(kind),
-            # an ndarray is not weights_only-safe; a tensor is (uint32 keys fit in int64).
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
+        state["numpy"] = numpy_plain(np.random.get_state(legacy=True))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
+
+
+def numpy_plain(np_state: Any) -> dict[str, Any]:
+    """numpy's global generator state in a weights_only-safe form (no ndarrays, no tuples).
+
+    Args:
+        np_state: ``np.random.get_state(legacy=True)``: a tuple for the default MT19937, a dict when the user
+            installed another bit generator (``np.random.set_bit_generator(np.random.PCG64())``).
+
+    Returns:
+        ``{"kind": "MT19937", "keys", "pos", "has_gauss", "cached_gaussian"}`` or
+        ``{"kind": "bit_generator", "state": <the dict, arrays as {"__ndarray__": dtype, "values": list}>}``.
+    """
+    if isinstance(np_state, dict):
+        return {"kind": "bit_generator", "state": _plain(np_state)}
+    kind, keys, pos, has_gauss, cached = np_state
+    return {
+        "kind": str(kind),
+        # an ndarray is not weights_only-safe; a tensor is (uint32 keys fit in int64).
+        "keys": torch.from_numpy(keys.astype("int64")),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # an ndarray or a numpy scalar
+        return {"__ndarray__": str(value.dtype), "values": value.tolist()}
+    return value
+
+
+def _from_plain(np: Any, value: Any) -> Any:
+    if isinstance(value, dict) and "__ndarray__" in value:
+        return np.asarray(value["values"], dtype=value["__ndarray__"])
+    if isinstance(value, dict):
+        return {key: _from_plain(np, item) for key, item in value.items()}
+    return value
+
+
+def _restore_numpy(np: Any, saved: dict[str, Any]) -> None:
+    if saved["kind"] != "bit_generator":
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"]))
+        return
+    state = _from_plain(np, saved["state"])
+    name = state.get("bit_generator")
+    # The global generator must be of the saved kind before its state can be set (e.g. a fresh process that
+    # has not yet called np.random.set_bit_generator).
+    if type(np.random.get_bit_generator()).__name__ != name:
+        np.random.set_bit_generator(getattr(np.random, name)())
+    np.random.set_state(state)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -69,10 +115,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     saved_np = state.get("numpy")
     np = _numpy()
     if saved_np is not None and np is not None:
-        keys = saved_np["keys"].numpy().astype(np.uint32)
-        np.random.set_state(
-            (saved_np["kind"], keys, saved_np["pos"], saved_np["has_gauss"], saved_np["cached_gaussian"])
-        )
+        _restore_numpy(np, saved_np)
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():
         count = min(len(cuda), torch.cuda.device_count())
