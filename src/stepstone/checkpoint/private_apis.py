@@ -15,6 +15,10 @@ stepstone relies on a handful of names that torch and fsspec do not promise to k
   resume with DataLoader workers sends the first remaining batch to the worker that produced it in the
   uninterrupted run (``loops/worker_rng``).
 
+(Outside the engine, ``loops/rng_memory`` reads python's and numpy's generator states from their objects'
+memory for the per-batch worker capture: located on probe generators, confirmed against
+``getstate()``/``get_state()``, and replaced by those public getters whenever anything is unexpected.)
+
 The last four have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
 the installed version and the fix (pin the versions stepstone was tested with, or report it). This module
 lives in the engine because the engine imports nothing outside itself, while the rest of stepstone may
