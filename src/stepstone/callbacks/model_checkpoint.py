@@ -25,6 +25,7 @@ import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
+from stepstone.callbacks.checkpoint_plan import TopKState, enters, plan_newest, plan_top_k
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
 from stepstone.callbacks.checkpoint_schedule import (
     epoch_due,
@@ -376,13 +377,16 @@ class ModelCheckpoint(Checkpoint):
         return candidates
 
     def check_monitor_top_k(self, trainer: stepstone.Trainer, current: torch.Tensor | None = None) -> bool:
-        """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter)."""
-        if current is None:
-            return False
-        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
-            return True
-        better = torch.lt if self.mode == "min" else torch.gt
-        return bool(better(current, self.best_k_models[self.kth_best_model_path]))
+        """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter).
+
+        Args:
+            trainer: the Trainer (Lightning's signature).
+            current: the monitored value (None: not logged).
+
+        Returns:
+            Whether a top-k file is saved for it.
+        """
+        return enters(self._top_k_state(), current, self.save_top_k, self.mode)
 
     # --- saving -------------------------------------------------------------------------------------
     def _save_on_trigger(
@@ -475,6 +479,22 @@ class ModelCheckpoint(Checkpoint):
                 stacklevel=2,
             )
 
+    def _top_k_state(self) -> TopKState:
+        return TopKState(
+            tuple(self.best_k_models.items()),
+            self.kth_best_model_path,
+            self.kth_value,
+            self.best_model_path,
+            self.best_model_score,
+            self.current_score,
+        )
+
+    def _adopt(self, state: TopKState) -> None:
+        self.best_k_models = state.models()
+        self.kth_best_model_path, self.kth_value = state.kth_best_model_path, state.kth_value
+        self.best_model_path, self.best_model_score = state.best_model_path, state.best_model_score
+        self.current_score = state.current_score
+
     def _update_best_and_save(
         self,
         trainer: stepstone.Trainer,
@@ -482,46 +502,41 @@ class ModelCheckpoint(Checkpoint):
         candidates: dict[str, torch.Tensor],
         to_delete: list[str],
     ) -> str:
+        plan = plan_top_k(
+            self._top_k_state(),
+            current,
+            self.save_top_k,
+            self.mode,
+            lambda replaced: self._versioned_path(candidates, replaced),
+        )
+        assert plan is not None  # the caller checked that ``current`` enters
         k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
-        replaced = self.kth_best_model_path if len(self.best_k_models) == k and k > 0 else None
-        if torch.isnan(current):
-            current = torch.tensor(math.inf if self.mode == "min" else -math.inf, device=current.device)
-        filepath = self._versioned_path(candidates, replaced)
-        # Update the state first: it is written into the checkpoint itself (so a resume continues the top k).
-        # _save_on_trigger restores it if the save fails.
-        self.current_score = current
-        if replaced is not None:
-            self.best_k_models.pop(replaced)
-        self.best_k_models[filepath] = current
-        if len(self.best_k_models) == k:
-            worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
-        best = min if self.mode == "min" else max
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
-        self.best_model_score = self.best_k_models[self.best_model_path]
+        # Adopt the planned state first: it is written into the checkpoint itself (so a resume continues the
+        # top k). _save_on_trigger restores it if the save fails.
+        self._adopt(plan.state)
         if self.verbose:
+            assert self.best_model_score is not None
             self._info(
                 f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} reached "
-                f"{current.item():0.5f} (best {self.best_model_score.item():0.5f}), saving model to {filepath!r} as "
-                f"top {k}"
+                f"{current.item():0.5f} (best {self.best_model_score.item():0.5f}), saving model to "
+                f"{plan.filepath!r} as top {k}"
             )
         self._prepare_last_path(candidates)
-        if replaced is not None and replaced != filepath:
-            to_delete.append(replaced)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath, top_k=True)
-        return filepath
+        to_delete.extend(plan.dropped)  # before the save: the file records it (see ``_delete``)
+        self._save_checkpoint(trainer, plan.filepath, top_k=True)
+        return plan.filepath
 
     def _save_newest(
         self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
     ) -> str:
-        filepath = self._versioned_path(candidates, self.best_model_path)
-        previous, self.best_model_path = self.best_model_path, filepath
+        plan = plan_newest(
+            self._top_k_state(), self.save_top_k, lambda previous: self._versioned_path(candidates, previous)
+        )
+        self._adopt(plan.state)
         self._prepare_last_path(candidates)
-        if self.save_top_k == 1 and previous and previous != filepath:
-            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath, top_k=True)
-        return filepath
+        to_delete.extend(plan.dropped)  # before the save: the file records it (see ``_delete``)
+        self._save_checkpoint(trainer, plan.filepath, top_k=True)
+        return plan.filepath
 
     def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
         # Decide last's name before the top-k file is written, so that file's copy of our state is exact.
