@@ -10,28 +10,25 @@ callback still names the earlier, committed files; if the write fails, they stay
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from stepstone.callbacks.checkpoint_plan import TriggerPlan
     from stepstone.checkpoint import SaveHandle
 
 __all__ = ["PendingSave"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PendingSave:
-    """An async save in flight and its deferred bookkeeping.
+    """An async save in flight and the plan it carries out.
 
     Args:
         handle: the save's handle.
         filepath: the file being written.
-        state: the callback's fields to publish after the commit (``best_model_path``, ``best_k_models``, ...).
-        to_delete: files to delete after the commit (those that left the top k, the previous ``last``).
-        last: ``(top-k file, last path)`` when the writer publishes the file as ``last`` after the commit, or None.
+        plan: the trigger's plan, adopted once the file is committed.
     """
 
     handle: SaveHandle
     filepath: str
-    state: dict[str, Any]
-    to_delete: list[str]
-    last: tuple[str, str] | None
+    plan: TriggerPlan

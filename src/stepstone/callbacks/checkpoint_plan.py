@@ -20,7 +20,16 @@ import torch
 
 from stepstone.checkpoint.retention import best_of, metric_key, worst_of
 
-__all__ = ["Namer", "TopKPlan", "TopKState", "enters", "plan_newest", "plan_top_k"]
+__all__ = [
+    "Namer",
+    "TopKPlan",
+    "TopKState",
+    "TriggerPlan",
+    "enters",
+    "plan_newest",
+    "plan_top_k",
+    "plan_trigger",
+]
 
 #: Names the file of a trigger, given the path it replaces (None: none); the name is reused when it equals it.
 Namer = Callable[[str | None], str]
@@ -68,6 +77,54 @@ class TopKPlan:
     filepath: str
     state: TopKState
     dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TriggerPlan:
+    """Everything one trigger does: the files it writes, the state once they are committed, what it drops.
+
+    Args:
+        top_k_path: the top-k file to write ("" for none).
+        last_path: the ``last`` file to write, copy or link ("" for none).
+        state: the top-k state once the files are committed.
+        last_model_path: ``last_model_path`` once the files are committed.
+        dropped: the files to delete after the commit (displaced top-k files, the previous ``last``); each
+            file of the trigger records them, so a run resumed from it finishes them after a crash.
+    """
+
+    top_k_path: str
+    last_path: str
+    state: TopKState
+    last_model_path: str
+    dropped: tuple[str, ...]
+
+
+def plan_trigger(
+    state: TopKState, last_model_path: str, top_k: TopKPlan | None, last_path: str | None
+) -> TriggerPlan | None:
+    """Combine a trigger's top-k plan and its ``last`` file into one plan.
+
+    Args:
+        state: the current top-k state.
+        last_model_path: the current ``last_model_path``.
+        top_k: the top-k plan (None: no top-k file at this trigger).
+        last_path: the ``last`` file of this trigger (None: ``save_last`` is off).
+
+    Returns:
+        The plan, or None when the trigger writes nothing.
+    """
+    if top_k is None and last_path is None:
+        return None
+    dropped = top_k.dropped if top_k is not None else ()
+    if last_path is not None and last_model_path and last_model_path != last_path:
+        dropped = (*dropped, last_model_path)
+    return TriggerPlan(
+        top_k.filepath if top_k is not None else "",
+        last_path or "",
+        top_k.state if top_k is not None else state,
+        last_path if last_path is not None else last_model_path,
+        dropped,
+    )
 
 
 def _float(score: torch.Tensor) -> float:

@@ -9,7 +9,6 @@ resumed from is never deleted.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
@@ -25,7 +24,15 @@ import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_pending import PendingSave
-from stepstone.callbacks.checkpoint_plan import TopKState, enters, plan_newest, plan_top_k
+from stepstone.callbacks.checkpoint_plan import (
+    TopKPlan,
+    TopKState,
+    TriggerPlan,
+    enters,
+    plan_newest,
+    plan_top_k,
+    plan_trigger,
+)
 from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
 from stepstone.callbacks.checkpoint_schedule import (
     epoch_due,
@@ -45,19 +52,9 @@ from stepstone.errors import MisconfigurationException
 from stepstone.strategies.collectives import barrier, broadcast_object, exchange
 
 if TYPE_CHECKING:
-    from stepstone.checkpoint import CheckpointRecord, SaveHandle
+    from stepstone.checkpoint import SaveHandle
 
 __all__ = ["ModelCheckpoint"]
-
-_STATE_FIELDS = (
-    "best_model_score",
-    "best_model_path",
-    "current_score",
-    "best_k_models",
-    "kth_best_model_path",
-    "kth_value",
-    "last_model_path",
-)
 
 
 class ModelCheckpoint(Checkpoint):
@@ -172,12 +169,9 @@ class ModelCheckpoint(Checkpoint):
         self._last_step_written: int | None = None  # global_step of the last file this run wrote
         self._held_step: int | None = None  # see ``_hold_restored_step``
         self._defer_save_until_validation = False
-        self._pending_last = ""
         self._warned: set[str] = set()
-        self._trigger_deletions: list[str] = []  # what the trigger being saved will delete once committed
         self._deferred_deletions: list[str] = []  # owed deletions not done yet (see ``_delete``)
-        self._scheduled: tuple[SaveHandle, str] | None = None  # the async save (and path) of this trigger
-        self._deferred_last: tuple[str, str] | None = None  # (top-k file, last path): copy/link after commit
+        self._writing: TriggerPlan | None = None  # the plan whose files are being built (see ``state_dict``)
         self._pending: PendingSave | None = None  # the async save in flight and what to do once it commits
 
     @property
@@ -396,10 +390,10 @@ class ModelCheckpoint(Checkpoint):
         top_k: bool = True,
         lightning_saves_last: bool = False,
     ) -> None:
-        """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
+        """One trigger: plan it (top k, ``last``, deletions), write the plan's files, adopt the plan once committed.
 
-        An asynchronous save only schedules the write here: the new state goes into the file, but the callback
-        keeps naming committed files until ``_complete_pending`` runs after the commit.
+        The callback's state is replaced by the plan's only after the commit (an asynchronous save: when the
+        port completes its handle), so a failed save leaves it untouched.
         """
         if trainer.world_size > 1:
             # Under DDP every decision below (top k, file names, version suffixes, deletions, last) is taken
@@ -410,56 +404,65 @@ class ModelCheckpoint(Checkpoint):
             )
         if self._pending is not None:
             trainer.checkpoint_port.wait_turn()  # backpressure, reported when it stalls training
-        self._complete_pending(trainer)  # decide on the state of the committed files
-        snapshot = {name: copy.copy(getattr(self, name)) for name in _STATE_FIELDS}
-        to_delete: list[str] = []
-        self._trigger_deletions = to_delete  # stored in the checkpoint written by this trigger
-        written = ""
-        self._scheduled, self._deferred_last = None, None
+        self._complete_pending(trainer)  # plan from the state of the committed files
+        state = self._top_k_state()
+        plan = plan_trigger(
+            state,
+            self.last_model_path,
+            self._plan_top_k(trainer, candidates, state) if top_k else None,
+            self._versioned_path(candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST)
+            if self.save_last
+            else None,
+        )
+        if plan is None:
+            return
+        self._writing = plan  # what ``state_dict`` reports while the plan's files are built
         try:
-            if top_k:
-                written = self._save_topk(trainer, candidates, to_delete)
-            # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
-            self._save_last(
-                trainer, candidates, written, to_delete, snapshot["last_model_path"], lightning_saves_last
-            )
+            handle, saves = self._write(trainer, plan, lightning_saves_last)
         except BaseException as error:
-            self._trigger_deletions = []
-            for name, value in snapshot.items():
-                setattr(self, name, value)
-            if self._scheduled is not None:  # rare: failed after scheduling; the file stays untracked
-                self._scheduled[0].exception()
             if not tolerate(trainer, self, error):
                 raise
             return
-        if self._scheduled is not None:
-            updated = {name: getattr(self, name) for name in _STATE_FIELDS}
-            for name, value in snapshot.items():
-                setattr(self, name, value)
-            handle, path = self._scheduled
-            self._pending = PendingSave(handle, path, updated, to_delete, self._deferred_last)
+        finally:
+            self._writing = None
+        if handle is not None:
+            self._pending = PendingSave(handle, plan.top_k_path or plan.last_path, plan)
             return
-        self._delete(trainer, to_delete)
+        self._commit(trainer, plan, saves)
 
-    def _save_topk(
-        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
-    ) -> str:
+    def _plan_top_k(
+        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], state: TopKState
+    ) -> TopKPlan | None:
         if self.save_top_k == 0:
-            return ""
+            return None
         if self.monitor is None:
-            return self._save_newest(trainer, candidates, to_delete)
+            return plan_newest(
+                state, self.save_top_k, lambda previous: self._versioned_path(candidates, previous)
+            )
         if self.monitor not in candidates:
             self._missing_monitor(trainer, candidates)
-            return ""
+            return None
         current = candidates[self.monitor]
-        if not self.check_monitor_top_k(trainer, current):
-            if self.verbose:
+        k = len(state.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        plan = plan_top_k(
+            state,
+            current,
+            self.save_top_k,
+            self.mode,
+            lambda replaced: self._versioned_path(candidates, replaced),
+        )
+        if self.verbose:
+            at = f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r}"
+            if plan is None:
+                self._info(f"{at} was not in top {self.save_top_k}")
+            else:
+                best = plan.state.best_model_score
+                assert best is not None
                 self._info(
-                    f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} was not "
-                    f"in top {self.save_top_k}"
+                    f"{at} reached {current.item():0.5f} (best {best.item():0.5f}), saving model to "
+                    f"{plan.filepath!r} as top {k}"
                 )
-            return ""
-        return self._update_best_and_save(trainer, current, candidates, to_delete)
+        return plan
 
     def _missing_monitor(self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor]) -> None:
         message = (
@@ -489,74 +492,15 @@ class ModelCheckpoint(Checkpoint):
             self.current_score,
         )
 
-    def _adopt(self, state: TopKState) -> None:
-        self.best_k_models = state.models()
-        self.kth_best_model_path, self.kth_value = state.kth_best_model_path, state.kth_value
-        self.best_model_path, self.best_model_score = state.best_model_path, state.best_model_score
-        self.current_score = state.current_score
-
-    def _update_best_and_save(
-        self,
-        trainer: stepstone.Trainer,
-        current: torch.Tensor,
-        candidates: dict[str, torch.Tensor],
-        to_delete: list[str],
-    ) -> str:
-        plan = plan_top_k(
-            self._top_k_state(),
-            current,
-            self.save_top_k,
-            self.mode,
-            lambda replaced: self._versioned_path(candidates, replaced),
-        )
-        assert plan is not None  # the caller checked that ``current`` enters
-        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
-        # Adopt the planned state first: it is written into the checkpoint itself (so a resume continues the
-        # top k). _save_on_trigger restores it if the save fails.
-        self._adopt(plan.state)
-        if self.verbose:
-            assert self.best_model_score is not None
-            self._info(
-                f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} reached "
-                f"{current.item():0.5f} (best {self.best_model_score.item():0.5f}), saving model to "
-                f"{plan.filepath!r} as top {k}"
-            )
-        self._prepare_last_path(candidates)
-        to_delete.extend(plan.dropped)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, plan.filepath, top_k=True)
-        return plan.filepath
-
-    def _save_newest(
-        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
-    ) -> str:
-        plan = plan_newest(
-            self._top_k_state(), self.save_top_k, lambda previous: self._versioned_path(candidates, previous)
-        )
-        self._adopt(plan.state)
-        self._prepare_last_path(candidates)
-        to_delete.extend(plan.dropped)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, plan.filepath, top_k=True)
-        return plan.filepath
-
-    def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
-        # Decide last's name before the top-k file is written, so that file's copy of our state is exact.
-        if self.save_last:
-            self._pending_last = self._versioned_path(
-                candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST
-            )
-            self.last_model_path = self._pending_last
-
-    def _save_last(
-        self,
-        trainer: stepstone.Trainer,
-        candidates: dict[str, torch.Tensor],
-        written: str,
-        to_delete: list[str],
-        previous: str,
-        lightning_saves_last: bool = False,
-    ) -> None:
-        if not self.save_last:
-            return
+    def _write(
+        self, trainer: stepstone.Trainer, plan: TriggerPlan, lightning_saves_last: bool
+    ) -> tuple[SaveHandle | None, int]:
+        """Write the plan's files; returns the asynchronous save's handle (None: all committed) and the count."""
+        written, last = plan.top_k_path, plan.last_path
+        handle = self._save_checkpoint(trainer, written, publish_as=last or None) if written else None
+        saves = int(bool(written))
+        if not last:
+            return handle, saves
         # Lightning counts a step as saved (no second trigger at it) only for files it writes; where it writes
         # no last file at this trigger (epoch-end checks without a top-k save) or links the old one, this
         # refreshed last leaves the count as it was.
@@ -567,30 +511,23 @@ class ModelCheckpoint(Checkpoint):
         step_saved = self._last_global_step_saved
         from stepstone.checkpoint import copy_file, link_file
 
-        if written:
-            filepath = self._pending_last
-        else:
-            filepath = self._versioned_path(candidates, previous, self.CHECKPOINT_NAME_LAST)
-            self.last_model_path = filepath
-        if previous and previous != filepath:
-            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
-        if written and self._scheduled is not None:
-            self._deferred_last = (written, filepath)  # ``written`` is not committed yet
+        if written and handle is not None:
+            pass  # the writer thread publishes the committed top-k file as ``last`` (``publish_as``)
         elif written and self.save_last is True and _writes_directories(trainer):
-            self._save_checkpoint(trainer, filepath)  # a sharded directory is written again, not copied
+            self._save_checkpoint(trainer, last)  # a sharded directory is written again, not copied
+            saves += 1
         elif written:
             if trainer.is_global_zero:  # one writer; the others wait for the file below
-                if self.save_last == "link":
-                    link_file(written, filepath)
-                else:
-                    copy_file(written, filepath)  # the state was serialized once, into ``written``
-            barrier(f"save last {filepath}")
+                (link_file if self.save_last == "link" else copy_file)(written, last)  # serialized once
+            barrier(f"save last {last}")
         else:
-            self._save_checkpoint(trainer, filepath)
+            handle = self._save_checkpoint(trainer, last)
+            saves += 1
             if not counts:
                 self._last_global_step_saved = step_saved
-        self._last_checkpoint_saved = written or filepath
+        self._last_checkpoint_saved = written or last
         self._last_step_written = trainer.global_step
+        return handle, saves
 
     def _versioned_path(
         self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None
@@ -608,36 +545,41 @@ class ModelCheckpoint(Checkpoint):
     def _uses_async(self, trainer: stepstone.Trainer) -> bool:
         return self.async_save if self.async_save is not None else trainer.checkpoint_port.asynchronous
 
-    def _save_checkpoint(self, trainer: stepstone.Trainer, filepath: str, top_k: bool = False) -> None:
+    def _save_checkpoint(
+        self, trainer: stepstone.Trainer, filepath: str, publish_as: str | None = None
+    ) -> SaveHandle | None:
+        """Save ``filepath``; returns the handle of an asynchronous save, None once a synchronous one committed."""
         if self._uses_async(trainer):
-            # A top-k file is also published as ``last`` (copied or linked) on the writer thread after its
-            # commit; a synchronous save copies it in ``_save_last``.
-            last = self._pending_last if top_k and self.save_last else None
-            # The port settles it (``_settle``) before the next asynchronous save is built and when fit ends.
+            # The port calls ``_settle`` before the next asynchronous save is built and when fit ends; the
+            # writer thread publishes the committed file as ``last`` (copied or linked).
             handle = trainer.checkpoint_port.save(
                 filepath,
                 self.save_weights_only,
                 asynchronous=True,
                 max_staging_bytes=self.max_staging_bytes,
                 on_complete=lambda done: self._settle(trainer, done),
-                publish_as=last,
+                publish_as=publish_as,
                 publish_link=self.save_last == "link",
             )
-            self._scheduled = (handle, filepath)
             self._last_global_step_saved = trainer.global_step
-            return
+            return handle
         # Under DDP: built on every rank, written once by rank 0, then a barrier (all ranks reach this save).
-        record = trainer.save_checkpoint(filepath, self.save_weights_only).result()
+        trainer.save_checkpoint(filepath, self.save_weights_only).result()
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-        self._after_commit(trainer, filepath, record)
+        return None
 
-    def _after_commit(
-        self, trainer: stepstone.Trainer, filepath: str, record: CheckpointRecord | None
-    ) -> None:
-        del filepath, record  # nothing to record: the folder's listing and the files' trailers are the index
-        for logger in trainer.loggers:
-            logger.after_save_checkpoint(self)
+    def _commit(self, trainer: stepstone.Trainer, plan: TriggerPlan, saves: int) -> None:
+        """The plan's files are committed: adopt its state, tell the loggers, delete what it dropped."""
+        state = plan.state
+        self.best_k_models = state.models()
+        self.kth_best_model_path, self.kth_value = state.kth_best_model_path, state.kth_value
+        self.best_model_path, self.best_model_score = state.best_model_path, state.best_model_score
+        self.current_score, self.last_model_path = state.current_score, plan.last_model_path
+        for _ in range(saves):
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)
+        self._delete(trainer, list(plan.dropped))
 
     def _poll_pending(self, trainer: stepstone.Trainer) -> None:
         # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting. Not under
@@ -651,7 +593,7 @@ class ModelCheckpoint(Checkpoint):
             self._complete_pending(trainer)
 
     def _complete_pending(self, trainer: stepstone.Trainer) -> None:
-        """Wait for the async save in flight; once committed: index, ``last``, new state, loggers, deletions.
+        """Wait for the async save in flight; once committed, adopt its plan.
 
         Raises:
             Exception: the save's failure; the state then still names the earlier, committed files.
@@ -660,21 +602,17 @@ class ModelCheckpoint(Checkpoint):
         if pending is None:
             return
         try:
-            record = pending.handle.result()
+            pending.handle.result()
             failure = None
         except BaseException as error:
-            record, failure = None, error
+            failure = error
         failure = agree_on_outcome(trainer, pending.filepath, failure)
         if failure is not None:
-            self._trigger_deletions = []  # that trigger never happened: it owes no deletions
             if tolerate(trainer, self, failure, pending.filepath):
                 return
             raise failure
-        for name, value in pending.state.items():
-            setattr(self, name, value)
-        self._last_checkpoint_saved = pending.last[0] if pending.last is not None else pending.filepath
-        self._after_commit(trainer, pending.filepath, record)
-        self._delete(trainer, pending.to_delete)
+        self._last_checkpoint_saved = pending.filepath
+        self._commit(trainer, pending.plan, 1)
 
     def _delete(self, trainer: stepstone.Trainer, paths: list[str]) -> None:
         """Delete the files a committed trigger dropped, keeping the one the run resumed from for later.
@@ -691,7 +629,6 @@ class ModelCheckpoint(Checkpoint):
             elif self._is_resume_source(trainer, path) and not self._tracks(path):
                 owed.append(path)
         self._deferred_deletions = owed
-        self._trigger_deletions = []
 
     def _tracks(self, path: str) -> bool:
         return path in (self.best_model_path, self.last_model_path) or path in self.best_k_models
@@ -741,19 +678,27 @@ class ModelCheckpoint(Checkpoint):
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
     def state_dict(self) -> dict[str, Any]:
-        """The top-k bookkeeping, stored in every checkpoint."""
+        """The top-k bookkeeping, stored in every checkpoint.
+
+        While a trigger's files are built, the state its plan leads to (so a resumed run continues that top k)
+        and the deletions it owes (finished by a resumed run when a crash comes first).
+        """
+        plan = self._writing
+        state = plan.state if plan is not None else self._top_k_state()
         return {
             "monitor": self.monitor,
-            "best_model_score": self.best_model_score,
-            "best_model_path": self.best_model_path,
-            "current_score": self.current_score,
+            "best_model_score": state.best_model_score,
+            "best_model_path": state.best_model_path,
+            "current_score": state.current_score,
             "dirpath": self.dirpath,
-            "best_k_models": dict(self.best_k_models),
-            "kth_best_model_path": self.kth_best_model_path,
-            "kth_value": self.kth_value,
-            "last_model_path": self.last_model_path,
+            "best_k_models": state.models(),
+            "kth_best_model_path": state.kth_best_model_path,
+            "kth_value": state.kth_value,
+            "last_model_path": plan.last_model_path if plan is not None else self.last_model_path,
             # stepstone extension: deletions this checkpoint's trigger owes (finished by a resumed run).
-            "pending_deletions": list(dict.fromkeys([*self._deferred_deletions, *self._trigger_deletions])),
+            "pending_deletions": list(
+                dict.fromkeys([*self._deferred_deletions, *(plan.dropped if plan is not None else ())])
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
