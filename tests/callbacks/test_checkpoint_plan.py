@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stepstone.callbacks.checkpoint_plan import Namer, TopKState, enters, plan_newest, plan_top_k
+from stepstone.callbacks.checkpoint_plan import (
+    Namer,
+    TopKState,
+    enters,
+    plan_newest,
+    plan_top_k,
+    plan_trigger,
+)
 
 
 def _empty(mode: str = "min") -> TopKState:
@@ -96,6 +103,21 @@ def test_newest_plan_drops_the_previous_file_only_with_save_top_k_1() -> None:
     assert plan_newest(first.state, 1, lambda previous: "b.ckpt").dropped == ("a.ckpt",)
     assert plan_newest(first.state, -1, lambda previous: "b.ckpt").dropped == ()
     assert plan_newest(first.state, 1, lambda previous: str(previous)).dropped == ()
+
+
+def test_a_trigger_plan_owes_the_displaced_top_k_file_and_the_previous_last() -> None:
+    first = plan_top_k(_empty(), torch.tensor(1.0), 1, "min", _namer(0))
+    assert first is not None
+    second = plan_top_k(first.state, torch.tensor(0.5), 1, "min", _namer(1))
+    assert second is not None
+    plan = plan_trigger(first.state, "last-v1.ckpt", second, "last.ckpt")
+    assert plan is not None
+    assert (plan.top_k_path, plan.last_path, plan.last_model_path) == ("f1.ckpt", "last.ckpt", "last.ckpt")
+    assert plan.dropped == ("f0.ckpt", "last-v1.ckpt")  # each file of the trigger records both
+    assert plan.state is second.state
+    only_last = plan_trigger(first.state, "last.ckpt", None, "last.ckpt")
+    assert only_last is not None and only_last.dropped == () and only_last.state is first.state
+    assert plan_trigger(first.state, "", None, None) is None  # nothing to write
 
 
 _VALUES = st.sampled_from([0.0, 1.0, 2.0, 3.0, math.inf, -math.inf, math.nan])

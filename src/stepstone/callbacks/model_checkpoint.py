@@ -5,6 +5,10 @@ a save is committed before any bookkeeping points at it and before anything olde
 leaves ``best_model_path``/``best_k_models``/``last_model_path`` as they were; ``last`` holds the newest state
 at every trigger and is never serialized twice (the committed top-k file is copied or linked); the file a run
 resumed from is never deleted.
+
+Each trigger is one pure plan (``checkpoint_plan``: the files to write, the state afterwards, the files it
+drops), adopted only once its files are committed (``checkpoint_writes``); the hooks that fire triggers are in
+``checkpoint_triggers``.
 """
 
 from __future__ import annotations
