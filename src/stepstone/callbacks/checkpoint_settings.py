@@ -117,7 +117,7 @@ def prepare_folder(trainer: Trainer, dirpath: str, save_top_k: int) -> None:
             f"Checkpoint directory {dirpath} exists and is not empty; files of an earlier run are kept and new "
             "names get -vN suffixes when they would clash.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,  # the Trainer line that ran ``setup``
         )
 
 
