@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-import stepstone.checkpoint
 from scripted import ScriptedModel, loader, trainer
 from stepstone.callbacks import ModelCheckpoint
+from stepstone.checkpoint.kinds import FileKind
 
 
 class Crash(BaseException):
@@ -47,7 +47,7 @@ def test_a_crash_before_the_deletion_is_finished_by_the_resumed_run(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise Crash
 
-    monkeypatch.setattr(stepstone.checkpoint, "remove_file", crash)
+    monkeypatch.setattr(FileKind, "remove", crash)  # the engine's one deletion path, for files
     with pytest.raises(Crash):
         _fit(tmp_path, epochs=2)  # epoch 1 is committed, then the run dies deleting epoch 0
     monkeypatch.undo()
@@ -63,14 +63,13 @@ def test_a_crash_before_the_deletion_is_finished_by_the_resumed_run(
 _KILLED_AT_DELETION = """
 import os, sys
 from pathlib import Path
-import stepstone.checkpoint
-import stepstone.trainer.async_saves
+from stepstone.checkpoint.kinds import FileKind
 from test_model_checkpoint_deletions import _fit
 
 def kill(*args, **kwargs):
     os._exit(9)  # a real death: no exception handler, no finally, no atexit
 
-stepstone.checkpoint.remove_file = stepstone.trainer.async_saves.remove_file = kill  # sync / background
+FileKind.remove = kill  # the one deletion path: sync and background deletions alike
 _fit(Path(sys.argv[1]), epochs=2, async_save=sys.argv[2] == "async")
 """
 

@@ -6,9 +6,18 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from stepstone.checkpoint import FILE, SHARDED_DIRECTORY, kind_of, save_file, sweep_stale_temps
+from stepstone.checkpoint import (
+    FILE,
+    SHARDED_DIRECTORY,
+    kind_of,
+    link_file,
+    remove_checkpoint,
+    save_file,
+    sweep_stale_temps,
+)
 from stepstone.checkpoint.commit import temp_path_for
 from stepstone.checkpoint.kinds import is_uncommitted_directory
 from stepstone.checkpoint.sharded import save_sharded
@@ -48,6 +57,29 @@ def test_each_kind_describes_verifies_and_removes_its_checkpoints(tmp_path: Path
         assert not os.path.lexists(path)
         kind.remove(path)  # missing: not an error
     assert os.listdir(tmp_path) == []
+
+
+def test_remove_checkpoint_is_the_one_deletion_for_every_kind(tmp_path: Path) -> None:
+    save_file(tmp_path / "a.ckpt", {"w": torch.ones(2)}, metadata={"step": 3})
+    _sharded(tmp_path / "b.ckpt", 4)
+    link_file(str(tmp_path / "a.ckpt"), str(tmp_path / "last.ckpt"))
+    os.symlink(tmp_path / "b.ckpt", tmp_path / "last-dir.ckpt")
+    remove_checkpoint(tmp_path / "last.ckpt")  # a link is unlinked, its target kept
+    remove_checkpoint(str(tmp_path / "last-dir.ckpt"))
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "b.ckpt"]
+    remove_checkpoint(tmp_path / "a.ckpt")
+    remove_checkpoint(tmp_path / "b.ckpt")
+    remove_checkpoint(tmp_path / "b.ckpt")  # missing: not an error
+    assert os.listdir(tmp_path) == []
+
+
+def test_remove_checkpoint_refuses_a_directory_that_is_no_checkpoint(tmp_path: Path) -> None:
+    unfinished = tmp_path / "unfinished.ckpt"
+    unfinished.mkdir()
+    (unfinished / "shard").write_bytes(b"x")
+    with pytest.raises(IsADirectoryError, match="commit marker"):
+        remove_checkpoint(unfinished)
+    assert (unfinished / "shard").exists()
 
 
 def test_each_kind_commits_a_temporary_onto_its_final_path(tmp_path: Path) -> None:

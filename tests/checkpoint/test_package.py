@@ -20,6 +20,7 @@ PUBLIC_API = {
     "copy_file",
     "link_file",
     "remove_file",
+    "remove_checkpoint",
     "sweep_stale_temps",
     "is_local",
     "CheckpointRecord",

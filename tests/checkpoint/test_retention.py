@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stepstone.checkpoint.record import CheckpointRecord
-from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, KeepEveryNSteps, KeepLatest
+from stepstone.checkpoint.retention import (
+    AnyOf,
+    KeepAll,
+    KeepBest,
+    KeepEveryNSteps,
+    KeepLatest,
+    best_of,
+    metric_key,
+    worst_of,
+)
 from stepstone.errors import MisconfigurationException
 
 
@@ -55,6 +64,15 @@ def test_keep_best_ties_keep_the_older_checkpoint() -> None:
     records = [rec(3, created=3.0, loss=0.1), rec(1, created=1.0, loss=0.1), rec(2, created=2.0, loss=0.1)]
     assert KeepBest(1, "loss")(records) == names(1)
     assert KeepBest(2, "loss", mode="max")(records) == names(1, 2)
+
+
+def test_incremental_picks_take_the_first_of_equal_values_at_both_ends() -> None:
+    scores = {"a": 1.0, "b": 2.0, "c": 1.0, "d": 2.0, "e": math.nan}
+    assert best_of(scores, "min") == "a" and worst_of(scores, "min") == "e"  # NaN is the worst
+    del scores["e"]
+    assert worst_of(scores, "min") == "b"  # the oldest of the worst leaves (Lightning's ModelCheckpoint)
+    assert best_of(scores, "max") == "b" and worst_of(scores, "max") == "a"
+    assert metric_key(None, "max") == metric_key(math.nan, "min") > metric_key(math.inf, "min")
 
 
 def test_keep_every_n_steps_ignores_unknown_steps() -> None:

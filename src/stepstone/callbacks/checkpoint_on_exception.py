@@ -140,10 +140,11 @@ def _save(callback: ModelCheckpoint, trainer: Trainer, exception: BaseException)
     # resumed run failing again at its restored step keeps the file it resumed from).
     filepath = callback._versioned_path(candidates, None)
     marks: dict[str, Any] = {MARK: {"type": type(exception).__name__, "message": str(exception)}}
-    record = trainer.checkpoint_port.save(filepath, callback.save_weights_only, marks=marks).result()
+    trainer.checkpoint_port.save(filepath, callback.save_weights_only, marks=marks).result()
     callback._last_global_step_saved = trainer.global_step
     callback._last_checkpoint_saved = filepath
-    callback._after_commit(trainer, filepath, record)
+    for logger in trainer.loggers:
+        logger.after_save_checkpoint(callback)
     if callback.save_last:
         _refresh_last(callback, trainer, candidates, filepath)
     return filepath

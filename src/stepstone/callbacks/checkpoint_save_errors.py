@@ -13,14 +13,14 @@ from stepstone.errors import CheckpointError
 from stepstone.strategies.collectives import exchange
 
 if TYPE_CHECKING:
-    from stepstone.callbacks.model_checkpoint import ModelCheckpoint
+    from stepstone.callbacks.checkpoint_writes import CheckpointWrites
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["agree_on_outcome", "tolerate"]
 
 
 def tolerate(
-    trainer: Trainer, callback: ModelCheckpoint, error: BaseException, path: str | None = None
+    trainer: Trainer, callback: CheckpointWrites, error: BaseException, path: str | None = None
 ) -> bool:
     """With ``on_save_error="warn"``, turn a failed save (I/O or checkpoint error) into a loud warning.
 

@@ -5,62 +5,54 @@ a save is committed before any bookkeeping points at it and before anything olde
 leaves ``best_model_path``/``best_k_models``/``last_model_path`` as they were; ``last`` holds the newest state
 at every trigger and is never serialized twice (the committed top-k file is copied or linked); the file a run
 resumed from is never deleted.
+
+Each trigger is one pure plan (``checkpoint_plan``: the files to write, the state afterwards, the files it
+drops), adopted only once its files are committed (``checkpoint_writes``); the hooks that fire triggers are in
+``checkpoint_triggers``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
-import time
 import warnings
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import yaml
 
 import stepstone
-from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
 from stepstone.callbacks.checkpoint_on_exception import check_argument, save_on_exception
 from stepstone.callbacks.checkpoint_pending import PendingSave
-from stepstone.callbacks.checkpoint_save_errors import agree_on_outcome, tolerate
-from stepstone.callbacks.checkpoint_schedule import (
-    epoch_due,
-    saves_on_train_epoch_end,
-    validation_follows_epoch,
+from stepstone.callbacks.checkpoint_plan import (
+    TopKPlan,
+    TopKState,
+    TriggerPlan,
+    enters,
+    plan_newest,
+    plan_top_k,
+    plan_trigger,
 )
+from stepstone.callbacks.checkpoint_save_errors import tolerate
 from stepstone.callbacks.checkpoint_settings import (
-    default_dirpath,
     exists,
-    has_checkpoints,
-    is_folder,
-    is_local,
+    prepare_folder,
     resolve_dirpath,
+    resolve_folder,
     validate_arguments,
+    validate_extensions,
 )
+from stepstone.callbacks.checkpoint_writes import CheckpointWrites
 from stepstone.errors import MisconfigurationException
-from stepstone.strategies.collectives import barrier, broadcast_object, exchange
-
-if TYPE_CHECKING:
-    from stepstone.checkpoint import CheckpointRecord, SaveHandle
+from stepstone.strategies.collectives import exchange
 
 __all__ = ["ModelCheckpoint"]
 
-_STATE_FIELDS = (
-    "best_model_score",
-    "best_model_path",
-    "current_score",
-    "best_k_models",
-    "kth_best_model_path",
-    "kth_value",
-    "last_model_path",
-)
 
-
-class ModelCheckpoint(Checkpoint):
+class ModelCheckpoint(CheckpointWrites):
     """Save checkpoints periodically and keep the best ``save_top_k`` by a monitored metric.
 
     Args:
@@ -128,26 +120,14 @@ class ModelCheckpoint(Checkpoint):
         on_save_error: Literal["raise", "warn"] = "raise",
         max_staging_bytes: int | None = None,
     ) -> None:
-        if on_save_error not in ("raise", "warn"):
-            raise MisconfigurationException(
-                f"ModelCheckpoint(on_save_error={on_save_error!r}) is invalid; pass 'raise' (stop training on a "
-                "failed save) or 'warn' (warn and train on)."
-            )
-        self.on_save_error = on_save_error
-        if async_save is not None and not isinstance(async_save, bool):
-            raise MisconfigurationException(
-                f"ModelCheckpoint(async_save={async_save!r}) is invalid; pass True, False or None (follow the Trainer)."
-            )
-        self.async_save = async_save
-        if max_staging_bytes is not None and (type(max_staging_bytes) is not int or max_staging_bytes < 0):
-            raise MisconfigurationException(
-                f"ModelCheckpoint(max_staging_bytes={max_staging_bytes!r}) is invalid; pass an int >= 0 (bytes) or None."
-            )
-        self.max_staging_bytes = max_staging_bytes
-        self.save_on_exception = check_argument(save_on_exception)
         validate_arguments(
             save_top_k, monitor, mode, save_last, every_n_train_steps, every_n_epochs, train_time_interval
         )
+        validate_extensions(async_save, on_save_error, max_staging_bytes)
+        self.on_save_error = on_save_error
+        self.async_save = async_save
+        self.max_staging_bytes = max_staging_bytes
+        self.save_on_exception = check_argument(save_on_exception)
         self.monitor = monitor
         self.verbose = verbose
         self.save_last = save_last
@@ -177,12 +157,9 @@ class ModelCheckpoint(Checkpoint):
         self._last_step_written: int | None = None  # global_step of the last file this run wrote
         self._held_step: int | None = None  # see ``_hold_restored_step``
         self._defer_save_until_validation = False
-        self._pending_last = ""
         self._warned: set[str] = set()
-        self._trigger_deletions: list[str] = []  # what the trigger being saved will delete once committed
         self._deferred_deletions: list[str] = []  # owed deletions not done yet (see ``_delete``)
-        self._scheduled: tuple[SaveHandle, str] | None = None  # the async save (and path) of this trigger
-        self._deferred_last: tuple[str, str] | None = None  # (top-k file, last path): copy/link after commit
+        self._writing: TriggerPlan | None = None  # the plan whose files are being built (see ``state_dict``)
         self._pending: PendingSave | None = None  # the async save in flight and what to do once it commits
 
     @property
@@ -207,151 +184,21 @@ class ModelCheckpoint(Checkpoint):
         if stage == "fit":  # before anything is written
             names = {"filename": self.filename, "CHECKPOINT_NAME_LAST": self.CHECKPOINT_NAME_LAST}
             check_names(names, self.FILE_EXTENSION)
-        if self._uses_async(trainer) and _writes_directories(trainer):
+        if self._uses_async(trainer) and trainer.checkpoint_port.writes_directories:
             raise MisconfigurationException(
                 "Asynchronous checkpointing (ModelCheckpoint(async_save=True) or AsyncCheckpointIO) cannot write "
                 "FSDPStrategy(state_dict_type='sharded') checkpoints: every rank writes its shards in the "
                 "save. Use async_save=False, or state_dict_type='full' (rank 0 then writes in the background)."
             )
-        if self.dirpath is None:
-            self.dirpath = default_dirpath(trainer)
-        elif self.dirpath == "":
-            # Lightning writes bare names into the working directory; the same folder, named absolutely
-            # (the run index needs a folder path).
-            self.dirpath = os.path.realpath(os.curdir)
-        # Rank 0's folder everywhere: a logger's next version number may differ between ranks that look at
-        # the disk at different moments (Lightning broadcasts it too).
-        self.dirpath = broadcast_object(self.dirpath)
-        if self.save_last == "link" and not is_local(self.dirpath):
-            raise MisconfigurationException(
-                f"ModelCheckpoint(save_last='link') needs a local dirpath (symlinks), got {self.dirpath!r}; use "
-                "save_last=True for remote storage."
-            )
-        if stage != "fit":
-            return
-        from stepstone.checkpoint import sweep_stale_temps
-
-        if is_folder(self.dirpath):
-            sweep_stale_temps(self.dirpath)  # local only: a remote object is whole or absent
-            resuming = trainer.checkpoint_port.resume_requested
-            if (
-                self.save_top_k != 0
-                and trainer.is_global_zero
-                and not resuming
-                and has_checkpoints(self.dirpath)
-            ):
-                warnings.warn(
-                    f"Checkpoint directory {self.dirpath} exists and is not empty; files of an earlier run are kept "
-                    "and new names get -vN suffixes when they would clash.",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        self.dirpath = resolve_folder(trainer, self.dirpath, self.save_last)
+        if stage == "fit":
+            prepare_folder(trainer, self.dirpath, self.save_top_k)
 
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
-        """Start the clock of ``train_time_interval``; finish deletions the resumed checkpoint owed.
-
-        A run resumed from a checkpoint written in ``on_train_batch_end``: Lightning's resume skips that batch's
-        validation and epoch end, so no ModelCheckpoint saves at the restored step. stepstone runs them (an exact
-        resume), yet likewise writes no second file for that step (the interrupted run may have written it).
-        """
-        self._last_time_checked = time.monotonic()
-        if trainer.fit_loop.resumed_after_batch_end:
-            self._hold_restored_step(trainer.global_step)
+        """Start the trigger clocks; finish the deletions the resumed checkpoint owed."""
+        super().on_train_start(trainer, pl_module)
         if self._deferred_deletions:
             self._delete(trainer, [])
-
-    def on_train_batch_start(
-        self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """A new batch: triggers at the restored step count again (Lightning saves there too)."""
-        if self._held_step is not None:
-            self._last_global_step_saved, self._held_step = self._held_step, None
-
-    def _hold_restored_step(self, step: int) -> None:
-        """Save nothing at ``step`` until the next batch: the restored batch's hooks ran before the checkpoint."""
-        self._held_step = self._last_global_step_saved
-        self._last_global_step_saved = step
-
-    def on_train_batch_end(
-        self,
-        trainer: stepstone.Trainer,
-        pl_module: stepstone.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        """Step and time triggers (Lightning's order: a trigger may wait for validation before anything else)."""
-        self._poll_pending(trainer)
-        step_due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
-        time_due = False
-        now = time.monotonic()
-        if self._train_time_interval is not None and self._last_time_checked is not None:
-            time_due = now - self._last_time_checked >= self._train_time_interval.total_seconds()
-            # Clocks differ between ranks: rank 0's answer holds everywhere (a no-op on one process).
-            time_due = broadcast_object(time_due)
-        if not (step_due or time_due):
-            return
-        if time_due:
-            self._last_time_checked = now
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor is not None and (
-            self.monitor not in candidates or validation_follows_epoch(trainer, self._save_on_train_epoch_end)
-        ):
-            # The metric is missing (e.g. validation has not run yet), or this is the epoch's last batch and
-            # its validation follows: save after validation with the fresh value. Lightning 2.6 decides this
-            # before the other skip rules, so even a trigger at an already saved step (global_step 0 while
-            # accumulating) waits, and where checks run at the training epoch end, it never saves it
-            # (``on_validation_end``).
-            self._defer_save_until_validation = True
-            return
-        if self._should_skip(trainer):
-            return
-        self._save_on_trigger(trainer, candidates, lightning_saves_last=True)
-
-    def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
-        """Epoch trigger when checks run at the end of the training epoch."""
-        self._poll_pending(trainer)
-        if self._should_skip(trainer) or not self._should_save_on_train_epoch_end(trainer):
-            return
-        self._epoch_end_check(trainer)
-
-    def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
-        """Epoch trigger after validation, and step/time triggers that waited for validation."""
-        self._poll_pending(trainer)
-        if self._should_skip(trainer) or self._should_save_on_train_epoch_end(trainer):
-            # Lightning's contract: nothing is saved here then, not even a step/time save deferred for a
-            # missing metric (it is dropped; the next trigger saves).
-            return
-        if self._defer_save_until_validation:
-            self._defer_save_until_validation = False
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer), lightning_saves_last=True)
-            return
-        self._epoch_end_check(trainer)
-
-    def _epoch_end_check(self, trainer: stepstone.Trainer) -> None:
-        if self._epoch_due(trainer):
-            self._save_on_trigger(trainer, self._monitor_candidates(trainer))
-        elif (
-            self.save_last == "link"
-            and self._last_checkpoint_saved
-            and self._last_step_written != trainer.global_step
-        ):
-            # Lightning refreshes a linked last at every epoch-end check once anything was saved, due or not.
-            self._save_on_trigger(
-                trainer, self._monitor_candidates(trainer), top_k=False, lightning_saves_last=True
-            )
-
-    def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
-        """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
-
-        So a run resumed right after a batch end, which writes no file for the restored step at its triggers
-        (see ``checkpoint_io``), still leaves its own ``last`` when it saved nothing else (Lightning's rule).
-        """
-        if not self.save_last or self._should_skip(trainer, any_step=True):
-            return
-        if self._last_step_written == trainer.global_step:
-            return  # this run's last already holds this step
-        self._save_on_trigger(trainer, self._monitor_candidates(trainer), top_k=False)
 
     def on_exception(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
@@ -359,42 +206,17 @@ class ModelCheckpoint(Checkpoint):
         """With ``save_on_exception``, save the current state; a failed save is reported, never raised."""
         save_on_exception(self, trainer, exception)
 
-    # --- decisions ----------------------------------------------------------------------------------
-    def _should_skip(self, trainer: stepstone.Trainer, any_step: bool = False) -> bool:
-        from stepstone.trainer.state import TrainerFn
-
-        return (
-            bool(trainer.fast_dev_run)
-            or trainer.state.fn != TrainerFn.FITTING
-            or trainer.sanity_checking
-            or (not any_step and self._last_global_step_saved == trainer.global_step)
-        )
-
-    def _epoch_due(self, trainer: stepstone.Trainer) -> bool:
-        return epoch_due(trainer, self._every_n_epochs)
-
-    def _should_save_on_train_epoch_end(self, trainer: stepstone.Trainer) -> bool:
-        return saves_on_train_epoch_end(trainer, self._save_on_train_epoch_end)
-
-    def _monitor_candidates(self, trainer: stepstone.Trainer) -> dict[str, torch.Tensor]:
-        candidates = dict(trainer.callback_metrics)
-        epoch, step = candidates.get("epoch"), candidates.get("step")
-        candidates["epoch"] = (
-            epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
-        )
-        candidates["step"] = (
-            step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
-        )
-        return candidates
-
     def check_monitor_top_k(self, trainer: stepstone.Trainer, current: torch.Tensor | None = None) -> bool:
-        """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter)."""
-        if current is None:
-            return False
-        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
-            return True
-        better = torch.lt if self.mode == "min" else torch.gt
-        return bool(better(current, self.best_k_models[self.kth_best_model_path]))
+        """Whether ``current`` earns a place in the top k (strictly better than the k-th; ties never enter).
+
+        Args:
+            trainer: the Trainer (Lightning's signature).
+            current: the monitored value (None: not logged).
+
+        Returns:
+            Whether a top-k file is saved for it.
+        """
+        return enters(self._top_k_state(), current, self.save_top_k, self.mode)
 
     # --- saving -------------------------------------------------------------------------------------
     def _save_on_trigger(
@@ -404,10 +226,10 @@ class ModelCheckpoint(Checkpoint):
         top_k: bool = True,
         lightning_saves_last: bool = False,
     ) -> None:
-        """One trigger: the top-k decision, then ``last``, then deletions — all or nothing for the state.
+        """One trigger: plan it (top k, ``last``, deletions), write the plan's files, adopt the plan once committed.
 
-        An asynchronous save only schedules the write here: the new state goes into the file, but the callback
-        keeps naming committed files until ``_complete_pending`` runs after the commit.
+        The callback's state is replaced by the plan's only after the commit (an asynchronous save: when the
+        port completes its handle), so a failed save leaves it untouched.
         """
         if trainer.world_size > 1:
             # Under DDP every decision below (top k, file names, version suffixes, deletions, last) is taken
@@ -418,176 +240,65 @@ class ModelCheckpoint(Checkpoint):
             )
         if self._pending is not None:
             trainer.checkpoint_port.wait_turn()  # backpressure, reported when it stalls training
-        self._complete_pending(trainer)  # decide on the state of the committed files
-        snapshot = {name: copy.copy(getattr(self, name)) for name in _STATE_FIELDS}
-        to_delete: list[str] = []
-        self._trigger_deletions = to_delete  # stored in the checkpoint written by this trigger
-        written = ""
-        self._scheduled, self._deferred_last = None, None
+        self._complete_pending(trainer)  # plan from the state of the committed files
+        state = self._top_k_state()
+        plan = plan_trigger(
+            state,
+            self.last_model_path,
+            self._plan_top_k(trainer, candidates, state) if top_k else None,
+            self._versioned_path(candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST)
+            if self.save_last
+            else None,
+        )
+        if plan is None:
+            return
+        self._writing = plan  # what ``state_dict`` reports while the plan's files are built
         try:
-            if top_k:
-                written = self._save_topk(trainer, candidates, to_delete)
-            # ``last`` as the trigger found it: a top-k save has already named the new one (_prepare_last_path).
-            self._save_last(
-                trainer, candidates, written, to_delete, snapshot["last_model_path"], lightning_saves_last
-            )
+            handle, saves = self._write(trainer, plan, lightning_saves_last)
         except BaseException as error:
-            self._trigger_deletions = []
-            for name, value in snapshot.items():
-                setattr(self, name, value)
-            if self._scheduled is not None:  # rare: failed after scheduling; the file stays untracked
-                self._scheduled[0].exception()
             if not tolerate(trainer, self, error):
                 raise
             return
-        if self._scheduled is not None:
-            updated = {name: getattr(self, name) for name in _STATE_FIELDS}
-            for name, value in snapshot.items():
-                setattr(self, name, value)
-            handle, path = self._scheduled
-            self._pending = PendingSave(handle, path, updated, to_delete, self._deferred_last)
+        finally:
+            self._writing = None
+        if handle is not None:
+            self._pending = PendingSave(handle, plan.top_k_path or plan.last_path, plan)
             return
-        self._delete(trainer, to_delete)
+        self._commit(trainer, plan, saves)
 
-    def _save_topk(
-        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
-    ) -> str:
+    def _plan_top_k(
+        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], state: TopKState
+    ) -> TopKPlan | None:
         if self.save_top_k == 0:
-            return ""
+            return None
         if self.monitor is None:
-            return self._save_newest(trainer, candidates, to_delete)
+            return plan_newest(
+                state, self.save_top_k, lambda previous: self._versioned_path(candidates, previous)
+            )
         if self.monitor not in candidates:
             self._missing_monitor(trainer, candidates)
-            return ""
+            return None
         current = candidates[self.monitor]
-        if not self.check_monitor_top_k(trainer, current):
-            if self.verbose:
-                self._info(
-                    f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} was not "
-                    f"in top {self.save_top_k}"
-                )
-            return ""
-        return self._update_best_and_save(trainer, current, candidates, to_delete)
-
-    def _missing_monitor(self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor]) -> None:
-        message = (
-            f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored key in the returned metrics: "
-            f"{list(candidates)}. HINT: Did you call log({self.monitor!r}, value) in the LightningModule?"
+        k = len(state.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        plan = plan_top_k(
+            state,
+            current,
+            self.save_top_k,
+            self.mode,
+            lambda replaced: self._versioned_path(candidates, replaced),
         )
-        # Lightning's rule: once validation has run, the key had its chance (a typo); before that, it may be a
-        # validation metric still to come, or validation is disabled: warn and train on without a top k.
-        if trainer.fit_loop.validation_has_run or trainer.validating:
-            raise MisconfigurationException(message)
-        if message not in self._warned:
-            self._warned.add(message)
-            kept = f" {self.CHECKPOINT_NAME_LAST!r} is still saved." if self.save_last else ""
-            warnings.warn(
-                f"{message} No top-k checkpoint is saved until {self.monitor!r} is logged.{kept}",
-                UserWarning,
-                stacklevel=2,
-            )
-
-    def _update_best_and_save(
-        self,
-        trainer: stepstone.Trainer,
-        current: torch.Tensor,
-        candidates: dict[str, torch.Tensor],
-        to_delete: list[str],
-    ) -> str:
-        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
-        replaced = self.kth_best_model_path if len(self.best_k_models) == k and k > 0 else None
-        if torch.isnan(current):
-            current = torch.tensor(math.inf if self.mode == "min" else -math.inf, device=current.device)
-        filepath = self._versioned_path(candidates, replaced)
-        # Update the state first: it is written into the checkpoint itself (so a resume continues the top k).
-        # _save_on_trigger restores it if the save fails.
-        self.current_score = current
-        if replaced is not None:
-            self.best_k_models.pop(replaced)
-        self.best_k_models[filepath] = current
-        if len(self.best_k_models) == k:
-            worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
-        best = min if self.mode == "min" else max
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
-        self.best_model_score = self.best_k_models[self.best_model_path]
         if self.verbose:
-            self._info(
-                f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r} reached "
-                f"{current.item():0.5f} (best {self.best_model_score.item():0.5f}), saving model to {filepath!r} as "
-                f"top {k}"
-            )
-        self._prepare_last_path(candidates)
-        if replaced is not None and replaced != filepath:
-            to_delete.append(replaced)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath, top_k=True)
-        return filepath
-
-    def _save_newest(
-        self, trainer: stepstone.Trainer, candidates: dict[str, torch.Tensor], to_delete: list[str]
-    ) -> str:
-        filepath = self._versioned_path(candidates, self.best_model_path)
-        previous, self.best_model_path = self.best_model_path, filepath
-        self._prepare_last_path(candidates)
-        if self.save_top_k == 1 and previous and previous != filepath:
-            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
-        self._save_checkpoint(trainer, filepath, top_k=True)
-        return filepath
-
-    def _prepare_last_path(self, candidates: dict[str, torch.Tensor]) -> None:
-        # Decide last's name before the top-k file is written, so that file's copy of our state is exact.
-        if self.save_last:
-            self._pending_last = self._versioned_path(
-                candidates, self.last_model_path, self.CHECKPOINT_NAME_LAST
-            )
-            self.last_model_path = self._pending_last
-
-    def _save_last(
-        self,
-        trainer: stepstone.Trainer,
-        candidates: dict[str, torch.Tensor],
-        written: str,
-        to_delete: list[str],
-        previous: str,
-        lightning_saves_last: bool = False,
-    ) -> None:
-        if not self.save_last:
-            return
-        # Lightning counts a step as saved (no second trigger at it) only for files it writes; where it writes
-        # no last file at this trigger (epoch-end checks without a top-k save) or links the old one, this
-        # refreshed last leaves the count as it was.
-        lightning_links = (
-            self.save_last == "link" and bool(self._last_checkpoint_saved) and self.save_top_k != 0
-        )
-        counts = written or (lightning_saves_last and not lightning_links)
-        step_saved = self._last_global_step_saved
-        from stepstone.checkpoint import copy_file, link_file
-
-        if written:
-            filepath = self._pending_last
-        else:
-            filepath = self._versioned_path(candidates, previous, self.CHECKPOINT_NAME_LAST)
-            self.last_model_path = filepath
-        if previous and previous != filepath:
-            to_delete.append(previous)  # before the save: the file records it (see ``_delete``)
-        if written and self._scheduled is not None:
-            self._deferred_last = (written, filepath)  # ``written`` is not committed yet
-        elif written and self.save_last is True and _writes_directories(trainer):
-            self._save_checkpoint(trainer, filepath)  # a sharded directory is written again, not copied
-        elif written:
-            if trainer.is_global_zero:  # one writer; the others wait for the file below
-                if self.save_last == "link":
-                    link_file(written, filepath)
-                else:
-                    copy_file(written, filepath)  # the state was serialized once, into ``written``
-            barrier(f"save last {filepath}")
-        else:
-            self._save_checkpoint(trainer, filepath)
-            if not counts:
-                self._last_global_step_saved = step_saved
-        self._last_checkpoint_saved = written or filepath
-        self._last_step_written = trainer.global_step
+            at = f"Epoch {trainer.current_epoch:d}, global step {trainer.global_step:d}: {self.monitor!r}"
+            if plan is None:
+                self._info(f"{at} was not in top {self.save_top_k}")
+            else:
+                best = plan.state.best_model_score
+                assert best is not None
+                self._info(
+                    f"{at} reached {current.item():0.5f} (best {best.item():0.5f}), saving model to "
+                    f"{plan.filepath!r} as top {k}"
+                )
+        return plan
 
     def _versioned_path(
         self, candidates: dict[str, torch.Tensor], replaced: str | None, template: str | None = None
@@ -601,113 +312,6 @@ class ModelCheckpoint(Checkpoint):
             # The ranks may not share a view of the disk: rank 0 (the writer) decides the suffix.
             filepath = exchange("ModelCheckpoint file name", filepath)
         return filepath
-
-    def _uses_async(self, trainer: stepstone.Trainer) -> bool:
-        return self.async_save if self.async_save is not None else trainer.checkpoint_port.asynchronous
-
-    def _save_checkpoint(self, trainer: stepstone.Trainer, filepath: str, top_k: bool = False) -> None:
-        if self._uses_async(trainer):
-            # A top-k file is also published as ``last`` (copied or linked) on the writer thread after its
-            # commit; a synchronous save copies it in ``_save_last``.
-            last = self._pending_last if top_k and self.save_last else None
-            # The port settles it (``_settle``) before the next asynchronous save is built and when fit ends.
-            handle = trainer.checkpoint_port.save(
-                filepath,
-                self.save_weights_only,
-                asynchronous=True,
-                max_staging_bytes=self.max_staging_bytes,
-                on_complete=lambda done: self._settle(trainer, done),
-                publish_as=last,
-                publish_link=self.save_last == "link",
-            )
-            self._scheduled = (handle, filepath)
-            self._last_global_step_saved = trainer.global_step
-            return
-        # Under DDP: built on every rank, written once by rank 0, then a barrier (all ranks reach this save).
-        record = trainer.save_checkpoint(filepath, self.save_weights_only).result()
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        self._after_commit(trainer, filepath, record)
-
-    def _after_commit(
-        self, trainer: stepstone.Trainer, filepath: str, record: CheckpointRecord | None
-    ) -> None:
-        del filepath, record  # nothing to record: the folder's listing and the files' trailers are the index
-        for logger in trainer.loggers:
-            logger.after_save_checkpoint(self)
-
-    def _poll_pending(self, trainer: stepstone.Trainer) -> None:
-        # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting. Not under
-        # DDP: the ranks complete a save together, at the same points (the next trigger, the end of fit).
-        if self._pending is not None and trainer.world_size == 1 and self._pending.handle.done():
-            self._complete_pending(trainer)
-
-    def _settle(self, trainer: stepstone.Trainer, handle: SaveHandle) -> None:
-        # Called by the checkpoint port; the callback may have completed this save itself already.
-        if self._pending is not None and self._pending.handle is handle:
-            self._complete_pending(trainer)
-
-    def _complete_pending(self, trainer: stepstone.Trainer) -> None:
-        """Wait for the async save in flight; once committed: index, ``last``, new state, loggers, deletions.
-
-        Raises:
-            Exception: the save's failure; the state then still names the earlier, committed files.
-        """
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        try:
-            record = pending.handle.result()
-            failure = None
-        except BaseException as error:
-            record, failure = None, error
-        failure = agree_on_outcome(trainer, pending.filepath, failure)
-        if failure is not None:
-            self._trigger_deletions = []  # that trigger never happened: it owes no deletions
-            if tolerate(trainer, self, failure, pending.filepath):
-                return
-            raise failure
-        for name, value in pending.state.items():
-            setattr(self, name, value)
-        self._last_checkpoint_saved = pending.last[0] if pending.last is not None else pending.filepath
-        self._after_commit(trainer, pending.filepath, record)
-        self._delete(trainer, pending.to_delete)
-
-    def _delete(self, trainer: stepstone.Trainer, paths: list[str]) -> None:
-        """Delete the files a committed trigger dropped, keeping the one the run resumed from for later.
-
-        A kill between a commit and these deletions would leave files no state tracks, forever. So every
-        checkpoint records the deletions its trigger still owes (``pending_deletions`` in its callback state),
-        and a run resumed from it finishes them in ``on_train_start``. The resume source is never deleted by
-        its own run; it stays owed, and the next run deletes it.
-        """
-        owed = []
-        for path in dict.fromkeys([*self._deferred_deletions, *paths]):
-            if self._should_remove(trainer, path):
-                self._remove_checkpoint(trainer, path)
-            elif self._is_resume_source(trainer, path) and not self._tracks(path):
-                owed.append(path)
-        self._deferred_deletions = owed
-        self._trigger_deletions = []
-
-    def _tracks(self, path: str) -> bool:
-        return path in (self.best_model_path, self.last_model_path) or path in self.best_k_models
-
-    @staticmethod
-    def _is_resume_source(trainer: stepstone.Trainer, path: str) -> bool:
-        resumed_from = trainer.ckpt_path
-        return resumed_from is not None and os.path.abspath(resumed_from) == os.path.abspath(path)
-
-    def _should_remove(self, trainer: stepstone.Trainer, path: str) -> bool:
-        if self._tracks(path) or self._is_resume_source(trainer, path):
-            return False
-        if is_local(path) and self.dirpath is not None:
-            return os.path.dirname(os.path.abspath(path)).startswith(os.path.abspath(self.dirpath))
-        return True
-
-    def _remove_checkpoint(self, trainer: stepstone.Trainer, path: str) -> None:
-        # Rank 0 deletes; asynchronous saves also delete off the training thread, like the write.
-        trainer.checkpoint_port.remove(path, background=self._uses_async(trainer))
 
     # --- names, state, export -----------------------------------------------------------------------
     def format_checkpoint_name(
@@ -738,19 +342,27 @@ class ModelCheckpoint(Checkpoint):
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
     def state_dict(self) -> dict[str, Any]:
-        """The top-k bookkeeping, stored in every checkpoint."""
+        """The top-k bookkeeping, stored in every checkpoint.
+
+        While a trigger's files are built, the state its plan leads to (so a resumed run continues that top k)
+        and the deletions it owes (finished by a resumed run when a crash comes first).
+        """
+        plan = self._writing
+        state = plan.state if plan is not None else self._top_k_state()
         return {
             "monitor": self.monitor,
-            "best_model_score": self.best_model_score,
-            "best_model_path": self.best_model_path,
-            "current_score": self.current_score,
+            "best_model_score": state.best_model_score,
+            "best_model_path": state.best_model_path,
+            "current_score": state.current_score,
             "dirpath": self.dirpath,
-            "best_k_models": dict(self.best_k_models),
-            "kth_best_model_path": self.kth_best_model_path,
-            "kth_value": self.kth_value,
-            "last_model_path": self.last_model_path,
+            "best_k_models": state.models(),
+            "kth_best_model_path": state.kth_best_model_path,
+            "kth_value": state.kth_value,
+            "last_model_path": plan.last_model_path if plan is not None else self.last_model_path,
             # stepstone extension: deletions this checkpoint's trigger owes (finished by a resumed run).
-            "pending_deletions": list(dict.fromkeys([*self._deferred_deletions, *self._trigger_deletions])),
+            "pending_deletions": list(
+                dict.fromkeys([*self._deferred_deletions, *(plan.dropped if plan is not None else ())])
+            ),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -786,7 +398,3 @@ class ModelCheckpoint(Checkpoint):
 
     def _info(self, message: str) -> None:
         print(message, file=sys.stderr)
-
-
-def _writes_directories(trainer: stepstone.Trainer) -> bool:
-    return trainer.checkpoint_port.writes_directories

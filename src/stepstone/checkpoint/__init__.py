@@ -14,7 +14,7 @@ zip comment (see ``format.py``); every save is committed atomically and durably 
 load verifies the checksums before any object is returned (``loading.py``).
 
 A checkpoint is one file or a sharded (FSDP) directory; ``kind_of(path)`` says which and returns its
-``CheckpointKind`` (describe, verify, remove, sweep...). The sharded API (``save_sharded``, ``load_sharded``,
+``CheckpointKind`` (describe, verify, remove, sweep...); ``remove_checkpoint(path)`` is the one deletion. The sharded API (``save_sharded``, ``load_sharded``,
 ``convert_sharded_to_file``, ``is_sharded_checkpoint``, ``read_sharded_info``, ``verify_sharded``,
 ``remove_sharded``) is exported here too; it is imported on first use, because
 ``torch.distributed.checkpoint`` takes about a second to import.
@@ -37,7 +37,7 @@ from stepstone.checkpoint.files import (
     verify_file,
 )
 from stepstone.checkpoint.index import RunIndex
-from stepstone.checkpoint.kinds import FILE, SHARDED_DIRECTORY, CheckpointKind, kind_of
+from stepstone.checkpoint.kinds import FILE, SHARDED_DIRECTORY, CheckpointKind, kind_of, remove_checkpoint
 from stepstone.checkpoint.manager import CheckpointManager
 from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord
@@ -81,6 +81,7 @@ __all__ = [
     "load_sharded",
     "read_info",
     "read_sharded_info",
+    "remove_checkpoint",
     "remove_file",
     "remove_sharded",
     "save_file",

@@ -354,14 +354,18 @@ def link_file(target: PathLike, link: PathLike) -> None:
 
 
 def remove_file(path: PathLike, *, storage_options: dict[str, Any] | None = None) -> None:
-    """Remove a checkpoint file durably; a missing file is not an error.
+    """Remove a checkpoint durably (a file, a ``last`` link, or a sharded directory); missing is not an error.
 
     Args:
-        path: the file path or URL.
+        path: the checkpoint's path or URL.
         storage_options: fsspec options for remote paths.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory that is not a committed checkpoint (nothing is deleted).
+        OSError: the deletion failed.
     """
     storage, fs_path = split_url(_check_path("path", path), _check_options(storage_options))
-    storage.remove(fs_path)
+    kinds.remove_checkpoint(fs_path, storage)
 
 
 def sweep_stale_temps(directory: PathLike) -> list[str]:

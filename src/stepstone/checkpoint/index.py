@@ -25,7 +25,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of
+from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, is_uncommitted_directory, kind_of, remove_checkpoint
 from stepstone.checkpoint.record import CheckpointRecord, age_key
 from stepstone.checkpoint.selection import first_valid, newest_first
 from stepstone.checkpoint.sharded_commit import MARKER_NAME
@@ -234,8 +234,7 @@ class RunIndex:
                     "committed checkpoint; it was not deleted (remove it yourself if it is an unfinished save)"
                 )
         for name in names:
-            path = self._path(name)
-            kind_of(path, self._storage).remove(path, self._storage)
+            remove_checkpoint(self._path(name), self._storage)
 
     def newest_first(self) -> list[CheckpointRecord]:
         """Candidates for "latest": newest first (by step, then creation time), files and directories alike.

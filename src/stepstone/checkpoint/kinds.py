@@ -9,6 +9,7 @@ resume path never repeat the file-or-directory branch.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Protocol
 
@@ -26,6 +27,7 @@ __all__ = [
     "ShardedDirectoryKind",
     "is_uncommitted_directory",
     "kind_of",
+    "remove_checkpoint",
     "sweep_stale_temps",
 ]
 
@@ -169,6 +171,34 @@ def is_uncommitted_directory(path: str | os.PathLike[str], storage: Storage | No
         and not os.path.islink(text)
         and not sharded_commit.is_committed_dir(text)
     )
+
+
+def remove_checkpoint(path: str | os.PathLike[str], storage: Storage | None = None) -> None:
+    """Delete a committed checkpoint durably, by its kind: the one way stepstone deletes a checkpoint.
+
+    The run index, the manager's retention, the trainer's checkpoint port (callbacks) and ``remove_file`` all
+    delete through here, so every deletion is durable (directory fsync) and a sharded directory is renamed
+    aside before it is emptied (readers never see half of one).
+
+    Args:
+        path: a local path or URL (or, with ``storage``, the path as that storage names it); missing is not
+            an error. A symlink (a ``last`` alias) is unlinked, its target kept.
+        storage: where ``path`` is; None to find out from ``path``.
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory without a commit marker (an unfinished save or a folder
+            that is no checkpoint): nothing is deleted.
+        OSError: the deletion failed.
+    """
+    located, text = _located(os.fspath(path), storage)
+    if is_uncommitted_directory(text, located):
+        raise IsADirectoryError(
+            errno.EISDIR,
+            "not deleted: a directory without the commit marker is no checkpoint (an unfinished save?); "
+            "remove it yourself if you mean to",
+            text,
+        )
+    kind_of(text, located).remove(text, located)
 
 
 def sweep_stale_temps(directory: str) -> list[str]:

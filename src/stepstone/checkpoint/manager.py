@@ -23,6 +23,7 @@ from typing import Any
 from stepstone.checkpoint.files import save_file, sweep_stale_temps
 from stepstone.checkpoint.format import estimate_size
 from stepstone.checkpoint.index import CHECKPOINT_SUFFIX, RunIndex
+from stepstone.checkpoint.kinds import remove_checkpoint
 from stepstone.checkpoint.live import LiveGate, submit_staged
 from stepstone.checkpoint.loading import MapLocation, load
 from stepstone.checkpoint.record import CheckpointRecord, normalize_metadata
@@ -232,11 +233,9 @@ class CheckpointManager:
             r for r in self._index.entries() if r.format_version > 0 and not self._index.is_sharded(r.name)
         ]
         keep = self._retention(records)
-        dropped = [r for r in records if r.name not in keep]
-        if not dropped:
-            return
-        for record in dropped:
-            self._storage.remove(self._storage.join(self._directory, record.name))
+        for record in records:
+            if record.name not in keep:
+                remove_checkpoint(self._storage.join(self._directory, record.name), self._storage)
 
     def _best_policy(self) -> KeepBest:
         if self._best is not None:

@@ -12,14 +12,72 @@ strictly better.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from stepstone.checkpoint.record import CheckpointRecord, age_key
 from stepstone.errors import MisconfigurationException
 
-__all__ = ["AnyOf", "KeepAll", "KeepBest", "KeepEveryNSteps", "KeepLatest", "RetentionPolicy"]
+__all__ = [
+    "AnyOf",
+    "KeepAll",
+    "KeepBest",
+    "KeepEveryNSteps",
+    "KeepLatest",
+    "RetentionPolicy",
+    "best_of",
+    "metric_key",
+    "worst_of",
+]
 
 RetentionPolicy = Callable[[Sequence[CheckpointRecord]], set[str]]
+
+
+def metric_key(value: float | None, mode: str) -> tuple[int, float]:
+    """The one ordering of metric values: a smaller key is better; NaN and missing values are the worst.
+
+    Every ranking of stepstone (``KeepBest``, ``best_of``/``worst_of``, hence ModelCheckpoint's top k) sorts
+    by this key.
+
+    Args:
+        value: the metric value (None: missing).
+        mode: ``"min"`` (lower is better) or ``"max"``.
+
+    Returns:
+        A sortable key.
+    """
+    if value is None or math.isnan(value):
+        return (1, 0.0)
+    return (0, value if mode == "min" else -value)
+
+
+def best_of(scores: Mapping[str, float], mode: str) -> str:
+    """The best entry; among equal values the first (an incremental top k inserts in age order: the oldest).
+
+    Args:
+        scores: name -> value, in insertion order (not empty).
+        mode: ``"min"`` or ``"max"``.
+
+    Returns:
+        The name.
+    """
+    return min(scores, key=lambda name: metric_key(scores[name], mode))
+
+
+def worst_of(scores: Mapping[str, float], mode: str) -> str:
+    """The entry an incremental top k replaces: the worst; among equal values the first (the oldest leaves).
+
+    This is the tie rule of Lightning's ``ModelCheckpoint``. A stateless ``KeepBest`` over records instead
+    drops the newest of equal values; the two cannot be one rule, because an incremental top k also never
+    admits a newcomer that only ties the k-th (so what it keeps depends on the order values arrived in).
+
+    Args:
+        scores: name -> value, in insertion order (not empty).
+        mode: ``"min"`` or ``"max"``.
+
+    Returns:
+        The name.
+    """
+    return max(scores, key=lambda name: metric_key(scores[name], mode))
 
 
 def _positive_int(argument: str, value: object, owner: str) -> int:
@@ -105,13 +163,9 @@ class KeepBest:
         Returns:
             The sorted records.
         """
-        sign = 1.0 if self.mode == "min" else -1.0
 
-        def key(record: CheckpointRecord) -> tuple[int, float, tuple[int, int, float, str]]:
-            value = record.metrics.get(self.metric, math.nan)
-            if math.isnan(value):
-                return (1, 0.0, age_key(record))
-            return (0, sign * value, age_key(record))
+        def key(record: CheckpointRecord) -> tuple[tuple[int, float], tuple[int, int, float, str]]:
+            return (metric_key(record.metrics.get(self.metric), self.mode), age_key(record))
 
         return sorted(records, key=key)
 

@@ -15,7 +15,7 @@ from stepstone.checkpoint import (
     CheckpointRecord,
     HostStaging,
     SaveHandle,
-    remove_file,
+    remove_checkpoint,
     save_file_async,
 )
 from stepstone.checkpoint.format import estimate_size
@@ -112,7 +112,7 @@ class AsyncSaves:
         self._raise_failed([p for p, future in self._deletions.items() if future.done()])
         if self._deleter is None:
             self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-delete")
-        self._deletions[path] = self._deleter.submit(remove_file, path)
+        self._deletions[path] = self._deleter.submit(remove_checkpoint, path)
 
     def settle_deletions(self, path: str | None = None) -> None:
         """Wait for the background deletion of ``path`` (None: of every file).

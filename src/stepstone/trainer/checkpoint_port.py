@@ -11,11 +11,10 @@ Callbacks therefore need no private attribute of the Trainer, and the Trainer ca
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from stepstone.checkpoint import SaveHandle, is_local
+from stepstone.checkpoint import SaveHandle, is_local, remove_checkpoint
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import is_fsdp
 
@@ -152,16 +151,12 @@ class CheckpointPort:
             background: delete a local file on a background thread (a large unlink stalls the training step);
                 a failure is raised by a later save or removal, or when ``fit`` ends.
         """
-        import stepstone.checkpoint as engine  # looked up at the call (tests replace ``remove_file``)
-
         if not self._trainer.is_global_zero:
             return
-        if engine.kind_of(path) is engine.SHARDED_DIRECTORY and not os.path.islink(path):
-            engine.SHARDED_DIRECTORY.remove(path)
-        elif background and is_local(path):
+        if background and is_local(path):
             self._trainer._runner.async_saves.remove_later(path)
         else:
-            engine.remove_file(path)
+            remove_checkpoint(path)  # the engine's one deletion, for every kind
 
     def finish(self) -> BaseException | None:
         """At the end of a run: settle every asynchronous save, join the writer, free the buffers.
