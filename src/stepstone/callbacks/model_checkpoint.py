@@ -388,11 +388,8 @@ class ModelCheckpoint(CheckpointWrites):
 
     def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
         """Write ``best_k_models`` (path -> score) as YAML, by default to ``dirpath/best_k_models.yaml``."""
-        target = (
-            os.fspath(filepath)
-            if filepath is not None
-            else os.path.join(self.dirpath or ".", "best_k_models.yaml")
-        )
+        default = os.path.join(self.dirpath or ".", "best_k_models.yaml")
+        target = os.fspath(filepath) if filepath is not None else default
         with open(target, "w") as f:
             yaml.safe_dump({k: float(v.item()) for k, v in self.best_k_models.items()}, f)
 
