@@ -511,6 +511,28 @@ def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
 
 
+def test_an_old_last_link_to_a_reused_name_is_deliberate_only_beside_the_current_last_with_that_content() -> (
+    None
+):
+    # Seed 5034: Lightning keeps final-14's link; a later top-k save reused its target's name, so it loads step 24,
+    # as final-24 (the current last, in both) does.
+    config = _config()
+    config["checkpoints"][0].update(save_last="link", last_name="final-{step}")
+    current = {
+        "ckpt0/a.ckpt": {"epoch": 3, "global_step": 24},
+        "ckpt0/final-24.ckpt": {"link": "a.ckpt", "epoch": 3, "global_step": 24},
+    }
+    old = {"ckpt0/final-14.ckpt": {"link": "a.ckpt", "epoch": 3, "global_step": 24}}
+    assert compare(config, {"fit": _fit(files={**current, **old})}, {"fit": _fit(files=current)}) == []
+    # Beside no current last of that content, or without save_last="link", it is reported.
+    other = {**old, "ckpt0/final-14.ckpt": {"link": "b.ckpt", "epoch": 3, "global_step": 24}}
+    diffs = compare(config, {"fit": _fit(files={**current, **other})}, {"fit": _fit(files=current)})
+    assert [(d.field, d.key) for d in diffs] == [("files.only_in_lightning", "ckpt0/final-14.ckpt")]
+    config["checkpoints"][0]["save_last"] = True
+    diffs = compare(config, {"fit": _fit(files={**current, **old})}, {"fit": _fit(files=current)})
+    assert [(d.field, d.key) for d in diffs] == [("files.only_in_lightning", "ckpt0/final-14.ckpt")]
+
+
 def test_a_metrics_file_is_filtered_with_the_pending_validation_that_logged_it() -> None:
     metrics = {"logs/version_1/metrics.csv": "file"}
     lightning = _continued([[1, 0], [1, 1]], val_runs=[], global_step=4, current_epoch=2)
