@@ -118,6 +118,7 @@ DELIBERATE: dict[str, Predicate] = {
     "monitored_key_found_after_resume": resume.monitor_found_after_resume,
     "whole_epoch_mean_after_mid_epoch_resume": resume.whole_epoch_mean,
     "whole_epoch_mean_in_checkpoints": decisions.checkpoint_epoch_mean,
+    "finished_epoch_end_in_checkpoint_decisions": decisions.finished_epoch_end_decisions,
     "full_epoch_after_epoch_end_restart": resume.epoch_end_restart_batches,
     "full_epoch_after_epoch_end_restart_consequences": resume.epoch_end_restart_consequences,
     "metrics_file_after_resume": resume.metrics_file_after_resume,

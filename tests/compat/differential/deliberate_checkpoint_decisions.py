@@ -15,7 +15,13 @@ import re
 from typing import Any
 
 from compat.differential.configs import VAL_KEY, Config
-from compat.differential.deliberate_resume import epoch_keys, number_same, resumed_epoch_means
+from compat.differential.deliberate_resume import (
+    epoch_keys,
+    finished_epoch_end,
+    number_same,
+    resumed_epoch_means,
+    steps_per_epoch,
+)
 from compat.differential.difference import Context, Difference, is_dir_of, resume_step, uses_any
 
 _WHOLE_EPOCH_MEAN = "whole_epoch_mean_after_mid_epoch_resume"
@@ -122,21 +128,55 @@ def checkpoint_epoch_mean(d: Difference, ctx: Context) -> bool:
     return False
 
 
-def _early_save(ctx: Context, run: str, checkpoint: Config, step: int) -> bool:
+def _early_save(ctx: Context, run: str, checkpoint: Config, step: int, bound: float) -> bool:
     """Whether stepstone saved a file (only it has) in ``checkpoint``'s folder after the resumed ``step`` and no
-    later than Lightning's first validation after the resume (before which Lightning lacks the validation key;
-    a trigger at that step's batch end comes before that validation)."""
-    runs_l = ctx.lightning[run].get("val_runs") or []
-    first_val = runs_l[0][0] if runs_l else math.inf
+    later than ``bound`` (the step up to which Lightning lacks the key stepstone already had)."""
     files_l = ctx.lightning[run].get("files", {})
     return any(
         isinstance(info, dict)
-        and step < info.get("global_step", -1) <= first_val
+        and step < info.get("global_step", -1) <= bound
         and rel not in files_l
         and rel.endswith(".ckpt")
         and is_dir_of(checkpoint, os.path.dirname(rel))
         for rel, info in ctx.stepstone[run].get("files", {}).items()
     )
+
+
+def _links_to_own_saves(d: Difference, ctx: Context, step: int) -> bool:
+    """Whether ``d`` is a last link that differs only in its target, each framework's target a file written after
+    the resumed ``step`` that only that framework has (the differently decided save the link follows)."""
+    a, b = d.lightning, d.stepstone
+    if not isinstance(a, dict) or not isinstance(b, dict) or "link" not in a or "link" not in b:
+        return False
+    if {k: v for k, v in a.items() if k != "link"} != {k: v for k, v in b.items() if k != "link"}:
+        return False
+    folder = os.path.dirname(d.key)
+    files_l, files_s = ctx.lightning[d.run].get("files", {}), ctx.stepstone[d.run].get("files", {})
+    target_l, target_s = os.path.join(folder, str(a["link"])), os.path.join(folder, str(b["link"]))
+    only_l = target_l in files_l and target_l not in files_s
+    only_s = target_s in files_s and target_s not in files_l
+    return (
+        only_l
+        and only_s
+        and all(
+            files[t].get("global_step", -1) > step for files, t in ((files_l, target_l), (files_s, target_s))
+        )
+    )
+
+
+def _callback_or_its_file(d: Difference, ctx: Context, users: list[Config], step: int) -> bool:
+    """Whether ``d`` is an attribute of one of the callbacks ``users`` or a checkpoint file in a folder of one of
+    them written after the resumed ``step`` (a top-k file only one framework has, or a last link to such files)."""
+    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath" and d.key.isdigit():
+        index = int(d.key)
+        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in users
+    if not d.key.endswith(".ckpt") or d.kind == "manual":
+        return False
+    in_folder = any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
+    if d.field in ("files.only_in_lightning", "files.only_in_stepstone"):
+        info = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
+        return in_folder and isinstance(info, dict) and info.get("global_step", -1) > step
+    return d.field == "files.content" and d.kind == "last" and in_folder and _links_to_own_saves(d, ctx, step)
 
 
 def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
@@ -147,24 +187,46 @@ def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
     top-k file (Lightning skips it: the monitored key is missing) or formats the key into the name (Lightning
     writes 0), and later top-k decisions follow from that one. Explains, in a run where (3) explained
     ``val_runs`` and Lightning did not start with the key, the attributes of a callback that monitors it or
-    formats it into its names, and files in its folder written after the resume, when stepstone saved there
-    (a file only it has) before Lightning's first validation.
+    formats it into its names, and files in its folder written after the resume (and a last link that differs
+    only by pointing at such a file in each), when stepstone saved there (a file only it has) no later than
+    Lightning's first validation (a trigger at that step's batch end comes before that validation).
     """
     step = resume_step(ctx, d.run)
     if step is None or (d.run, "pending_validation_after_resume") not in ctx.explained:
         return False
     if VAL_KEY in (ctx.lightning[d.run].get("metrics_at_start") or []):
         return False
+    runs_l = ctx.lightning[d.run].get("val_runs") or []
+    first_val = runs_l[0][0] if runs_l else math.inf
     users = [
-        c for c in ctx.config["checkpoints"] if uses_any(c, {VAL_KEY}) and _early_save(ctx, d.run, c, step)
+        c
+        for c in ctx.config["checkpoints"]
+        if uses_any(c, {VAL_KEY}) and _early_save(ctx, d.run, c, step, first_val)
     ]
-    if d.field.startswith("checkpoint.") and d.field != "checkpoint.dirpath" and d.key.isdigit():
-        index = int(d.key)
-        return index < len(ctx.config["checkpoints"]) and ctx.config["checkpoints"][index] in users
-    if d.field in ("files.only_in_lightning", "files.only_in_stepstone") and d.key.endswith(".ckpt"):
-        info = d.lightning if d.field == "files.only_in_lightning" else d.stepstone
-        written_after = isinstance(info, dict) and info.get("global_step", -1) > step
-        return (
-            written_after and d.kind != "manual" and any(is_dir_of(c, os.path.dirname(d.key)) for c in users)
-        )
-    return False
+    return _callback_or_its_file(d, ctx, users, step)
+
+
+def finished_epoch_end_decisions(d: Difference, ctx: Context) -> bool:
+    """(4, 7, consequence) A checkpoint trigger after a resume from an epoch's last batch sees that epoch's mean.
+
+    Resumed from a file written once epoch ``k``'s last batch was done, stepstone finishes epoch ``k``'s end
+    first and publishes its whole-epoch means (from the restored partial sums); Lightning skips that epoch end
+    and has no epoch mean until epoch ``k + 1`` ends. A trigger in between saves a top-k file scored with that
+    mean (a NaN mean scores as the worst value, as in Lightning) or formats it into the name, where Lightning
+    skips the save (the monitored key is missing) or writes 0; later top-k decisions follow from that one.
+    Explains, in a run that :func:`~compat.differential.deliberate_resume.finished_epoch_end` matches and that
+    Lightning did not start with the epoch-mean keys, the attributes of a callback that monitors one or formats
+    one into its names, and files in its folder written after the resume (and a last link that differs only by
+    pointing at such a file in each), when stepstone saved there (a file only it has) no later than the last
+    step of Lightning's first epoch after the resume.
+    """
+    step, keys = resume_step(ctx, d.run), epoch_keys(ctx.config)
+    if step is None or not keys or keys & set(ctx.lightning[d.run].get("metrics_at_start") or []):
+        return False
+    if not finished_epoch_end(ctx, d.run):
+        return False
+    bound = step + steps_per_epoch(ctx.config)
+    users = [
+        c for c in ctx.config["checkpoints"] if uses_any(c, keys) and _early_save(ctx, d.run, c, step, bound)
+    ]
+    return _callback_or_its_file(d, ctx, users, step)

@@ -332,17 +332,30 @@ def _broken_link(info: Any) -> bool:
     return isinstance(info, dict) and "link" in info and info.get("load_error") == "FileNotFoundError"
 
 
+def _stale_link_to_reused_name(d: Difference, ctx: Context) -> bool:
+    """Whether Lightning's old last link ``d`` points at a name a later top-k save reused: it then loads the same
+    file as another last link in its folder that both frameworks have, unchanged (the current last)."""
+    dirpath, lf = os.path.dirname(d.key), ctx.lightning[d.run].get("files", {})
+    sf = ctx.stepstone[d.run].get("files", {})
+    return "link" in d.lightning and any(
+        rel != d.key and info == d.lightning and sf.get(rel) == info
+        for rel, info in _last_files(lf, dirpath).items()
+    )
+
+
 def no_dangling_last(d: Difference, ctx: Context) -> bool:
     """(7) A replaced linked ``last`` is deleted; Lightning 2.6 can leave the old link, dangling.
 
     With ``save_last="link"`` and a templated last name (``final-{step}``), Lightning sometimes keeps the
-    previous last link after its top-k target was deleted, so a ``last``-named file on disk cannot be loaded.
+    previous last link after its top-k target was deleted, so a ``last``-named file on disk cannot be loaded
+    (or, when a later top-k save reused the target's name, loads that later save under the old last name).
     stepstone deletes the previous last once the new one is committed. Explains only a last-named link that
-    exists only in Lightning and cannot be loaded (its target is gone), in a folder of a ``save_last="link"``
-    callback.
+    exists only in Lightning, in a folder of a ``save_last="link"`` callback, and either cannot be loaded (its
+    target is gone) or links to the same target, with the same content, as another last link there that both
+    frameworks have.
     """
     if d.field != "files.only_in_lightning" or not _is_last_file(d) or not isinstance(d.lightning, dict):
         return False
     dirpath = os.path.dirname(d.key)
     links = any(c["save_last"] == "link" and _is_dir_of(c, dirpath) for c in ctx.config["checkpoints"])
-    return links and _broken_link(d.lightning)
+    return links and (_broken_link(d.lightning) or _stale_link_to_reused_name(d, ctx))

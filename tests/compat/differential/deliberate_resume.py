@@ -79,7 +79,7 @@ def restored_metrics(d: Difference, ctx: Context) -> bool:
 
     Explains: ``metrics_at_start`` (Lightning empty); final ``callback_metrics`` whose only difference is
     keys stepstone had restored at the start and that the resumed run never logged again, or epoch means it
-    published finishing the interrupted epoch end (:func:`_finished_epoch_end`); ``current_score``
+    published finishing the interrupted epoch end (:func:`finished_epoch_end`); ``current_score``
     of a callback that Lightning left at None (no save after resume).
     """
     if resume_step(ctx, d.run) is None:
@@ -95,7 +95,7 @@ def restored_metrics(d: Difference, ctx: Context) -> bool:
     return False
 
 
-def _finished_epoch_end(ctx: Context, run: str) -> bool:
+def finished_epoch_end(ctx: Context, run: str) -> bool:
     """Whether the resumed file was written after the last batch of its epoch ``k`` (both runs train the same
     batches, none or from batch 0 of epoch ``k + 1``): stepstone then finishes epoch ``k``'s end first (its
     validation and ``on_train_epoch_end``, publishing the epoch means), which Lightning skips."""
@@ -117,7 +117,7 @@ def _restored_keys(ctx: Context, run: str, extra: set[str]) -> set[str]:
     if nothing_ran(lightning) and nothing_ran(stepstone) and same_sanity:
         return extra  # no step and no validation ran, so every value there came from the checkpoint
     restored = set(stepstone.get("metrics_at_start") or [])
-    if _finished_epoch_end(ctx, run):
+    if finished_epoch_end(ctx, run):
         restored |= epoch_keys(ctx.config)
     runs_l, runs_s, step = lightning.get("val_runs"), stepstone.get("val_runs"), resume_step(ctx, run)
     if isinstance(runs_s, list) and runs_s and runs_s[0][0] == step and runs_s[1:] == runs_l:
@@ -165,7 +165,7 @@ def _epoch_mean(ctx: Context, epoch: int, indices: list[int]) -> float:
     ``e * ceil(n / accumulate) + i // accumulate`` (the last, partial window steps with the epoch's last batch).
     """
     table, accumulate = ctx.config["train_table"], ctx.config["trainer"]["accumulate_grad_batches"]
-    per_epoch = -(-_batches_per_epoch(ctx.config) // accumulate)
+    per_epoch = steps_per_epoch(ctx.config)
     values = [table[(epoch * per_epoch + i // accumulate) % len(table)] for i in indices]
     return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
 
@@ -223,6 +223,11 @@ def resumed_epoch_means(ctx: Context, run: str, *, ended_inside: bool = True) ->
         return None
     whole = _epoch_mean(ctx, epoch, list(range(inside[-1] + 1)))
     return _epoch_mean(ctx, epoch, inside), whole
+
+
+def steps_per_epoch(config: Config) -> int:
+    """Optimizer steps in one epoch: a last, partial accumulation window steps with the epoch's last batch."""
+    return -(-_batches_per_epoch(config) // config["trainer"]["accumulate_grad_batches"])
 
 
 def _batches_per_epoch(config: Config) -> int:

@@ -5,36 +5,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from compat.differential import configs
 from compat.differential.compare import compare
 from compat.differential.difference import file_kind
-
-
-def _fit(**changes: Any) -> dict[str, Any]:
-    obs: dict[str, Any] = {
-        "ckpt_path": None,
-        "error": None,
-        "trained": [[0, 0, [0, 1]], [0, 1, [2, 3]], [1, 0, [0, 1]], [1, 1, [2, 3]]],
-        "optimizer_steps": 4,
-        "val_runs": [[2, 0], [4, 1]],
-        "sanity_runs": 1,
-        "metrics_at_start": [],
-        "global_step": 4,
-        "current_epoch": 2,
-        "callback_metrics": {"val_m": 0.5},
-        "checkpoints": [],
-        "weights": [0.1, 0.2],
-        "files": {"ckpt0/epoch=1-step=4.ckpt": {"epoch": 1, "global_step": 4}},
-    }
-    obs.update(changes)
-    return obs
-
-
-def _config() -> dict[str, Any]:
-    config = configs.generate(0)
-    config["data"]["batch_size"] = 2
-    config["checkpoints"] = [{**(config["checkpoints"] or [{}])[0], "dirpath": "ckpt0", "save_last": True}]
-    return config
+from compat.differential.fake_observations import config as _config
+from compat.differential.fake_observations import fit as _fit
+from compat.differential.fake_observations import resumed as _resumed
 
 
 def test_identical_observations_have_no_difference() -> None:
@@ -50,12 +25,6 @@ def test_every_field_difference_is_reported() -> None:
 def test_an_error_type_difference_hides_its_consequences() -> None:
     diffs = compare(_config(), {"fit": _fit()}, {"fit": _fit(error="ValueError: x", global_step=0)})
     assert [d.field for d in diffs] == ["error"]
-
-
-def _resumed(**changes: Any) -> dict[str, Any]:
-    files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}}
-    trained = [[0, 1, [0, 1]], [1, 0, [0, 1]], [1, 1, [2, 3]]]
-    return _fit(**{"ckpt_path": "manual/mid.ckpt", "files": files, "trained": trained, **changes})
 
 
 def test_mid_epoch_resume_data_is_filtered_only_for_the_resumed_epoch() -> None:
@@ -542,6 +511,28 @@ def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     assert [d.field for d in diffs] == ["files.only_in_lightning"]
 
 
+def test_an_old_last_link_to_a_reused_name_is_deliberate_only_beside_the_current_last_with_that_content() -> (
+    None
+):
+    # Seed 5034: Lightning keeps final-14's link; a later top-k save reused its target's name, so it loads step 24,
+    # as final-24 (the current last, in both) does.
+    config = _config()
+    config["checkpoints"][0].update(save_last="link", last_name="final-{step}")
+    current = {
+        "ckpt0/a.ckpt": {"epoch": 3, "global_step": 24},
+        "ckpt0/final-24.ckpt": {"link": "a.ckpt", "epoch": 3, "global_step": 24},
+    }
+    old = {"ckpt0/final-14.ckpt": {"link": "a.ckpt", "epoch": 3, "global_step": 24}}
+    assert compare(config, {"fit": _fit(files={**current, **old})}, {"fit": _fit(files=current)}) == []
+    # Beside no current last of that content, or without save_last="link", it is reported.
+    other = {**old, "ckpt0/final-14.ckpt": {"link": "b.ckpt", "epoch": 3, "global_step": 24}}
+    diffs = compare(config, {"fit": _fit(files={**current, **other})}, {"fit": _fit(files=current)})
+    assert [(d.field, d.key) for d in diffs] == [("files.only_in_lightning", "ckpt0/final-14.ckpt")]
+    config["checkpoints"][0]["save_last"] = True
+    diffs = compare(config, {"fit": _fit(files={**current, **old})}, {"fit": _fit(files=current)})
+    assert [(d.field, d.key) for d in diffs] == [("files.only_in_lightning", "ckpt0/final-14.ckpt")]
+
+
 def test_a_metrics_file_is_filtered_with_the_pending_validation_that_logged_it() -> None:
     metrics = {"logs/version_1/metrics.csv": "file"}
     lightning = _continued([[1, 0], [1, 1]], val_runs=[], global_step=4, current_epoch=2)
@@ -653,126 +644,6 @@ def test_last_refreshed_explains_a_versioned_last_past_the_earlier_refreshed_las
     fresh_l = {"stop": lightning["stop"], "resume_mid": {**lightning["resume_mid"], "ckpt_path": None}}
     fresh_s = {"stop": stepstone["stop"], "resume_mid": {**stepstone["resume_mid"], "ckpt_path": None}}
     assert {(d.field, d.key) for d in compare(_config(), fresh_l, fresh_s)} >= reported
-
-
-def test_a_whole_epoch_mean_in_checkpoint_scores_and_names_is_filtered_only_with_the_exact_values() -> None:
-    config = _config()
-    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
-    config["trainer"]["accumulate_grad_batches"] = 1
-    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
-    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
-    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
-    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]]]
-    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
-
-    def run(mean: float, name: str, score: float | None = None) -> dict[str, Any]:
-        path, score = f"ckpt0/{name}.ckpt", mean if score is None else score
-        callback = {
-            "dirpath": "ckpt0",
-            "best_model_path": path,
-            "best_model_score": score,
-            "kth_best_model_path": path,
-            "kth_value": score,
-            "last_model_path": "",
-            "current_score": score,
-            "best_k_models": {path: score},
-        }
-        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 1, "global_step": 6}}
-        obs = _resumed(
-            trained=trained, callback_metrics={"train_m": mean}, checkpoints=[callback], files=files
-        )
-        return {"resume_mid": obs}
-
-    assert compare(config, run(after, "6-0.375"), run(whole, "6-0.292-v1")) == []
-    # A score or a name that is not the other mean is reported.
-    wrong_name = compare(config, run(after, "6-0.375"), run(whole, "6-0.300"))
-    assert {d.field for d in wrong_name} >= {"checkpoint.best_model_path", "files.only_in_stepstone"}
-    assert "checkpoint.best_model_score" not in {d.field for d in wrong_name}
-    # Monitoring another key, only the names may carry the means; the scores must agree.
-    config["checkpoints"][0]["monitor"] = "val_m"
-    assert compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.5)) == []
-    fields = {d.field for d in compare(config, run(after, "6-0.375", 0.5), run(whole, "6-0.292", 0.25))}
-    assert "checkpoint.current_score" in fields and "checkpoint.best_model_path" not in fields
-    config["checkpoints"][0]["monitor"] = "train_m"
-    # Without the whole-epoch mean in callback_metrics, nothing is excused.
-    same_metrics = run(whole, "6-0.292")
-    same_metrics["resume_mid"]["callback_metrics"] = {"train_m": after}
-    assert {"checkpoint.current_score", "files.only_in_stepstone"} <= {
-        d.field for d in compare(config, run(after, "6-0.375"), same_metrics)
-    }
-
-
-def test_a_resumed_epochs_whole_mean_kept_into_the_next_epoch_is_filtered_only_with_the_exact_values() -> (
-    None
-):
-    # Seeds 2127, 2375: resumed in epoch 1 and trained on into epoch 2, so the callback_metrics agree at the end,
-    # but triggers in epoch 2 scored and named with epoch 1's mean (stepstone's covers the whole epoch).
-    config = _config()
-    config["data"]["n_train"], config["trainer"]["limit_train_batches"] = 3, None
-    config["trainer"]["accumulate_grad_batches"] = 1
-    config["logging"] = {"train_on_step": False, "train_on_epoch": True}
-    config["train_table"] = [0.25, 0.5, 0.75, 0.125]  # epoch 1 runs at steps 3, 4, 5: 0.125, 0.25, 0.5
-    config["checkpoints"][0].update(monitor="train_m", filename="{step}-{train_m:.3f}", save_last=None)
-    trained = [[1, 1, [2, 3]], [1, 2, [4, 5]], [2, 0, [0, 1]]]
-    whole, after = (0.125 + 0.25 + 0.5) / 3, (0.25 + 0.5) / 2
-
-    def run(name: str, score: float, pairs: list[list[Any]] = trained) -> dict[str, Any]:
-        path = f"ckpt0/{name}.ckpt"
-        callback = {
-            "dirpath": "ckpt0",
-            "best_model_path": path,
-            "best_model_score": score,
-            "kth_best_model_path": path,
-            "kth_value": score,
-            "last_model_path": "",
-            "current_score": score,
-            "best_k_models": {path: score},
-        }
-        files = {"manual/mid.ckpt": {"epoch": 0, "global_step": 1}, path: {"epoch": 2, "global_step": 7}}
-        obs = _resumed(trained=pairs, callback_metrics={"train_m": 0.75}, checkpoints=[callback], files=files)
-        return {"resume_mid": obs}
-
-    assert compare(config, run("7-0.375", after), run("7-0.292", whole)) == []
-    # A score or a name that is not the other mean is reported.
-    wrong = {d.field for d in compare(config, run("7-0.375", after), run("7-0.300", 0.3))}
-    assert {"checkpoint.best_model_score", "checkpoint.best_model_path", "files.only_in_stepstone"} <= wrong
-    # Ended inside the resumed epoch with equal callback_metrics: nothing explains other means.
-    inside = trained[:2]
-    fields = {d.field for d in compare(config, run("7-0.375", after, inside), run("7-0.292", whole, inside))}
-    assert {"checkpoint.best_model_score", "files.only_in_stepstone"} <= fields
-
-
-def test_checkpoint_decisions_after_a_pending_validation_are_filtered_only_before_lightnings_first() -> None:
-    config = _config()
-    config["checkpoints"][0].update(monitor="val_m", filename="{step}", save_last=None)
-
-    def run(saved_at: int, val_runs: list[list[int]]) -> dict[str, Any]:
-        path = f"ckpt0/step={saved_at}.ckpt"
-        callback = {
-            "dirpath": "ckpt0",
-            "best_model_path": path,
-            "best_model_score": 0.5,
-            "kth_best_model_path": path,
-            "kth_value": 0.5,
-            "last_model_path": "",
-            "current_score": 0.5,
-            "best_k_models": {path: 0.5},
-        }
-        files = {
-            "manual/mid.ckpt": {"epoch": 0, "global_step": 1},
-            path: {"epoch": 1, "global_step": saved_at},
-        }
-        return {"resume_mid": _resumed(val_runs=val_runs, checkpoints=[callback], files=files)}
-
-    lightning = run(6, [[4, 1], [6, 2]])
-    # stepstone's pending validation at the resumed step 1 published val_m: it saved at step 4, Lightning could not.
-    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) == []
-    # Without that validation, or saved after Lightning's first validation, nothing is excused.
-    assert compare(config, lightning, run(4, [[4, 1], [6, 2]])) != []
-    assert compare(config, lightning, run(5, [[1, 0], [4, 1], [6, 2]])) != []
-    # Nor in a callback that does not use the validation key.
-    config["checkpoints"][0]["monitor"] = "train_m"
-    assert compare(config, lightning, run(4, [[1, 0], [4, 1], [6, 2]])) != []
 
 
 def test_a_top_k_file_replaced_after_an_epoch_end_restart_is_filtered_only_if_stepstone_had_it() -> None:
