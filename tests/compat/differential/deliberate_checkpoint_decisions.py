@@ -206,6 +206,15 @@ def pending_validation_decisions(d: Difference, ctx: Context) -> bool:
     return _callback_or_its_file(d, ctx, users, step)
 
 
+def _monitoring_trigger_within(checkpoint: Config, keys: set[str], step: int, bound: int) -> bool:
+    """Whether ``checkpoint`` monitors one of ``keys`` and its step trigger fires after ``step``, no later than
+    ``bound``: a top-k decision there (whose file a later, better save may have replaced) has the key only in
+    stepstone."""
+    every = checkpoint["every_n_train_steps"] or 0
+    monitored = checkpoint["monitor"] in keys and checkpoint["save_top_k"] != 0
+    return monitored and every > 0 and any(s % every == 0 for s in range(step + 1, bound + 1))
+
+
 def finished_epoch_end_decisions(d: Difference, ctx: Context) -> bool:
     """(4, 7, consequence) A checkpoint trigger after a resume from an epoch's last batch sees that epoch's mean.
 
@@ -218,7 +227,8 @@ def finished_epoch_end_decisions(d: Difference, ctx: Context) -> bool:
     Lightning did not start with the epoch-mean keys, the attributes of a callback that monitors one or formats
     one into its names, and files in its folder written after the resume (and a last link that differs only by
     pointing at such a file in each), when stepstone saved there (a file only it has) no later than the last
-    step of Lightning's first epoch after the resume.
+    step of Lightning's first epoch after the resume, or the callback monitors the key and its step trigger
+    fires in that span (the file of that decision may be gone, replaced by a later, better save).
     """
     step, keys = resume_step(ctx, d.run), epoch_keys(ctx.config)
     if step is None or not keys or keys & set(ctx.lightning[d.run].get("metrics_at_start") or []):
@@ -227,6 +237,9 @@ def finished_epoch_end_decisions(d: Difference, ctx: Context) -> bool:
         return False
     bound = step + steps_per_epoch(ctx.config)
     users = [
-        c for c in ctx.config["checkpoints"] if uses_any(c, keys) and _early_save(ctx, d.run, c, step, bound)
+        c
+        for c in ctx.config["checkpoints"]
+        if uses_any(c, keys)
+        and (_early_save(ctx, d.run, c, step, bound) or _monitoring_trigger_within(c, keys, step, bound))
     ]
     return _callback_or_its_file(d, ctx, users, step)

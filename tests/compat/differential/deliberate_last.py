@@ -240,15 +240,15 @@ def _untracked_earlier_last(d: Difference, ctx: Context) -> bool:
     that file (stepstone's refreshed last; Lightning's last of an earlier trigger stepstone already replaced), so
     neither framework touches it. Explains, in a resumed run, a last file only in one framework that holds what
     it held at the end of the earlier run, where it was also only in that framework and (1) explained that, and
-    that no callback of the run names as its ``last_model_path``.
+    that no callback of the run names as its ``last_model_path``; or a last file in both whose contents differ
+    as they did, by (1), at the end of the earlier run, each unchanged and named by no callback of the run.
     """
     prev = _CHAIN.get(d.run, "")
-    if (
-        d.field not in ("files.only_in_lightning", "files.only_in_stepstone")
-        or resume_step(ctx, d.run) is None
-    ):
+    if resume_step(ctx, d.run) is None or prev not in ctx.lightning or prev not in ctx.stepstone:
         return False
-    if prev not in ctx.lightning or prev not in ctx.stepstone:
+    if d.field == "files.content":
+        return _unchanged_earlier_pair(d, ctx, prev)
+    if d.field not in ("files.only_in_lightning", "files.only_in_stepstone"):
         return False
     mine, theirs = (
         (ctx.lightning, ctx.stepstone)
@@ -263,6 +263,19 @@ def _untracked_earlier_last(d: Difference, ctx: Context) -> bool:
         return False
     earlier = Difference(prev, d.field, d.key, d.lightning, d.stepstone, d.kind)
     return last_refreshed(earlier, ctx)
+
+
+def _unchanged_earlier_pair(d: Difference, ctx: Context, prev: str) -> bool:
+    """Whether the last file ``d`` holds in each framework what it held at the end of run ``prev``, that earlier
+    difference explained by (1), and no callback of either framework's run names it as its ``last_model_path``."""
+    then_l = ctx.lightning[prev].get("files", {}).get(d.key)
+    then_s = ctx.stepstone[prev].get("files", {}).get(d.key)
+    if (d.lightning, d.stepstone) != (then_l, then_s):
+        return False
+    for obs in (ctx.lightning[d.run], ctx.stepstone[d.run]):
+        if any(c.get("last_model_path") == d.key for c in obs.get("checkpoints", [])):
+            return False
+    return last_refreshed(Difference(prev, d.field, d.key, d.lightning, d.stepstone, d.kind), ctx)
 
 
 _VERSION = re.compile(r"-v\d+(?=\.ckpt$)")

@@ -499,6 +499,43 @@ def test_an_earlier_runs_last_left_by_a_refresh_is_filtered_only_unchanged_and_u
     assert ("resume_mid", "files.only_in_lightning", "ckpt0/1-last.ckpt") in found
 
 
+def test_an_earlier_runs_last_refreshed_under_one_name_is_filtered_only_unchanged_and_untracked() -> None:
+    # Seed 6233: both stop runs ended with latest.ckpt, stepstone's refreshed at the end (1); the resumed run writes
+    # latest-v1 in both and leaves each framework's latest.ckpt as it was.
+    config = _config()
+    config["checkpoints"][0]["last_name"] = "latest"
+    state = _callback_state("")
+    then_l, then_s = {"epoch": 1, "global_step": 6}, {"epoch": 3, "global_step": 8}
+    stop_l = _fit(
+        files={"ckpt0/latest.ckpt": then_l}, checkpoints=[{**state, "last_model_path": "ckpt0/latest.ckpt"}]
+    )
+    stop_s = _fit(
+        files={"ckpt0/latest.ckpt": then_s}, checkpoints=[{**state, "last_model_path": "ckpt0/latest.ckpt"}]
+    )
+    new = {
+        "manual/mid.ckpt": {"epoch": 0, "global_step": 1},
+        "ckpt0/latest-v1.ckpt": {"epoch": 3, "global_step": 12},
+    }
+
+    def found(now_l: Any, now_s: Any, last: str = "ckpt0/latest-v1.ckpt") -> list[Any]:
+        now = [{**state, "last_model_path": last}]
+        lightning = {
+            "stop": stop_l,
+            "resume_mid": _resumed(files={**new, "ckpt0/latest.ckpt": now_l}, checkpoints=now),
+        }
+        stepstone = {
+            "stop": stop_s,
+            "resume_mid": _resumed(files={**new, "ckpt0/latest.ckpt": now_s}, checkpoints=now),
+        }
+        return [(d.run, d.field, d.key) for d in compare(config, lightning, stepstone)]
+
+    assert found(then_l, then_s) == []
+    reported = [("resume_mid", "files.content", "ckpt0/latest.ckpt")]
+    # Changed since the earlier run, or tracked by the resumed run: reported.
+    assert found(then_l, {"epoch": 3, "global_step": 9}) == reported
+    assert ("resume_mid", "files.content", "ckpt0/latest.ckpt") in found(then_l, then_s, "ckpt0/latest.ckpt")
+
+
 def test_a_dangling_last_link_is_deliberate_only_with_save_last_link() -> None:
     dangling = {"ckpt0/last.ckpt": {"link": "gone.ckpt", "load_error": "FileNotFoundError"}}
     config = _config()  # save_last=True: no link expected, so the dangling one is reported (and no crash)

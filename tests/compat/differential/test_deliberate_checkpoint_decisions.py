@@ -191,7 +191,12 @@ def test_a_trigger_seeing_the_finished_epoch_ends_mean_is_filtered_only_before_l
     config["trainer"].update(accumulate_grad_batches=1, max_steps=-1)  # not the epoch-end restart (6)
     config["logging"] = {"train_on_step": True, "train_on_epoch": True}
     config["checkpoints"][0].update(
-        monitor="train_m_epoch", mode="min", filename="best", save_last=None, save_top_k=1
+        monitor="train_m_epoch",
+        mode="min",
+        filename="best",
+        save_last=None,
+        save_top_k=1,
+        every_n_train_steps=None,
     )
     trained = [[1, 0, [0, 1]], [1, 1, [2, 3]], [1, 2, [4, 5]]]
 
@@ -207,6 +212,12 @@ def test_a_trigger_seeing_the_finished_epoch_ends_mean_is_filtered_only_before_l
     reported = {"checkpoint.best_model_path", "checkpoint.best_k_models", "files.only_in_stepstone"}
     # Saved after the last step of Lightning's first epoch after the resume (3 + 3), nothing is excused.
     assert reported <= {d.field for d in compare(config, run(None), run(7))}
+    # Seed 6510: a step trigger in that span decided with the mean, its file since replaced by a later, better save.
+    config["checkpoints"][0]["every_n_train_steps"] = 2  # fires at step 4 and 6
+    assert compare(config, run(None), run(7)) == []
+    config["checkpoints"][0]["every_n_train_steps"] = 7  # not before step 7
+    assert reported <= {d.field for d in compare(config, run(None), run(7))}
+    config["checkpoints"][0]["every_n_train_steps"] = None
     # Resumed inside epoch 0 (Lightning's first batch is [0, 2]): no epoch end was finished.
     inside = [[0, 2, [4, 5]], [1, 0, [0, 1]], [1, 1, [2, 3]]]
     assert reported <= {d.field for d in compare(config, run(None, inside, 2), run(4, inside, 2))}
