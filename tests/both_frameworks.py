@@ -52,6 +52,38 @@ def data(batches: int, seed: int = 0) -> DataLoader[Any]:
     return DataLoader(TensorDataset(torch.randn(batches * 4, 4, generator=gen)), batch_size=4)
 
 
+def logging_module_class(
+    name: str, train_key: str = "train_loss", val_key: str = "val_loss", squared: bool = False
+) -> type:
+    """A linear model with ``save_hyperparameters()`` (``lr``) that logs ``train_key`` and ``val_key``.
+
+    The loss is the output's sum, or with ``squared`` its mean square.
+    """
+    pl, _ = framework(name)
+
+    def loss_of(output: torch.Tensor) -> torch.Tensor:
+        return output.pow(2).mean() if squared else output.sum()
+
+    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = loss_of(self.layer(batch[0]))
+            self.log(train_key, loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log(val_key, loss_of(self.layer(batch[0])))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    return Model
+
+
 def module_class(name: str, validate: bool = False) -> type:
     """A linear model recording its hooks in ``self.events``; ``save_at`` = (hook, epoch[, batch], path).
 

@@ -9,35 +9,15 @@ from typing import Any
 from unittest.mock import MagicMock, Mock
 
 import pytest
-import torch
 from lightning.pytorch.loggers import Logger as PLLogger
 
-from both_frameworks import FRAMEWORKS, data, framework, quiet
+from both_frameworks import FRAMEWORKS, data, framework, logging_module_class, quiet
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers import Logger as SSLogger
 
 
 def _model_class(name: str) -> type:
-    pl, _ = framework(name)
-
-    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
-        def __init__(self, lr: float = 0.1) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self.layer(batch[0]).sum()
-            self.log("loss", loss)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val", self.layer(batch[0]).sum())
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-    return Model
+    return logging_module_class(name, train_key="loss", val_key="val")
 
 
 def _fit(name: str, logger: Any, root: Path, **kwargs: Any) -> Any:

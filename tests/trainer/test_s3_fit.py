@@ -18,31 +18,12 @@ import fsspec
 import pytest
 import torch
 
-from both_frameworks import data, framework, quiet
+from both_frameworks import data, framework, logging_module_class, quiet
 from stepstone.checkpoint import load_file, verify_file
 
 
 def _model_class(name: str) -> type:
-    pl, _ = framework(name)
-
-    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
-        def __init__(self, lr: float = 0.1) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self.layer(batch[0]).pow(2).mean()
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", self.layer(batch[0]).pow(2).mean())
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
-
-    return Model
+    return logging_module_class(name, squared=True)
 
 
 def _fit(name: str, max_epochs: int, ckpt_path: str | None = None, **trainer_args: Any) -> Any:

@@ -12,11 +12,10 @@ from typing import Any
 
 import fsspec
 import pytest
-import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger as PLCSVLogger
 
-from both_frameworks import data, framework, quiet
+from both_frameworks import data, framework, logging_module_class, quiet
 
 
 @pytest.fixture
@@ -32,22 +31,7 @@ def memory_root() -> Iterator[str]:
 def _fit(name: str, root: str, **trainer_args: Any) -> Any:
     pl, _ = framework(name)
 
-    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
-        def __init__(self, lr: float = 0.1) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.layer = torch.nn.Linear(4, 1)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self.layer(batch[0]).sum()
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            self.log("val_loss", self.layer(batch[0]).sum())
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    Model = logging_module_class(name)
 
     trainer = pl.Trainer(
         default_root_dir=root,

@@ -52,10 +52,10 @@ class CheckpointTriggers(Checkpoint):
         top_k: bool = True,
         lightning_saves_last: bool = False,
     ) -> None:
-        raise NotImplementedError  # ModelCheckpoint
+        raise NotImplementedError  # abstract: ModelCheckpoint writes the trigger's plan
 
     def _poll_pending(self, trainer: stepstone.Trainer) -> None:
-        raise NotImplementedError  # ModelCheckpoint
+        raise NotImplementedError  # abstract: CheckpointWrites applies a finished background save
 
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the clock of ``train_time_interval``.

@@ -214,6 +214,17 @@ class RichProgressBar(ProgressBar):
     def _eval_total(self, counts: list[int | float], dataloader_idx: int) -> int | float | None:
         return counts[dataloader_idx] if dataloader_idx < len(counts) else None
 
+    def _next_eval_bar(
+        self, task: TaskID | None, counts: Any, dataloader_idx: int, label: str, visible: bool = True
+    ) -> TaskID | None:
+        """The stage's bar: a fresh one (the old one hidden) when a new dataloader starts, else ``task``."""
+        if self.is_disabled or self.progress is None or not self._dataloader_changed(dataloader_idx):
+            return task
+        self._hide(task)
+        fresh = self._add_task(self._eval_total(counts, dataloader_idx), label, visible)
+        self.refresh()
+        return fresh
+
     # --- hooks --------------------------------------------------------------------------------------
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
@@ -290,17 +301,18 @@ class RichProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Start a bar for each validation (or sanity-check) dataloader."""
-        if self.is_disabled or self.progress is None or not self._dataloader_changed(dataloader_idx):
-            return
         if trainer.sanity_checking:
-            self._hide(self.val_sanity_progress_bar_id)
-            total = self._eval_total(trainer.num_sanity_val_batches, dataloader_idx)
-            self.val_sanity_progress_bar_id = self._add_task(total, "Sanity Checking", visible=False)
+            self.val_sanity_progress_bar_id = self._next_eval_bar(
+                self.val_sanity_progress_bar_id,
+                trainer.num_sanity_val_batches,
+                dataloader_idx,
+                "Sanity Checking",
+                visible=False,
+            )
         else:
-            self._hide(self.val_progress_bar_id)
-            total = self._eval_total(trainer.num_val_batches, dataloader_idx)
-            self.val_progress_bar_id = self._add_task(total, "Validation", visible=False)
-        self.refresh()
+            self.val_progress_bar_id = self._next_eval_bar(
+                self.val_progress_bar_id, trainer.num_val_batches, dataloader_idx, "Validation", visible=False
+            )
 
     def on_validation_batch_end(
         self,
@@ -339,12 +351,9 @@ class RichProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Start a ``Testing`` bar for each test dataloader."""
-        if self.is_disabled or self.progress is None or not self._dataloader_changed(dataloader_idx):
-            return
-        self._hide(self.test_progress_bar_id)
-        total = self._eval_total(trainer.num_test_batches, dataloader_idx)
-        self.test_progress_bar_id = self._add_task(total, "Testing")
-        self.refresh()
+        self.test_progress_bar_id = self._next_eval_bar(
+            self.test_progress_bar_id, trainer.num_test_batches, dataloader_idx, "Testing"
+        )
 
     def on_test_batch_end(
         self,
@@ -371,12 +380,9 @@ class RichProgressBar(ProgressBar):
         dataloader_idx: int = 0,
     ) -> None:
         """Start a ``Predicting`` bar for each predict dataloader."""
-        if self.is_disabled or self.progress is None or not self._dataloader_changed(dataloader_idx):
-            return
-        self._hide(self.predict_progress_bar_id)
-        total = self._eval_total(trainer.num_predict_batches, dataloader_idx)
-        self.predict_progress_bar_id = self._add_task(total, "Predicting")
-        self.refresh()
+        self.predict_progress_bar_id = self._next_eval_bar(
+            self.predict_progress_bar_id, trainer.num_predict_batches, dataloader_idx, "Predicting"
+        )
 
     def on_predict_batch_end(
         self,
