@@ -6,7 +6,7 @@ Needs only python3 (3.10+). The venv lives in ``.venv`` next to this file; torch
 ``pyproject.toml`` changes.
 
     python3 dev.py demo        # train a small model with ModelCheckpoint, show the best checkpoint, resume
-    python3 dev.py test        # lint, type-check and run the whole test suite
+    python3 dev.py test        # lint, type-check, check module lengths and run the whole test suite
     python3 dev.py bench [..]  # run the benchmarks (see benchmarks/README.md)
 """
 
@@ -25,6 +25,10 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 STAMP = VENV / ".stepstone-setup"
 TORCH_PIN = "torch==2.13.0"
+# House rule: a module aims under 400 lines and never exceeds 800 (split it by topic instead).
+MAX_MODULE_LINES = 800
+AIM_MODULE_LINES = 400
+CHECKED_FOLDERS = ("src", "tests", "benchmarks")
 
 
 def _run(*cmd: str | os.PathLike[str], **kwargs: object) -> None:
@@ -45,6 +49,38 @@ def ensure_venv() -> None:
     STAMP.write_text(wanted)
 
 
+def module_lengths(root: Path) -> dict[str, int]:
+    """The line count of every ``*.py`` under ``root``'s checked folders, by path relative to ``root``.
+
+    Hidden folders (virtual environments such as ``benchmarks/.venv-lightning``, caches) are skipped.
+    """
+    lengths: dict[str, int] = {}
+    for folder in CHECKED_FOLDERS:
+        for parent, dirs, files in os.walk(root / folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = Path(parent, name)
+                with open(path, encoding="utf-8") as handle:
+                    lengths[path.relative_to(root).as_posix()] = sum(1 for _ in handle)
+    return lengths
+
+
+def check_module_lengths(root: Path = ROOT) -> int:
+    """Fail (1) listing every module over ``MAX_MODULE_LINES`` lines; name src modules over the aim too.
+
+    Returns:
+        0 when every module is within the limit, else 1.
+    """
+    lengths = module_lengths(root)
+    over_aim = [f"{p} ({n})" for p, n in lengths.items() if p.startswith("src/") and n > AIM_MODULE_LINES]
+    if over_aim:
+        print(f"note: src modules over the {AIM_MODULE_LINES}-line aim: {', '.join(over_aim)}")
+    too_long = {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES}
+    for path, count in too_long.items():
+        print(f"{path}: {count} lines (more than {MAX_MODULE_LINES}); split it by topic", file=sys.stderr)
+    return 1 if too_long else 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "bench", "setup"):
         print(__doc__)
@@ -58,6 +94,8 @@ def main(argv: list[str]) -> int:
             _run(BIN / "ruff", "check", "src", "tests", "benchmarks", "dev.py")
             _run(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py")
             _run(BIN / "mypy")
+            if check_module_lengths():
+                return 1
             _run(PY, "-m", "pytest", "-q", *rest)
         elif command == "bench":
             _run(PY, "benchmarks/run.py", *rest)

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import venv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ TARGET_RATIO = 0.25  # the issue: stepstone's overhead per step at most 1/4 of L
 STEPSTONE_CONTENDERS = ("plain", "stepstone", "stepstone+log")
 LIGHTNING_CONTENDERS = ("plain", "lightning", "lightning+log")
 VARIANTS = (("", "no log"), ("+log", "self.log per step"))
+# (process, contender, steps) -> one run's timings
+RunOne = Callable[[str, str, int], dict[str, Any]]
 
 
 def _err(*parts: object) -> None:
@@ -422,7 +425,7 @@ def profile_stepstone(loader: Any, steps: int, top: int) -> str:
 
 
 # --- main --------------------------------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -454,38 +457,16 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help=f"exit 1 when the stepstone/Lightning ratio exceeds {TARGET_RATIO}",
     )
-    args = parser.parse_args(argv)
-    if args.steps < 2:
-        parser.error("--steps must be at least 2")
-    if args.reps < 5:
-        _err(f"note: --reps {args.reps} is below 5; medians of so few runs are noisy")
+    return parser
 
-    setup_process()
+
+def _meta(args: argparse.Namespace, worker: LightningWorker | None) -> dict[str, Any]:
+    """The run's settings and versions, recorded with its measurements."""
     import torch
 
     import stepstone as L
 
-    quiet_loggers()
-    if torch.__version__.split("+")[0] != TORCH_VERSION:
-        _err(f"note: this process runs torch {torch.__version__}, Lightning's venv runs {TORCH_VERSION}")
-
-    loader = make_loader(args.steps, args.batch_size, args.loader)
-    worker: LightningWorker | None = None
-    if not args.no_lightning:
-        python = ensure_lightning_venv(args.lightning_venv)
-        worker = LightningWorker(python, args.steps, args.batch_size, args.loader)
-    # The framework contenders; each runs next to a plain loop of its own process.
-    pairs_to_run: list[tuple[str, str]] = [("stepstone", c) for c in STEPSTONE_CONTENDERS[1:]]
-    if worker is not None:
-        pairs_to_run += [("lightning", c) for c in LIGHTNING_CONTENDERS[1:]]
-
-    def run_one(process: str, contender: str, steps: int) -> dict[str, Any]:
-        if process == "lightning":
-            assert worker is not None
-            return worker.run(contender, steps)
-        return run_contender(L, contender, loader, steps)
-
-    meta: dict[str, Any] = {
+    return {
         "bench": "overhead",
         "steps": args.steps,
         "reps": args.reps,
@@ -503,43 +484,54 @@ def main(argv: list[str]) -> int:
         "threads": torch.get_num_threads(),
     }
 
-    measurements: list[dict[str, Any]] = []
-    try:
-        _err(f"warm-up: {args.warmup_steps} steps of each contender")
-        warmups = [("stepstone", "plain"), *pairs_to_run] + ([("lightning", "plain")] if worker else [])
-        for process, contender in warmups:
-            run_one(process, contender, args.warmup_steps)
-        for rep in range(args.reps):
-            shift = rep % len(pairs_to_run)
-            for process, contender in pairs_to_run[shift:] + pairs_to_run[:shift]:
-                # Each framework run is paired with a plain run of its own process right next to it (plain
-                # first in even reps, second in odd ones), so that drifts of the machine's speed cancel out.
-                order = ["plain", contender] if rep % 2 == 0 else [contender, "plain"]
-                done = {}
-                for name in order:
-                    done[name] = {
-                        "bench": "overhead",
-                        "type": "measurement",
-                        "id": len(measurements) + len(done),
-                        "rep": rep,
-                        "process": process,
-                        "contender": name,
-                        "steps": args.steps,
-                        **run_one(process, name, args.steps),
-                    }
-                plain_run, framework_run = done["plain"], done[contender]
-                framework_run["paired_with"] = plain_run["id"]
-                framework_run["overhead_us_per_step"] = (
-                    (framework_run["total_s"] - plain_run["total_s"]) / args.steps * 1e6
-                )
-                plain_run["paired_for"] = contender
-                for line in sorted(done.values(), key=lambda m: m["id"]):
-                    measurements.append(line)
-                    print(json.dumps(line), flush=True)
-    finally:
-        if worker is not None:
-            worker.close()
 
+def _measure(
+    args: argparse.Namespace, pairs_to_run: list[tuple[str, str]], run_one: RunOne, lightning: bool
+) -> list[dict[str, Any]]:
+    """Warm every contender up, then run ``args.reps`` interleaved repetitions of each (framework, plain) pair."""
+    measurements: list[dict[str, Any]] = []
+    _err(f"warm-up: {args.warmup_steps} steps of each contender")
+    warmups = [("stepstone", "plain"), *pairs_to_run] + ([("lightning", "plain")] if lightning else [])
+    for process, contender in warmups:
+        run_one(process, contender, args.warmup_steps)
+    for rep in range(args.reps):
+        shift = rep % len(pairs_to_run)
+        for process, contender in pairs_to_run[shift:] + pairs_to_run[:shift]:
+            for line in _paired_runs(rep, process, contender, args.steps, len(measurements), run_one):
+                measurements.append(line)
+                print(json.dumps(line), flush=True)
+    return measurements
+
+
+def _paired_runs(
+    rep: int, process: str, contender: str, steps: int, first_id: int, run_one: RunOne
+) -> list[dict[str, Any]]:
+    """One framework run and the plain run of its own process next to it, in id order."""
+    # Plain first in even reps, second in odd ones, so that drifts of the machine's speed cancel out.
+    order = ["plain", contender] if rep % 2 == 0 else [contender, "plain"]
+    done = {}
+    for name in order:
+        done[name] = {
+            "bench": "overhead",
+            "type": "measurement",
+            "id": first_id + len(done),
+            "rep": rep,
+            "process": process,
+            "contender": name,
+            "steps": steps,
+            **run_one(process, name, steps),
+        }
+    plain_run, framework_run = done["plain"], done[contender]
+    framework_run["paired_with"] = plain_run["id"]
+    framework_run["overhead_us_per_step"] = (framework_run["total_s"] - plain_run["total_s"]) / steps * 1e6
+    plain_run["paired_for"] = contender
+    return sorted(done.values(), key=lambda m: m["id"])
+
+
+def _report(
+    args: argparse.Namespace, measurements: list[dict[str, Any]], meta: dict[str, Any], loader: Any
+) -> int:
+    """Print the summary (and the profile when asked), write the JSON file; the exit status."""
     rows = summarise(measurements, args.steps)
     rats = ratios(rows)
     for row in [*rows, *rats]:
@@ -571,6 +563,48 @@ def main(argv: list[str]) -> int:
     if args.check and rats and not all(q["meets_target"] for q in rats):
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2")
+    if args.reps < 5:
+        _err(f"note: --reps {args.reps} is below 5; medians of so few runs are noisy")
+
+    setup_process()
+    import torch
+
+    import stepstone as L
+
+    quiet_loggers()
+    if torch.__version__.split("+")[0] != TORCH_VERSION:
+        _err(f"note: this process runs torch {torch.__version__}, Lightning's venv runs {TORCH_VERSION}")
+
+    loader = make_loader(args.steps, args.batch_size, args.loader)
+    worker: LightningWorker | None = None
+    if not args.no_lightning:
+        python = ensure_lightning_venv(args.lightning_venv)
+        worker = LightningWorker(python, args.steps, args.batch_size, args.loader)
+    # The framework contenders; each runs next to a plain loop of its own process.
+    pairs_to_run: list[tuple[str, str]] = [("stepstone", c) for c in STEPSTONE_CONTENDERS[1:]]
+    if worker is not None:
+        pairs_to_run += [("lightning", c) for c in LIGHTNING_CONTENDERS[1:]]
+
+    def run_one(process: str, contender: str, steps: int) -> dict[str, Any]:
+        if process == "lightning":
+            assert worker is not None
+            return worker.run(contender, steps)
+        return run_contender(L, contender, loader, steps)
+
+    meta = _meta(args, worker)
+    try:
+        measurements = _measure(args, pairs_to_run, run_one, lightning=worker is not None)
+    finally:
+        if worker is not None:
+            worker.close()
+    return _report(args, measurements, meta, loader)
 
 
 if __name__ == "__main__":

@@ -63,47 +63,60 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     if argv and argv[0] == "--list":
-        width = max((len(n) for n in found), default=0)
-        for name, path in found.items():
-            print(f"{name:<{width}}  {_summary(path)}")
+        _print_list(found)
         return 0
-
     names: list[str] = []
     rest = list(argv)
     while rest and not rest[0].startswith("-"):
         names.append(_normalise(rest.pop(0)))
+    selected = _select(found, names)
+    if selected is None:
+        return 2
+    failed = [name for name in selected if _run_one(name, found[name], rest) != 0]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_list(found: dict[str, Path]) -> None:
+    """One line per benchmark: its name and the first line of its docstring."""
+    width = max((len(n) for n in found), default=0)
+    for name, path in found.items():
+        print(f"{name:<{width}}  {_summary(path)}")
+
+
+def _select(found: dict[str, Path], names: list[str]) -> list[str] | None:
+    """The benchmarks to run: ``names``, or all when none is named; None (after saying why) when none can run."""
     unknown = [n for n in names if n not in found]
     if unknown:
         print(
             f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(found) or 'none'}",
             file=sys.stderr,
         )
-        return 2
+        return None
     selected = names or list(found)
     if not selected:
         print("no benchmarks/bench_*.py found", file=sys.stderr)
-        return 2
+        return None
+    return selected
 
-    failed: list[str] = []
-    for name in selected:
-        print(f"=== benchmark: {name} ===", flush=True)
-        started = time.perf_counter()
-        try:
-            rc = int(load(found[name]).main(list(rest)) or 0)
-        except SystemExit as exc:  # argparse errors, --help
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Exception:
-            traceback.print_exc()
-            rc = 1
-        print(
-            f"=== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - started:.1f} s ==="
-        )
-        if rc != 0:
-            failed.append(name)
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+
+def _run_one(name: str, path: Path, args: list[str]) -> int:
+    """Run one benchmark's ``main(args)``; its exit status (an exception counts as 1, after its traceback)."""
+    print(f"=== benchmark: {name} ===", flush=True)
+    started = time.perf_counter()
+    try:
+        rc = int(load(path).main(list(args)) or 0)
+    except SystemExit as exc:  # argparse errors, --help
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:
+        traceback.print_exc()
+        rc = 1
+    print(
+        f"=== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - started:.1f} s ==="
+    )
+    return rc
 
 
 if __name__ == "__main__":

@@ -84,6 +84,61 @@ def logging_module_class(
     return Model
 
 
+class _HookRecorder:
+    """Mixed into either framework's LightningModule by :func:`module_class` (a plain class: no framework)."""
+
+    def __init__(self, save_at: tuple[Any, ...] | None = None) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.save_at = save_at
+        self.events: list[tuple[Any, ...]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.events.append(("train", self.current_epoch, batch_idx))
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def _maybe_save(self, hook: str, batch_idx: int | None = None) -> None:
+        spot = self.save_at
+        if spot is None or spot[0] != hook or spot[1] != self.current_epoch:
+            return
+        if batch_idx is None or spot[2] == batch_idx:
+            self.trainer.save_checkpoint(spot[-1])
+
+    def on_train_start(self) -> None:
+        self.events.append(("train_start", self.global_step))
+
+    def on_train_epoch_start(self) -> None:
+        self.events.append(("epoch_start", self.current_epoch))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_save("batch", batch_idx)
+
+    def on_train_epoch_end(self) -> None:
+        self.events.append(("epoch_end", self.current_epoch))
+        self._maybe_save("epoch")
+
+    def on_validation_end(self) -> None:
+        sanity = self.trainer.sanity_checking
+        self.events.append(("validation", self.current_epoch, sanity))
+        if not sanity:
+            self._maybe_save("val")
+
+
+class _Validation:
+    """Mixed in by :func:`module_class` with ``validate=True``: logs ``v`` on 2 validation batches."""
+
+    layer: torch.nn.Linear
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("v", self.layer(batch[0]).sum())
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return data(2, seed=1)
+
+
 def module_class(name: str, validate: bool = False) -> type:
     """A linear model recording its hooks in ``self.events``; ``save_at`` = (hook, epoch[, batch], path).
 
@@ -91,56 +146,11 @@ def module_class(name: str, validate: bool = False) -> type:
     (on_validation_end outside the sanity check).
     """
     pl, _ = framework(name)
+    mixins = (_Validation, _HookRecorder) if validate else (_HookRecorder,)
 
-    class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
-        def __init__(self, save_at: tuple[Any, ...] | None = None) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(4, 1)
-            self.save_at = save_at
-            self.events: list[tuple[Any, ...]] = []
+    class Model(*mixins, pl.LightningModule):  # type: ignore[misc, name-defined]
+        pass
 
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            self.events.append(("train", self.current_epoch, batch_idx))
-            return self.layer(batch[0]).sum()
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.01)
-
-        def _maybe_save(self, hook: str, batch_idx: int | None = None) -> None:
-            spot = self.save_at
-            if spot is None or spot[0] != hook or spot[1] != self.current_epoch:
-                return
-            if batch_idx is None or spot[2] == batch_idx:
-                self.trainer.save_checkpoint(spot[-1])
-
-        def on_train_start(self) -> None:
-            self.events.append(("train_start", self.global_step))
-
-        def on_train_epoch_start(self) -> None:
-            self.events.append(("epoch_start", self.current_epoch))
-
-        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self._maybe_save("batch", batch_idx)
-
-        def on_train_epoch_end(self) -> None:
-            self.events.append(("epoch_end", self.current_epoch))
-            self._maybe_save("epoch")
-
-        def on_validation_end(self) -> None:
-            self.events.append(("validation", self.current_epoch, self.trainer.sanity_checking))
-            if not self.trainer.sanity_checking:
-                self._maybe_save("val")
-
-    if validate:
-
-        def validation_step(self: Any, batch: Any, batch_idx: int) -> None:
-            self.log("v", self.layer(batch[0]).sum())
-
-        def val_dataloader(self: Any) -> DataLoader[Any]:
-            return data(2, seed=1)
-
-        Model.validation_step = validation_step
-        Model.val_dataloader = val_dataloader
     return Model
 
 
@@ -222,6 +232,29 @@ def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: boo
     loggers = importlib.import_module(
         "lightning.pytorch.loggers" if name == "lightning" else "stepstone.loggers"
     )
+    kind = loggers.CSVLogger if logger == "csv" else loggers.TensorBoardLogger
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=kind(save_dir=root, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    sources: dict[str, Any] = {"datamodule": _datamodule_class(pl)()} if hparams == "datamodule" else {}
+    if not sources:
+        sources = (
+            {"train_dataloaders": data(2), "val_dataloaders": data(2)}
+            if fn == "fit"
+            else {"dataloaders": data(2)}
+        )
+    with quiet():
+        getattr(trainer, fn)(_every_step_module_class(pl, hparams, log_metrics)(), **sources)
+    return _logger_listing(root)
+
+
+def _every_step_module_class(pl: ModuleType, hparams: str, log_metrics: bool) -> type:
+    """A linear model with each of fit/validate/test/predict's steps, for :func:`logger_files`."""
 
     class Model(pl.LightningModule):  # type: ignore[misc, name-defined]
         def __init__(self, lr: float = 0.1) -> None:
@@ -251,6 +284,12 @@ def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: boo
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
+    return Model
+
+
+def _datamodule_class(pl: ModuleType) -> type:
+    """A datamodule saving its hyperparameters (``batch_size``), with 2 batches for every stage."""
+
     class DataModule(pl.LightningDataModule):  # type: ignore[misc, name-defined]
         def __init__(self, batch_size: int = 4) -> None:
             super().__init__()
@@ -261,38 +300,28 @@ def logger_files(name: str, logger: str, hparams: str, fn: str, log_metrics: boo
 
         val_dataloader = test_dataloader = predict_dataloader = train_dataloader
 
-    kind = loggers.CSVLogger if logger == "csv" else loggers.TensorBoardLogger
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=kind(save_dir=root, name="logs"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
-    )
-    sources: dict[str, Any] = {"datamodule": DataModule()} if hparams == "datamodule" else {}
-    if not sources:
-        sources = (
-            {"train_dataloaders": data(2), "val_dataloaders": data(2)}
-            if fn == "fit"
-            else {"dataloaders": data(2)}
-        )
-    with quiet():
-        getattr(trainer, fn)(Model(), **sources)
+    return DataModule
+
+
+def _logger_listing(root: Path) -> list[str]:
+    """What a logger left under ``root``, as :func:`logger_files` returns it."""
     found = []
     for folder, _, names in os.walk(root):
         rel = os.path.relpath(folder, root)
         found.append(f"{rel}/")
-        for file in names:
-            if file.startswith("events."):
-                found.append(os.path.join(rel, "events.*"))
-            elif file.endswith(".yaml"):
-                found.append(f"{os.path.join(rel, file)}={yaml.safe_load(Path(folder, file).read_text())}")
-            elif file.endswith(".csv"):  # the header, and the epoch/step columns exactly as written
-                with open(os.path.join(folder, file), newline="") as handle:
-                    rows = list(csv.DictReader(handle))
-                columns = [(r.get("epoch"), r["step"]) for r in rows]
-                found.append(f"{os.path.join(rel, file)}={sorted(rows[0]) if rows else []}{columns}")
-            else:
-                found.append(os.path.join(rel, file))
+        found.extend(_listing_entry(Path(folder), rel, file) for file in names)
     return sorted(found)
+
+
+def _listing_entry(folder: Path, rel: str, file: str) -> str:
+    """One file of :func:`_logger_listing`: event files as ``events.*``, YAML and CSV files with their content."""
+    if file.startswith("events."):
+        return os.path.join(rel, "events.*")
+    if file.endswith(".yaml"):
+        return f"{os.path.join(rel, file)}={yaml.safe_load((folder / file).read_text())}"
+    if file.endswith(".csv"):  # the header, and the epoch/step columns exactly as written
+        with open(folder / file, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        columns = [(r.get("epoch"), r["step"]) for r in rows]
+        return f"{os.path.join(rel, file)}={sorted(rows[0]) if rows else []}{columns}"
+    return os.path.join(rel, file)

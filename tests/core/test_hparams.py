@@ -482,6 +482,12 @@ def test_module_and_datamodule_hparams_that_conflict_stop_the_run(framework: str
 
 def _hparams_module_classes(fw: Any) -> dict[str, type]:
     """Modules saving their hyperparameters each way Lightning names differently in ``hparams_name``."""
+    base = _hparams_base_class(fw)
+    return {**_classes_saving_init_arguments(base), **_classes_saving_given_objects(base)}
+
+
+def _hparams_base_class(fw: Any) -> type:
+    """A linear module of ``fw`` (either framework) that trains; it saves no hyperparameters."""
 
     class Base(fw.LightningModule):
         def __init__(self) -> None:
@@ -494,51 +500,59 @@ def _hparams_module_classes(fw: Any) -> dict[str, type]:
         def configure_optimizers(self) -> Any:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    class Plain(Base):
+    return Base
+
+
+def _classes_saving_init_arguments(base: Any) -> dict[str, type]:
+    """``save_hyperparameters()`` or ``save_hyperparameters("lr")``: the hyperparameters are ``__init__``'s."""
+
+    class Plain(base):
         def __init__(self, lr: float = 0.1, depth: int = 2) -> None:
             super().__init__()
             self.save_hyperparameters()
 
-    class Named(Base):
+    class Named(base):
         def __init__(self, lr: float = 0.1, depth: int = 2) -> None:
             super().__init__()
             self.save_hyperparameters("lr")
 
-    class Kwargs(Base):
+    class Kwargs(base):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__()
             self.save_hyperparameters()
 
-    class NoArguments(Base):
+    class NoArguments(base):
         def __init__(self) -> None:
             super().__init__()
             self.save_hyperparameters()
 
-    class DictArgument(Base):
+    return {"plain": Plain, "named": Named, "kwargs": Kwargs, "no_arguments": NoArguments}
+
+
+def _classes_saving_given_objects(base: Any) -> dict[str, type]:
+    """``save_hyperparameters(obj)`` with a dict or Namespace, passed in or built in ``__init__``."""
+
+    class DictArgument(base):
         def __init__(self, config: Any = None) -> None:
             super().__init__()
             self.save_hyperparameters(config)
 
-    class DictLiteral(Base):
+    class DictLiteral(base):
         def __init__(self, lr: float = 0.1) -> None:
             super().__init__()
             self.save_hyperparameters({"lr": lr, "built": True})
 
-    class NamespaceArgument(Base):
+    class NamespaceArgument(base):
         def __init__(self, args: Any = None) -> None:
             super().__init__()
             self.save_hyperparameters(args)
 
-    class NamespaceBuilt(Base):
+    class NamespaceBuilt(base):
         def __init__(self, lr: float = 0.1) -> None:
             super().__init__()
             self.save_hyperparameters(Namespace(lr=lr))
 
     return {
-        "plain": Plain,
-        "named": Named,
-        "kwargs": Kwargs,
-        "no_arguments": NoArguments,
         "dict_argument": DictArgument,
         "dict_literal": DictLiteral,
         "namespace_argument": NamespaceArgument,

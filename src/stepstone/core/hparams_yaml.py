@@ -45,12 +45,25 @@ def to_plain(value: Any) -> Any:
     """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    scalar = _plain_scalar(value)
+    if scalar is not None:
+        return scalar
+    return _plain_container(value)
+
+
+def _plain_scalar(value: Any) -> str | None:
+    """The string an Enum, complex number, dtype, device or path is written as; None for anything else."""
     if isinstance(value, enum.Enum):
         return value.name  # Lightning writes a top-level Enum by name
     if isinstance(value, (complex, torch.dtype, torch.device)):
         return str(value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    return None
+
+
+def _plain_container(value: Any) -> Any:
+    """Convert a namespace, dataclass, mapping, sequence, set or array recursively (see ``to_plain``)."""
     if isinstance(value, Namespace):
         value = vars(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

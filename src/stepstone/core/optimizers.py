@@ -172,28 +172,39 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[SchedulerConf
     """
     if returned is None:
         return [], []
+    optimizers, schedulers = _split_returned(returned)
+    _check_optimizers(optimizers, schedulers)
+    return optimizers, schedulers
+
+
+def _split_returned(returned: Any) -> tuple[list[Any], list[SchedulerConfig]]:
+    """The optimizers (not yet checked) and scheduler configurations of each shape Lightning accepts."""
     if isinstance(returned, Optimizer):
         return [returned], []
     if isinstance(returned, Mapping):
-        optimizer, schedulers = _from_dict(returned)
-        optimizers = [optimizer]
-    elif isinstance(returned, Sequence) and len(returned) == 2 and isinstance(returned[0], Sequence):
-        optimizers = list(returned[0])
+        optimizer, configs = _from_dict(returned)
+        return [optimizer], configs
+    if isinstance(returned, Sequence) and len(returned) == 2 and isinstance(returned[0], Sequence):
         raw = returned[1] if isinstance(returned[1], Sequence) else [returned[1]]
-        schedulers = [_scheduler_config(s, None) for s in raw]
-    elif isinstance(returned, Sequence) and all(isinstance(x, Mapping) for x in returned) and returned:
-        optimizers, schedulers = [], []
+        return list(returned[0]), [_scheduler_config(s, None) for s in raw]
+    if isinstance(returned, Sequence) and all(isinstance(x, Mapping) for x in returned) and returned:
+        optimizers: list[Any] = []
+        schedulers: list[SchedulerConfig] = []
         for item in returned:
             opt, scheds = _from_dict(item)
             optimizers.append(opt)
             schedulers.extend(scheds)
-    elif isinstance(returned, Sequence) and all(isinstance(x, Optimizer) for x in returned):
-        optimizers, schedulers = list(returned), []
-    else:
-        raise MisconfigurationException(
-            f"configure_optimizers returned {type(returned).__name__} ({returned!r:.80}); return an optimizer, a "
-            "list of optimizers, ([optimizers], [schedulers]), or {'optimizer': ..., 'lr_scheduler': ...}."
-        )
+        return optimizers, schedulers
+    if isinstance(returned, Sequence) and all(isinstance(x, Optimizer) for x in returned):
+        return list(returned), []
+    raise MisconfigurationException(
+        f"configure_optimizers returned {type(returned).__name__} ({returned!r:.80}); return an optimizer, a "
+        "list of optimizers, ([optimizers], [schedulers]), or {'optimizer': ..., 'lr_scheduler': ...}."
+    )
+
+
+def _check_optimizers(optimizers: list[Any], schedulers: list[SchedulerConfig]) -> None:
+    """Every optimizer is a torch optimizer and every scheduler steps one of them."""
     bad = [o for o in optimizers if not isinstance(o, Optimizer)]
     if bad:
         raise MisconfigurationException(
@@ -206,7 +217,6 @@ def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[SchedulerConf
                 f"configure_optimizers returned a {type(config.scheduler).__name__} attached to an optimizer that "
                 "is not among the returned optimizers; build the scheduler on one of them."
             )
-    return optimizers, schedulers
 
 
 def resolve_clipping(

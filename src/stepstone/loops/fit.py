@@ -21,6 +21,7 @@ from stepstone.loops.progress import (
 from stepstone.trainer.rng import capture_rng, restore_rng
 
 if TYPE_CHECKING:
+    from stepstone.profilers import Profiler
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["FitLoop"]
@@ -293,17 +294,8 @@ class FitLoop:
         exact, self._exact = self._exact, None
         if total == 0 or loader is None:
             return
-        if exact is not None and start > 0:
-            # Finish the batch the checkpoint was written in (its validation and bookkeeping) first.
-            tail = exact.get("tail")
-            if tail in ("validate", "after_validation"):
-                last = self.batch_progress.is_last_batch
-                accumulating = self._should_accumulate(start - 1, last)
-                if not self._after_batch(start - 1, last, accumulating, validate=tail == "validate"):
-                    return
-            if start >= total:
-                return
-            self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
+        if exact is not None and start > 0 and not self._resume_inside_epoch(exact, start, total):
+            return
         iterator = self.data.open(
             loader, start, exact.get("loader_state") if exact else None, lookahead=math.isinf(total)
         )
@@ -314,17 +306,35 @@ class FitLoop:
         for batch_idx, batch, is_last in iterate_batches(iterator, start, total):
             self.batch_progress.is_last_batch = is_last
             accumulating = self._should_accumulate(batch_idx, is_last)
-            if profiler is None:
-                if not self._run_batch(batch, batch_idx, accumulating):
-                    break
-            else:
-                with profiler.profile("run_training_batch"):
-                    if not self._run_batch(batch, batch_idx, accumulating):
-                        break
+            if not self._profiled_batch(profiler, batch, batch_idx, accumulating):
+                break
             if not accumulating and preemption.due(trainer):
                 preemption.save_and_exit(trainer)  # raises SystemExit after the optimizer step
             if not self._after_batch(batch_idx, is_last, accumulating, validate=True):
                 break
+
+    def _resume_inside_epoch(self, exact: dict[str, Any], start: int, total: float) -> bool:
+        """Finish the batch an exact checkpoint was written in; False when its epoch has no batch left to run."""
+        tail = exact.get("tail")
+        if tail in ("validate", "after_validation"):
+            # Its validation and bookkeeping come first.
+            last = self.batch_progress.is_last_batch
+            accumulating = self._should_accumulate(start - 1, last)
+            if not self._after_batch(start - 1, last, accumulating, validate=tail == "validate"):
+                return False
+        if start >= total:
+            return False
+        self.data.resume_from(exact.get("epoch_state") or {}, capture_rng())
+        return True
+
+    def _profiled_batch(
+        self, profiler: Profiler | None, batch: Any, batch_idx: int, accumulating: bool
+    ) -> bool:
+        """Run one training batch, inside the profiler's ``run_training_batch`` span when one records."""
+        if profiler is None:
+            return self._run_batch(batch, batch_idx, accumulating)
+        with profiler.profile("run_training_batch"):
+            return self._run_batch(batch, batch_idx, accumulating)
 
     def _after_batch(self, batch_idx: int, is_last: bool, accumulating: bool, validate: bool) -> bool:
         """What follows a training batch: validation if due, step bookkeeping; False when the epoch must end."""

@@ -21,6 +21,7 @@ from stepstone.errors import MisconfigurationException
 from stepstone.strategies import collectives, is_fsdp
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.environment import (
+    ClusterEnvironment,
     check_matches,
     detect_environment,
     launcher_environment,
@@ -114,17 +115,7 @@ def resolve_distributed(
             "(gloo) or 'gpu' (nccl)."
         )
     environment = detect_environment()
-    automatic = devices in ("auto", None, -1, "-1")
-    if automatic and environment is not None:
-        # "auto" under torchrun/srun: as many processes per node as the launcher started.
-        count: int | None = environment.world_size // environment.num_nodes
-    else:
-        count = 1 if automatic else _device_count(devices)
-    if count is None or count < 1:
-        raise MisconfigurationException(
-            f"Trainer(devices={devices!r}) is invalid with strategy='ddp'; pass the number of processes per node, "
-            "e.g. devices=2."
-        )
+    count = _processes_per_node(devices, environment)
     launcher, spawn = None, None
     if environment is None and strategy == "ddp_spawn" and count * num_nodes > 1:
         if num_nodes > 1:
@@ -139,25 +130,57 @@ def resolve_distributed(
     elif environment is None:
         environment = single_process()
     check_matches(environment, count, num_nodes)
-    if isinstance(strategy, DDPStrategy):
-        chosen = strategy
-    elif strategy == "fsdp":
-        from stepstone.strategies.fsdp import FSDPStrategy  # imported only when asked for (costly)
-
-        chosen = FSDPStrategy(single_process())  # Lightning's default: state_dict_type="full"
-    else:
-        chosen = DDPStrategy(single_process())
+    chosen = _strategy_instance(strategy)
     # The Trainer's arguments decide where each rank computes; a DDPStrategy instance brings the other settings.
     chosen.environment = environment
     chosen.accelerator = placement.accelerator
     if placement.accelerator == "cuda":
-        if environment.local_rank >= torch.cuda.device_count():
-            raise MisconfigurationException(
-                f"Local rank {environment.local_rank} needs GPU {environment.local_rank}, but "
-                f"{torch.cuda.device_count()} GPU(s) are visible; start at most that many processes per node."
-            )
-        placement.device = torch.device("cuda", environment.local_rank)
+        placement.device = _rank_gpu(environment.local_rank)
     return chosen, placement, launcher, spawn
+
+
+def _processes_per_node(devices: Any, environment: ClusterEnvironment | None) -> int:
+    """``devices`` as a number of processes per node; "auto" under torchrun/srun: as many as the launcher started.
+
+    Raises:
+        MisconfigurationException: ``devices`` is not a positive count.
+    """
+    automatic = devices in ("auto", None, -1, "-1")
+    if automatic and environment is not None:
+        count: int | None = environment.world_size // environment.num_nodes
+    else:
+        count = 1 if automatic else _device_count(devices)
+    if count is None or count < 1:
+        raise MisconfigurationException(
+            f"Trainer(devices={devices!r}) is invalid with strategy='ddp'; pass the number of processes per node, "
+            "e.g. devices=2."
+        )
+    return count
+
+
+def _strategy_instance(strategy: Any) -> DDPStrategy:
+    """The user's DDPStrategy instance, else a new FSDP or DDP strategy (its environment set by the caller)."""
+    if isinstance(strategy, DDPStrategy):
+        return strategy
+    if strategy == "fsdp":
+        from stepstone.strategies.fsdp import FSDPStrategy  # imported only when asked for (costly)
+
+        return FSDPStrategy(single_process())  # Lightning's default: state_dict_type="full"
+    return DDPStrategy(single_process())
+
+
+def _rank_gpu(local_rank: int) -> torch.device:
+    """The GPU of ``local_rank``.
+
+    Raises:
+        MisconfigurationException: fewer GPUs are visible than this node's ranks need.
+    """
+    if local_rank >= torch.cuda.device_count():
+        raise MisconfigurationException(
+            f"Local rank {local_rank} needs GPU {local_rank}, but "
+            f"{torch.cuda.device_count()} GPU(s) are visible; start at most that many processes per node."
+        )
+    return torch.device("cuda", local_rank)
 
 
 def start_ranks(launcher: ScriptLauncher) -> None:
