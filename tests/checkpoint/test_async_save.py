@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 
 import stepstone.checkpoint.files as files
 import stepstone.checkpoint.manager as manager_module
+from blocking import ReleaseWhenBlocked
 from stepstone.checkpoint import (
     AsyncWriter,
     CheckpointManager,
@@ -118,16 +118,19 @@ def test_async_manager_close_waits_for_the_save_in_flight(
     tmp_path: Path, state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = manager_module.save_file
+    release = threading.Event()
 
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.2)
+    def held(*args: Any, **kwargs: Any) -> Any:
+        assert release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "save_file", slow)
+    monkeypatch.setattr(manager_module, "save_file", held)
     manager = CheckpointManager(tmp_path, async_save=True)
     handle = manager.save(7, state)
-    assert not handle.done()
+    assert not handle.done()  # held before its first byte
+    releaser = ReleaseWhenBlocked(threading.main_thread(), "close", release)
     manager.close()
+    assert releaser.join()  # close was waiting while the save was still held
     assert handle.done() and (tmp_path / "step=7.ckpt").exists()
 
 

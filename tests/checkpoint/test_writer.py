@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import threading
-import time
 
 import pytest
 
+from blocking import ReleaseWhenBlocked
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.writer import AsyncWriter, SaveJob, SyncWriter
 from stepstone.errors import CheckpointError
@@ -93,27 +94,40 @@ def test_async_submit_returns_at_once_and_the_handle_gives_the_record() -> None:
 
 def test_a_second_save_waits_for_the_first_and_the_wait_is_reported() -> None:
     lines: list[str] = []
-    writer = AsyncWriter(report=lines.append, report_min_wait_s=0.05)
+    writer = AsyncWriter(report=lines.append, report_min_wait_s=0.0)
     release, started = threading.Event(), threading.Event()
     order: list[str] = []
-    writer.submit(_blocked_job(release, started))
+
+    def first() -> CheckpointRecord:
+        started.set()
+        assert release.wait(5)
+        order.append("first")
+        return RECORD
+
+    writer.submit(first)
     assert started.wait(5)
-    threading.Timer(0.2, release.set).start()
-    begun = time.monotonic()
+    # Backpressure: the second submit blocks until the first job ended; it is released only once it waits.
+    releaser = ReleaseWhenBlocked(threading.main_thread(), "submit", release)
     writer.submit(lambda: order.append("second") or RECORD)
-    assert time.monotonic() - begun >= 0.15  # backpressure: submit blocked until the first job ended
+    assert releaser.join()
     writer.close()
-    assert order == ["second"]
-    assert writer.waits == 1 and writer.waited_s >= 0.15
-    assert len(lines) == 1 and "waited 0." in lines[0] and "previous one" in lines[0]
+    assert order == ["first", "second"]
+    assert writer.waits == 1 and writer.waited_s > 0
+    assert len(lines) == 1 and re.search(r"waited \d+\.\d\d s for the previous one", lines[0])
 
 
 def test_reports_are_rate_limited() -> None:
     lines: list[str] = []
     writer = AsyncWriter(report=lines.append, report_min_wait_s=0.0, report_every_s=60.0)
-    for _ in range(3):
-        writer.submit(lambda: time.sleep(0.02) or RECORD)
+    releases = [threading.Event() for _ in range(3)]
+    releasers = []
+    for index, release in enumerate(releases):
+        if index:  # the job before is held until this submit waits for it
+            releasers.append(ReleaseWhenBlocked(threading.main_thread(), "submit", releases[index - 1]))
+        writer.submit(_blocked_job(release))
+    releases[-1].set()
     writer.close()
+    assert all(releaser.join() for releaser in releasers)
     assert writer.waits == 2 and len(lines) == 1
 
 
