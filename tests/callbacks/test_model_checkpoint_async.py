@@ -4,9 +4,11 @@ failures raised at the next save or when fit ends, snapshots isolated from train
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -14,10 +16,11 @@ import torch
 
 import stepstone as L
 import stepstone.checkpoint.files as files
+from blocking import blocked_on, wait_until
 from models import MemoryLogger
 from scripted import ScriptedModel, loader, trainer
 from stepstone.callbacks import ModelCheckpoint
-from stepstone.checkpoint import load_file, verify_file
+from stepstone.checkpoint import SaveHandle, load_file, verify_file
 from stepstone.errors import MisconfigurationException
 
 Patch = Callable[..., None]
@@ -27,40 +30,52 @@ def ckpts(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("*.ckpt"))
 
 
-@pytest.fixture
-def slow_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
-    """``slow_writes(seconds)``: every background save sleeps that long before writing its first byte."""
+class HeldWrites:
+    """Every background save waits, before its first byte, until the training thread waits for it.
 
-    def install(seconds: float) -> None:
-        real = files.save_file
+    Training provably goes on while each save is in flight, and whatever waits for a save (the next trigger,
+    the end of fit, an error's cleanup) is what releases it: no sleep decides what is in flight.
 
-        def slow(*args: Any, **kwargs: Any) -> Any:
-            time.sleep(seconds)
+    Args:
+        monkeypatch: patches ``save_file`` of the engine.
+        fail: the background saves (1-based) that raise OSError once released.
+        then_s: a slow disk: once released, each save takes at least this long.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: set[int], then_s: float) -> None:
+        self.saves = 0
+        self.unreleased = 0  # saves that ran when the deadline passed, not because training waited
+        real, training = files.save_file, threading.main_thread()
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            writer = threading.current_thread()
+            if writer is training:  # a synchronous save
+                return real(*args, **kwargs)
+            self.saves += 1
+            number = self.saves
+
+            def waits_for_this_save(frame: FrameType) -> bool:
+                waiter = frame.f_locals.get("self")  # a join of this writer thread, or a save handle's result
+                return waiter is writer or isinstance(waiter, SaveHandle)
+
+            if not wait_until(lambda: blocked_on(training, waits_for_this_save), timeout=30):
+                self.unreleased += 1
+            time.sleep(then_s)
+            if number in fail:
+                raise OSError(f"injected failure of background save {number}")
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(files, "save_file", slow)
+        monkeypatch.setattr(files, "save_file", held)
+
+
+@pytest.fixture
+def held_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., HeldWrites]:
+    """``held_writes(fail=set(), then_s=0.0)``: install :class:`HeldWrites`."""
+
+    def install(fail: set[int] | None = None, then_s: float = 0.0) -> HeldWrites:
+        return HeldWrites(monkeypatch, fail or set(), then_s)
 
     return install
-
-
-@pytest.fixture
-def failing_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[set[int]], None]]:
-    """``failing_writes({n, ...})``: the n-th background saves (1-based) raise OSError before writing."""
-    calls: list[int] = []
-
-    def install(which: set[int]) -> None:
-        real = files.save_file
-
-        def maybe_fail(*args: Any, **kwargs: Any) -> Any:
-            calls.append(1)
-            time.sleep(0.05)  # still in flight when training moves on
-            if len(calls) in which:
-                raise OSError(f"injected failure of background save {len(calls)}")
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(files, "save_file", maybe_fail)
-
-    yield install
 
 
 class Invariants(L.Callback):
@@ -89,7 +104,7 @@ def _fit(tmp_path: Path, cb: ModelCheckpoint, *callbacks: L.Callback, **kwargs: 
 
 @pytest.mark.parametrize("save_last", [True, "link"])
 def test_async_gives_the_same_files_and_state_as_sync_and_never_names_an_uncommitted_file(
-    tmp_path: Path, slow_writes: Callable[[float], None], save_last: Any
+    tmp_path: Path, held_writes: Callable[..., HeldWrites], save_last: Any
 ) -> None:
     def run(name: str, async_save: bool) -> tuple[ModelCheckpoint, Invariants, ScriptedModel]:
         cb = ModelCheckpoint(
@@ -104,9 +119,12 @@ def test_async_gives_the_same_files_and_state_as_sync_and_never_names_an_uncommi
         return cb, checker, model
 
     sync, _, _ = run("sync", False)
-    slow_writes(0.05)
+    held = held_writes()
     cb, checker, model = run("async", True)
-    assert checker.in_flight > 0  # saves really were in flight while training went on
+    assert held.saves == 5 and held.unreleased == 0
+    assert (
+        checker.in_flight == 16
+    )  # the 4 batches after each of the first 4 validations ran with a save in flight
     assert ckpts(tmp_path / "async") == ckpts(tmp_path / "sync")
     assert (
         os.path.basename(cb.best_model_path)
@@ -149,13 +167,14 @@ class Recorder(L.Callback):
 
 
 def test_in_place_changes_right_after_the_trigger_never_reach_the_file(
-    tmp_path: Path, slow_writes: Callable[[float], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    slow_writes(0.05)
+    held = held_writes()  # each save is still held while the next step changes the weights
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=-1, async_save=True)
     recorder = Recorder()
     t = trainer(tmp_path, [recorder, cb], max_steps=6, limit_val_batches=0)
     t.fit(Mutating(lr=0.0), loader())
+    assert held.saves == 6 and held.unreleased == 0
     assert len(ckpts(tmp_path / "c")) == 6
     for step, expected in recorder.weights.items():
         saved = load_file(tmp_path / "c" / f"epoch={(step - 1) // 4}-step={step}.ckpt")
@@ -163,9 +182,9 @@ def test_in_place_changes_right_after_the_trigger_never_reach_the_file(
 
 
 def test_a_failed_save_is_raised_at_the_next_save_and_the_state_names_the_earlier_file(
-    tmp_path: Path, failing_writes: Callable[[set[int]], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    failing_writes({2})
+    held_writes(fail={2})
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=1, async_save=True)
     t = trainer(tmp_path, [cb], max_steps=6, limit_val_batches=0)
     with pytest.raises(OSError, match="background save 2"):
@@ -178,9 +197,9 @@ def test_a_failed_save_is_raised_at_the_next_save_and_the_state_names_the_earlie
 
 
 def test_a_failed_last_save_is_raised_when_fit_ends(
-    tmp_path: Path, failing_writes: Callable[[set[int]], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    failing_writes({2})
+    held_writes(fail={2})
     logger = MemoryLogger()
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=1, async_save=True)
     t = trainer(tmp_path, [cb], max_steps=2, limit_val_batches=0, logger=logger)
@@ -193,9 +212,9 @@ def test_a_failed_last_save_is_raised_when_fit_ends(
 
 
 def test_on_save_error_warn_covers_background_saves(
-    tmp_path: Path, failing_writes: Callable[[set[int]], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    failing_writes({2})
+    held_writes(fail={2})
     cb = ModelCheckpoint(
         dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=-1, async_save=True, on_save_error="warn"
     )
@@ -222,13 +241,14 @@ class SaveLogger(MemoryLogger):
 
 
 def test_fit_returns_only_after_the_last_save_is_committed(
-    tmp_path: Path, slow_writes: Callable[[float], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    slow_writes(0.3)
+    held = held_writes()  # the save is released only when fit waits for it
     logger = SaveLogger()
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=1, async_save=True)
     t = trainer(tmp_path, [cb], max_steps=1, limit_val_batches=0, logger=logger)
     t.fit(ScriptedModel(), loader())
+    assert held.saves == 1 and held.unreleased == 0
     assert cb.best_model_path == str(tmp_path / "c" / "epoch=0-step=1.ckpt") and cb._pending is None
     verify_file(cb.best_model_path)
     assert logger.announced == ["epoch=0-step=1.ckpt"] and logger.finalized == ["success"]
@@ -256,16 +276,17 @@ def test_host_buffers_are_allocated_once_and_reused_across_saves(tmp_path: Path)
 
 
 def test_a_save_waiting_for_the_previous_one_is_reported(
-    tmp_path: Path, slow_writes: Callable[[float], None], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    slow_writes(0.2)
+    held = held_writes(then_s=0.15)  # each save ends >= 0.15 s after training began to wait for it
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=1, async_save=True)
     t = trainer(tmp_path, [cb], max_steps=3, limit_val_batches=0)
     t.fit(ScriptedModel(), loader())
     err = capsys.readouterr().err
     assert err.count("waited") == 1 and "for the previous one to finish writing" in err
     writer = t._runner.async_saves.writer
-    assert writer is not None and writer.waits == 2 and writer.waited_s > 0.2
+    assert held.unreleased == 0
+    assert writer is not None and writer.waits == 2 and writer.waited_s >= 2 * 0.15
 
 
 def test_async_save_must_be_a_bool_or_none() -> None:
@@ -273,15 +294,15 @@ def test_async_save_must_be_a_bool_or_none() -> None:
         ModelCheckpoint(async_save="yes")  # type: ignore[arg-type]
 
 
-def test_last_only_saves_are_asynchronous_too(tmp_path: Path, slow_writes: Callable[[float], None]) -> None:
-    slow_writes(0.05)
+def test_last_only_saves_are_asynchronous_too(tmp_path: Path, held_writes: Callable[..., HeldWrites]) -> None:
+    held_writes()
     cb = ModelCheckpoint(
         dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=0, save_last=True, async_save=True
     )
     checker = Invariants(cb)
     t = trainer(tmp_path, [checker, cb], max_steps=4, limit_val_batches=0)
     t.fit(ScriptedModel(), loader())
-    assert checker.in_flight > 0
+    assert checker.in_flight == 3  # the batches after the first 3 steps ran with a save in flight
     assert ckpts(tmp_path / "c") == ["last.ckpt"] and load_file(cb.last_model_path)["global_step"] == 4
 
 
@@ -318,13 +339,14 @@ class FailingStep(ScriptedModel):
 
 
 def test_a_training_error_still_waits_for_the_save_in_flight(
-    tmp_path: Path, slow_writes: Callable[[float], None]
+    tmp_path: Path, held_writes: Callable[..., HeldWrites]
 ) -> None:
-    slow_writes(0.3)
+    held = held_writes()  # the step-2 save is released only when the failing fit waits for it
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, save_top_k=1, async_save=True)
     t = trainer(tmp_path, [cb], max_steps=5, limit_val_batches=0)
     with pytest.raises(RuntimeError, match="training failed"):
         t.fit(FailingStep(), loader())
+    assert held.saves == 2 and held.unreleased == 0
     assert cb._pending is None and cb.best_model_path == str(tmp_path / "c" / "epoch=0-step=2.ckpt")
     verify_file(cb.best_model_path)
     assert ckpts(tmp_path / "c") == ["epoch=0-step=2.ckpt"]

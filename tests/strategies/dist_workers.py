@@ -75,8 +75,22 @@ def collectives_roundtrip() -> list[dict[str, Any]]:
         destroy_process_group()
 
 
+def _appears(path: str, deadline_s: float) -> bool:
+    """Whether ``path`` exists within ``deadline_s`` seconds (a generous deadline, not a measure of speed)."""
+    deadline = time.monotonic() + deadline_s
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def raise_before_barrier(out: str) -> None:
-    """Rank 1 raises (inside abort_on_error) and lingers; rank 0 must fail its barrier at once."""
+    """Rank 1 raises (inside abort_on_error) and stays alive until rank 0's barrier failed; rank 0 writes its error.
+
+    The process group timeout is 30 s and rank 1 gives up waiting after 20: rank 0 failing while rank 1 is
+    alive can only be abort_on_error's doing.
+    """
     rank = _join(30)
     try:
         if rank == 1:
@@ -84,30 +98,37 @@ def raise_before_barrier(out: str) -> None:
                 with abort_on_error():
                     raise ValueError("rank 1 broke before the barrier")
             except ValueError:
-                time.sleep(2.0)  # alive, but its process group is gone: rank 0 must not wait for this
+                if not _appears(out, 20):
+                    raise AssertionError("rank 0's barrier did not fail while rank 1 was alive") from None
                 raise
-        start = time.monotonic()
         try:
             barrier("before save")
         except CollectiveError as exc:
-            Path(out).write_text(f"{time.monotonic() - start}\n{exc}")
+            Path(out).write_text(str(exc))
             raise
     finally:
         destroy_process_group()
 
 
-def mismatched_collective(timeout_s: float) -> float:
-    """Rank 1 stays alive but never joins rank 0's barrier; returns how long rank 0 waited for its error."""
+def mismatched_collective(timeout_s: float, out: str) -> float:
+    """Rank 1 stays connected but never joins rank 0's barrier; returns how long rank 0 waited for its error.
+
+    Rank 1 leaves only once rank 0 wrote ``out`` (its barrier failed), so only the timeout can have ended
+    rank 0's wait; rank 1 gives up after 30 s, failing the run, if rank 0 never times out.
+    """
     rank = _join(timeout_s)
     try:
         if rank == 1:
-            time.sleep(3 * timeout_s)  # alive and connected: only the timeout can end rank 0's wait
+            if not _appears(out, 30):
+                raise AssertionError("rank 0's barrier did not time out while rank 1 was connected")
             return 0.0
         start = time.monotonic()
         try:
             barrier("lonely")
         except CollectiveError:
-            return time.monotonic() - start
+            waited = time.monotonic() - start
+            Path(out).write_text(f"{waited}")
+            return waited
         raise AssertionError("rank 0's barrier returned although rank 1 never arrived")
     finally:
         destroy_process_group()

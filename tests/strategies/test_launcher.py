@@ -122,11 +122,11 @@ def test_join_waits_for_children_that_succeed() -> None:
 def test_join_kills_children_that_do_not_exit() -> None:
     launcher = _launcher(2, "import time; time.sleep(60)")
     launcher.launch()
-    start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"did not exit within 0\.3s"):
         launcher.join(timeout=0.3)
-    assert time.monotonic() - start < 10
-    assert launcher.children[0].poll() is not None
+    # Killed by a signal, not exited at the end of its sleep: join did not wait for it.
+    assert len(launcher.children) == 1
+    assert launcher.children[0].poll() in (-signal.SIGTERM, -signal.SIGKILL)
 
 
 @pytest.mark.timeout(30)
@@ -140,7 +140,7 @@ def test_context_manager_kills_children_and_names_the_dead_one_when_rank_zero_fa
 # --- ddp (re-running a script) ------------------------------------------------------------------------
 _SCRIPT = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, sys
     from datetime import timedelta
     import torch
     from stepstone.strategies import (
@@ -159,16 +159,15 @@ _SCRIPT = textwrap.dedent(
             run(env, out, mode)
 
     def run(env, out, mode):
-        init_process_group(env, "gloo", timedelta(seconds=30))
+        init_process_group(env, "gloo", timedelta(seconds=300))
         try:
             if mode == "die" and env.global_rank == 1:
                 os._exit(3)
-            start = time.monotonic()
             try:
                 total = reduce(torch.tensor([env.global_rank + 1.0]), "sum").item()
             except Exception as exc:
                 with open(os.path.join(out, f"error{env.global_rank}.txt"), "w") as f:
-                    f.write(f"{time.monotonic() - start}\\n{exc}")
+                    f.write(str(exc))
                 raise
             spec = __spec__.name if __spec__ else None
             record = {"env": env.__dict__, "total": total, "argv": sys.argv[1:], "spec": spec}
@@ -217,12 +216,10 @@ def test_ddp_reruns_a_dash_m_module_on_two_ranks(tmp_path: Path) -> None:
 def test_ddp_script_whose_child_dies_fails_rank_zero_quickly(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(_SCRIPT)
-    start = time.monotonic()
+    # The process group timeout is longer than _run's 60 s limit: rank 0 failed without waiting for it.
     result = _run([str(script), str(tmp_path), "die"], tmp_path)
     assert result.returncode != 0
-    assert time.monotonic() - start < 30  # the process group timeout is 30 s: rank 0 did not wait for it
-    waited, message = (tmp_path / "error0.txt").read_text().split("\n", 1)
-    assert float(waited) < 5, waited
+    message = (tmp_path / "error0.txt").read_text()
     assert "reduce(sum) failed on rank 0 of 2" in message
     assert "rank 1 (local rank 1" in result.stderr and "exited with code 3" in result.stderr
     assert not (tmp_path / "rank0.json").exists()
