@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -128,16 +130,39 @@ class InterruptAt(L.Callback):
 
 
 class Pace(L.Callback):
-    """Announces the start of training on stdout and slows every batch down (for signal tests)."""
+    """Announces the start of training on stdout and slows every batch down (for signal tests).
+
+    A run from step 0 does not end its second-to-last batch before a SIGTERM arrived: a test sending one at a
+    random moment can count on it landing inside training with a batch left, however loaded the machine (a
+    resumed run never waits).
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.await_signal = False
+        self.signalled = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.await_signal = trainer.global_step == 0
+        handler = signal.getsignal(signal.SIGTERM)  # the Trainer's, installed before on_train_start
+
+        def noting(signum: int, frame: FrameType | None) -> None:
+            self.signalled = True
+            if callable(handler):
+                handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, noting)  # fit's end puts back the handler it found
         print("training", flush=True)
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        time.sleep(self.seconds)
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        time.sleep(self.seconds)  # simulated work: spreads the signal's random moment over the batches
+        last_epoch = trainer.current_epoch + 1 == trainer.max_epochs
+        gate = self.await_signal and last_epoch and batch_idx == trainer.num_training_batches - 2
+        deadline = time.monotonic() + 60
+        while gate and not self.signalled and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +61,10 @@ def test_large_writes_are_counted_in_pieces() -> None:
 
 
 def test_a_slowed_save_reports_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = FdOutput.write_all
+    real, clock = FdOutput.write_all, FakeClock()
 
     def slow(self: FdOutput, data: memoryview) -> None:
-        time.sleep(0.03)
+        clock.now += 0.03  # a slow disk, on a clock the test controls
         real(self, data)
 
     monkeypatch.setattr(FdOutput, "write_all", slow)
@@ -74,11 +73,8 @@ def test_a_slowed_save_reports_progress(tmp_path: Path, monkeypatch: pytest.Monk
         f"t{i}": torch.full((300_000,), float(i)) for i in range(12)
     }  # 12 writes >= 1 MiB
     path = tmp_path / "slow.ckpt"
-    save_file(
-        path,
-        state,
-        progress=Progress(f"saving {str(path)!r}", delay_s=0.1, interval_s=0.1, emit=lines.append),
-    )
+    progress = Progress(f"saving {str(path)!r}", delay_s=0.1, interval_s=0.1, emit=lines.append, clock=clock)
+    save_file(path, state, progress=progress)
     assert len(lines) >= 3 and lines[-1].startswith(f"stepstone: saving {str(path)!r}: done, ")
     assert "MiB/s" in lines[0] and "in progress" in lines[0]
     assert torch.equal(load_file(path)["t11"], state["t11"])
@@ -87,14 +83,15 @@ def test_a_slowed_save_reports_progress(tmp_path: Path, monkeypatch: pytest.Monk
 def test_saves_report_to_stderr_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = FdOutput.write_all
+    real, clock = FdOutput.write_all, FakeClock()
 
     def slow(self: FdOutput, data: memoryview) -> None:
-        time.sleep(0.1)
+        clock.now += 0.1
         real(self, data)
 
     monkeypatch.setattr(FdOutput, "write_all", slow)
     monkeypatch.setitem(Progress.__init__.__kwdefaults__, "delay_s", 0.05)  # the 2 s default, shortened
+    monkeypatch.setitem(Progress.__init__.__kwdefaults__, "clock", clock)
     save_file(tmp_path / "a.ckpt", {"w": torch.zeros(300_000)})
     assert "stepstone: saving" in capsys.readouterr().err
 
@@ -103,15 +100,17 @@ def test_a_slowed_load_reports_bytes_and_rate(tmp_path: Path, monkeypatch: pytes
     path = tmp_path / "big.ckpt"
     state = {f"t{i}": torch.full((300_000,), float(i)) for i in range(12)}
     save_file(path, state, progress=False)
-    real = os.preadv
+    real, clock = os.preadv, FakeClock()
 
     def slow(fd: int, buffers: list[memoryview], offset: int) -> int:
-        time.sleep(0.02)  # a slow disk: every read (verification and torch's) waits
+        clock.now += 0.02  # a slow disk: every read (verification and torch's) takes its time
         return real(fd, buffers, offset)
 
     monkeypatch.setattr(os, "preadv", slow)
     lines: list[str] = []
-    progress = Progress(f"loading {str(path)!r}", delay_s=0.05, interval_s=0.05, emit=lines.append)
+    progress = Progress(
+        f"loading {str(path)!r}", delay_s=0.05, interval_s=0.05, emit=lines.append, clock=clock
+    )
     loaded = load_file(path, progress=progress)
     assert all(torch.equal(loaded[key], value) for key, value in state.items())
     assert len(lines) >= 2 and "in progress" in lines[0] and "MiB/s" in lines[0]
