@@ -152,7 +152,7 @@ def test_sigterm_at_a_random_moment_then_auto_resume_equals_the_uninterrupted_ru
     spec.write_text(
         json.dumps({"scenario": scenario, "root": str(tmp_path), "resumes": [["auto", str(resumed)]]})
     )
-    # 12 batches of >= 50 ms, and the last one waits for the signal (Pace): it lands mid-training.
+    # 12 batches of >= 50 ms, and the 11th waits for the signal (Pace): it lands mid-training.
     delay = random.Random().uniform(0.0, 0.4)
     child = subprocess.Popen(
         [sys.executable, str(HARNESS), str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
