@@ -226,7 +226,7 @@ def worker_iterator_base() -> type:
     from torch.utils.data import dataloader
 
     base = getattr(dataloader, "_MultiProcessingDataLoaderIter", None)
-    if base is None:
+    if not isinstance(base, type):
         raise PrivateApiChanged("torch.utils.data.dataloader._MultiProcessingDataLoaderIter", "torch")
     for name in ("_reset", "_try_put_index"):
         if not callable(getattr(base, name, None)):

@@ -21,10 +21,16 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from typing_extensions import override
 
 from stepstone.checkpoint.format import TrailerInfo
 from stepstone.checkpoint.progress import Progress
 from stepstone.errors import CheckpointCorruptError, CheckpointError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer  # what io.RawIOBase.readinto accepts (type checkers only)
 
 __all__ = ["READ_AHEAD", "ChunkVerifier", "VerifiedReader", "load_verify_threads", "verify_buffer"]
 
@@ -249,18 +255,22 @@ class VerifiedReader(io.RawIOBase):
         self._progress = progress
         self._position = 0
 
+    @override
     def readable(self) -> bool:
         """Always True."""
         return True
 
+    @override
     def seekable(self) -> bool:
         """Always True."""
         return True
 
+    @override
     def tell(self) -> int:
         """The current position."""
         return self._position
 
+    @override
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move the position like ``io.RawIOBase.seek``.
 
@@ -275,7 +285,8 @@ class VerifiedReader(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    @override
+    def readinto(self, buffer: WriteableBuffer) -> int:
         """Read verified bytes into ``buffer``.
 
         Args:
