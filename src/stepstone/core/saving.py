@@ -111,7 +111,7 @@ def instantiate_from_hparams(
     hparams = {**_saved_hparams(checkpoint, prefix), **kwargs}
     checkpoint[f"{prefix}hyper_parameters"] = hparams
     name = checkpoint.get(f"{prefix}hparams_name")
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]  # this class's own __init__
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     names = [
         key
