@@ -91,7 +91,7 @@ class DemoModel(LightningModule):
         self.log("val_loss", F.mse_loss(self(x), y), prog_bar=True)
 
     @override
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> dict[str, Any]:
         """Adam with a step decay of the learning rate."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         return {
