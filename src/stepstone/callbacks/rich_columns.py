@@ -52,7 +52,7 @@ class _BatchesColumn(ProgressColumn):
 class _TimeColumn(ProgressColumn):
     """``elapsed • remaining`` as ``H:MM:SS`` (``-:--:--`` when not known)."""
 
-    max_refresh = 0.5  # redraw at most twice a second, against jitter
+    max_refresh: float | None = 0.5  # redraw at most twice a second, against jitter
 
     def __init__(self, style: Any) -> None:
         self.style = style

@@ -21,16 +21,12 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
-from typing_extensions import override
+from typing_extensions import Buffer, override
 
 from stepstone.checkpoint.format import TrailerInfo
 from stepstone.checkpoint.progress import Progress
 from stepstone.errors import CheckpointCorruptError, CheckpointError
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer  # what io.RawIOBase.readinto accepts (type checkers only)
 
 __all__ = ["READ_AHEAD", "ChunkVerifier", "VerifiedReader", "load_verify_threads", "verify_buffer"]
 
@@ -286,7 +282,7 @@ class VerifiedReader(io.RawIOBase):
         return self._position
 
     @override
-    def readinto(self, buffer: WriteableBuffer) -> int:
+    def readinto(self, buffer: Buffer) -> int:
         """Read verified bytes into ``buffer``.
 
         Args:
