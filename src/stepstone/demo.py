@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from stepstone.callbacks.model_checkpoint import ModelCheckpoint
 from stepstone.core.datamodule import LightningDataModule
@@ -44,10 +45,12 @@ class SyntheticDataModule(LightningDataModule):
         self._train = TensorDataset(x[:samples], y[:samples])
         self._val = TensorDataset(x[samples:], y[samples:])
 
+    @override
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled training batches."""
         return DataLoader(self._train, batch_size=self.hparams.batch_size, shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader[Any]:
         """Validation batches in order."""
         return DataLoader(self._val, batch_size=self.hparams.batch_size)
@@ -67,10 +70,13 @@ class DemoModel(LightningModule):
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Predict targets for a batch of inputs."""
-        return self.net(x)
+        prediction: torch.Tensor = self.net(x)
+        return prediction
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Mean squared error on a training batch."""
         x, y = batch
@@ -78,12 +84,14 @@ class DemoModel(LightningModule):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Mean squared error on a validation batch (averaged over the epoch)."""
         x, y = batch
         self.log("val_loss", F.mse_loss(self(x), y), prog_bar=True)
 
-    def configure_optimizers(self) -> Any:
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
         """Adam with a step decay of the learning rate."""
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         return {

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import torch
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
@@ -57,6 +58,7 @@ class CheckpointTriggers(Checkpoint):
     def _poll_pending(self, trainer: stepstone.Trainer) -> None:
         raise NotImplementedError  # abstract: CheckpointWrites applies a finished background save
 
+    @override
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the clock of ``train_time_interval``.
 
@@ -68,6 +70,7 @@ class CheckpointTriggers(Checkpoint):
         if trainer.fit_loop.resumed_after_batch_end:
             self._hold_restored_step(trainer.global_step)
 
+    @override
     def on_train_batch_start(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -80,6 +83,7 @@ class CheckpointTriggers(Checkpoint):
         self._held_step = self._last_global_step_saved
         self._last_global_step_saved = step
 
+    @override
     def on_train_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -116,6 +120,7 @@ class CheckpointTriggers(Checkpoint):
             return
         self._save_on_trigger(trainer, candidates, lightning_saves_last=True)
 
+    @override
     def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Epoch trigger when checks run at the end of the training epoch."""
         self._poll_pending(trainer)
@@ -123,6 +128,7 @@ class CheckpointTriggers(Checkpoint):
             return
         self._epoch_end_check(trainer)
 
+    @override
     def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Epoch trigger after validation, and step/time triggers that waited for validation."""
         self._poll_pending(trainer)
@@ -149,6 +155,7 @@ class CheckpointTriggers(Checkpoint):
                 trainer, self._monitor_candidates(trainer), top_k=False, lightning_saves_last=True
             )
 
+    @override
     def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Make ``last`` hold the final state unless this run's ``last`` already holds this step.
 

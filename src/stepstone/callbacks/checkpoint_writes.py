@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.checkpoint_deletions import sort_deletions
@@ -130,6 +131,7 @@ class CheckpointWrites(CheckpointTriggers):
                 logger.after_save_checkpoint(self)
         self._delete(trainer, list(plan.dropped))
 
+    @override
     def _poll_pending(self, trainer: stepstone.Trainer) -> None:
         # Apply a finished background save's bookkeeping promptly (deletions, last), without waiting. Not under
         # DDP: the ranks complete a save together, at the same points (the next trigger, the end of fit).

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.callback import Callback
@@ -106,6 +107,7 @@ class EarlyStopping(Callback):
         self.best_score: torch.Tensor = inf if mode == "min" else -inf
 
     @property
+    @override
     def state_key(self) -> str:
         """``EarlyStopping{'monitor': ..., 'mode': ...}``: several instances differing in these keep their states."""
         return self._generate_state_key(monitor=self.monitor, mode=self.mode)
@@ -115,6 +117,7 @@ class EarlyStopping(Callback):
         """``torch.lt`` for ``mode="min"``, ``torch.gt`` for ``"max"``: whether the first value is better."""
         return self.mode_dict[self.mode]
 
+    @override
     def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Decide where the check runs, if ``check_on_train_epoch_end`` left it open (Lightning's rule)."""
         if self._check_on_train_epoch_end is None:
@@ -122,6 +125,7 @@ class EarlyStopping(Callback):
                 trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
             )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The state a resumed run continues from (Lightning's keys).
 
@@ -138,6 +142,7 @@ class EarlyStopping(Callback):
             "stopping_reason_message": self.stopping_reason_message,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s values (checkpoints without the reason, as Lightning's older ones, load).
 
@@ -155,12 +160,14 @@ class EarlyStopping(Callback):
     def _should_skip_check(self, trainer: stepstone.Trainer) -> bool:
         return trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
 
+    @override
     def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check here when validation runs once per epoch (or ``check_on_train_epoch_end=True``)."""
         if not self._check_on_train_epoch_end or self._should_skip_check(trainer):
             return
         self._run_early_stopping_check(trainer)
 
+    @override
     def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check here when validation runs more or less often than once per epoch."""
         if self._check_on_train_epoch_end or self._should_skip_check(trainer):

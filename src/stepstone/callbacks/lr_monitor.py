@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.optim import Optimizer
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.callback import Callback
@@ -59,6 +60,7 @@ class LearningRateMonitor(Callback):
         self.last_momentum_values: dict[str, float | None] = {}
         self.last_weight_decay_values: dict[str, float | None] = {}
 
+    @override
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check that there is a logger and fix the logged names.
 
@@ -85,6 +87,7 @@ class LearningRateMonitor(Callback):
         self.last_momentum_values = {f"{name}-momentum": None for name in names}
         self.last_weight_decay_values = {f"{name}-weight_decay": None for name in names}
 
+    @override
     def on_train_batch_start(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -92,6 +95,7 @@ class LearningRateMonitor(Callback):
         if self.logging_interval != "epoch" and _logs_this_step(trainer):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
+    @override
     def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Log the epoch-interval values."""
         if self.logging_interval != "step":

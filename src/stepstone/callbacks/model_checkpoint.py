@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.checkpoint_naming import check_names, format_name
@@ -163,6 +164,7 @@ class ModelCheckpoint(CheckpointWrites):
         self._pending: PendingSave | None = None  # the async save in flight and what to do once it commits
 
     @property
+    @override
     def state_key(self) -> str:
         """Lightning's key: several ModelCheckpoints with different settings keep separate state."""
         return self._generate_state_key(
@@ -179,6 +181,7 @@ class ModelCheckpoint(CheckpointWrites):
         return self._every_n_epochs
 
     # --- hooks --------------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Check the file names, resolve ``dirpath`` and clear temporaries that a crashed run left behind."""
         if stage == "fit":  # before anything is written
@@ -194,12 +197,14 @@ class ModelCheckpoint(CheckpointWrites):
         if stage == "fit":
             prepare_folder(trainer, self.dirpath, self.save_top_k)
 
+    @override
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the trigger clocks; finish the deletions the resumed checkpoint owed."""
         super().on_train_start(trainer, pl_module)
         if self._deferred_deletions:
             self._delete(trainer, [])
 
+    @override
     def on_exception(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
     ) -> None:
@@ -219,6 +224,7 @@ class ModelCheckpoint(CheckpointWrites):
         return enters(self._top_k_state(), current, self.save_top_k, self.mode)
 
     # --- saving -------------------------------------------------------------------------------------
+    @override
     def _save_on_trigger(
         self,
         trainer: stepstone.Trainer,
@@ -341,6 +347,7 @@ class ModelCheckpoint(CheckpointWrites):
         name = f"{name}{self.FILE_EXTENSION}"
         return os.path.join(self.dirpath, name) if self.dirpath else name
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The top-k bookkeeping, stored in every checkpoint.
 
@@ -365,6 +372,7 @@ class ModelCheckpoint(CheckpointWrites):
             ),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the bookkeeping; if ``dirpath`` changed, only ``best_model_path`` (Lightning's rule)."""
         saved_dir = state_dict.get("dirpath", self.dirpath)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from typing_extensions import override
+
 import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.errors import MisconfigurationException
@@ -36,6 +38,7 @@ class ModelSummary(Callback):
         self._max_depth = max_depth
         self._summarize_kwargs = summarize_kwargs
 
+    @override
     def on_fit_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Build the summary (on every rank, as it may run a forward pass) and print it on global rank 0."""
         if not self._max_depth:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from typing_extensions import override
+
 import stepstone
 from stepstone.callbacks.checkpoint import Checkpoint
 from stepstone.callbacks.checkpoint_on_exception import preemption_checkpoint, report_failed_save
@@ -47,6 +49,7 @@ class OnExceptionCheckpoint(Checkpoint):
         """The file written on an exception: ``dirpath/filename.ckpt``."""
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
+    @override
     def on_exception(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
     ) -> None:
@@ -67,6 +70,7 @@ class OnExceptionCheckpoint(Checkpoint):
                 exception, f"OnExceptionCheckpoint could not save {self.ckpt_path}: {failure!r}"
             )
 
+    @override
     def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """After a run that ended without an exception, remove the file an earlier failure left (rank 0)."""
         if trainer.state.status != TrainerStatus.FINISHED or not trainer.is_global_zero:

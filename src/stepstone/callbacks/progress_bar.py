@@ -8,12 +8,15 @@ import warnings
 from typing import IO, TYPE_CHECKING, Any
 
 from tqdm import tqdm
+from typing_extensions import override
 
 import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.errors import MisconfigurationException
 
 if TYPE_CHECKING:
+    from stepstone.loggers.logger import Logger
+
     _TqdmBase = tqdm[Any]
 else:
     _TqdmBase = tqdm
@@ -24,7 +27,7 @@ _PAD_SIZE = 5
 
 
 def _logger_version(trainer: Any) -> int | str | None:
-    loggers = list(getattr(trainer, "loggers", None) or [])
+    loggers: list[Logger] = list(getattr(trainer, "loggers", None) or [])
     if len(loggers) == 1:
         return loggers[0].version
     # Several loggers: their distinct versions joined, as Lightning shows them.
@@ -48,7 +51,7 @@ class ProgressBar(Callback):
 
     def __init__(self) -> None:
         self._enabled = True
-        self._trainer: Any = None
+        self._trainer: stepstone.Trainer | None = None
 
     @property
     def trainer(self) -> stepstone.Trainer:
@@ -83,6 +86,7 @@ class ProgressBar(Callback):
         self._trainer = trainer
         return self.is_enabled and bool(trainer.is_global_zero)
 
+    @override
     def setup(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Attach to ``trainer``; disable on every rank except global rank 0."""
         self._trainer = trainer
@@ -206,6 +210,7 @@ class TQDMProgressBar(ProgressBar):
         return self._refresh_rate
 
     @property
+    @override
     def is_enabled(self) -> bool:
         """Whether the bar may draw: enabled and ``refresh_rate > 0``."""
         return self._enabled and self._refresh_rate > 0
@@ -273,6 +278,7 @@ class TQDMProgressBar(ProgressBar):
             return "Sanity Checking", trainer.num_sanity_val_batches
         return "Validation", trainer.num_val_batches
 
+    @override
     def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start (or, with ``leave=False``, reset) the training bar as ``Epoch {current_epoch}``."""
         if not self._shows(trainer):
@@ -284,6 +290,7 @@ class TQDMProgressBar(ProgressBar):
             self._train_bar.set_description(desc, refresh=False)
             self._train_bar.reset(total=total)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -296,6 +303,7 @@ class TQDMProgressBar(ProgressBar):
         if self._train_bar is not None:
             self._draw(self._train_bar, batch_idx + 1, self.get_metrics(trainer, pl_module))
 
+    @override
     def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Show the end-of-epoch metrics; with ``leave=True`` close this epoch's bar."""
         bar = self._train_bar
@@ -306,23 +314,28 @@ class TQDMProgressBar(ProgressBar):
             bar.close()
             self._train_bar = None
 
+    @override
     def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close every bar."""
         self._close_all()
 
+    @override
     def on_sanity_check_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Sanity Checking`` bar."""
         self._start_eval(trainer, "Sanity Checking", trainer.num_sanity_val_batches)
 
+    @override
     def on_sanity_check_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Sanity Checking`` bar."""
         self._close_eval()
 
+    @override
     def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Validation`` bar (the sanity check reuses the one it started)."""
         if not (trainer.sanity_checking and self._eval_bar is not None):
             self._start_eval(trainer, *self._val_kind(trainer))
 
+    @override
     def on_validation_batch_start(
         self,
         trainer: stepstone.Trainer,
@@ -334,6 +347,7 @@ class TQDMProgressBar(ProgressBar):
         """Size the bar for ``dataloader_idx`` when a new validation dataloader starts."""
         self._eval_batch(*self._val_kind(trainer), None, dataloader_idx)
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -346,16 +360,19 @@ class TQDMProgressBar(ProgressBar):
         """Advance the validation bar."""
         self._eval_batch(*self._val_kind(trainer), batch_idx, dataloader_idx)
 
+    @override
     def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the validation bar and show the new validation metrics on the training bar."""
         self._close_eval()
         if self._train_bar is not None:
             self._train_bar.set_postfix(_postfix(self.get_metrics(trainer, pl_module)))
 
+    @override
     def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Testing`` bar."""
         self._start_eval(trainer, "Testing", trainer.num_test_batches)
 
+    @override
     def on_test_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -368,14 +385,17 @@ class TQDMProgressBar(ProgressBar):
         """Advance the ``Testing`` bar."""
         self._eval_batch("Testing", trainer.num_test_batches, batch_idx, dataloader_idx)
 
+    @override
     def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Testing`` bar."""
         self._close_eval()
 
+    @override
     def on_predict_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the ``Predicting`` bar."""
         self._start_eval(trainer, "Predicting", trainer.num_predict_batches)
 
+    @override
     def on_predict_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -388,16 +408,19 @@ class TQDMProgressBar(ProgressBar):
         """Advance the ``Predicting`` bar."""
         self._eval_batch("Predicting", trainer.num_predict_batches, batch_idx, dataloader_idx)
 
+    @override
     def on_predict_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Close the ``Predicting`` bar."""
         self._close_eval()
 
+    @override
     def on_exception(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
     ) -> None:
         """Close every bar so the traceback is not drawn over."""
         self._close_all()
 
+    @override
     def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Close any bar a loop left open."""
         self._close_all()

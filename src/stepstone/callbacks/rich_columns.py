@@ -13,6 +13,7 @@ from typing import Any
 from rich.progress import BarColumn, ProgressColumn, Task, TextColumn
 from rich.progress_bar import ProgressBar as RichBar
 from rich.text import Text
+from typing_extensions import override
 
 __all__ = ["MetricsTextColumn", "columns"]
 
@@ -20,6 +21,7 @@ __all__ = ["MetricsTextColumn", "columns"]
 class _PulsingBarColumn(BarColumn):
     """A bar that pulses while the total is unknown (an iterable dataset) instead of staying empty."""
 
+    @override
     def render(self, task: Task) -> RichBar:
         return RichBar(
             total=max(0.0, task.total) if task.total is not None else None,
@@ -41,6 +43,7 @@ class _BatchesColumn(ProgressColumn):
         self.style = style
         super().__init__()
 
+    @override
     def render(self, task: Task) -> Text:
         total = "--" if task.total is None else int(task.total)
         return Text(f"{int(task.completed)}/{total}", style=self.style)
@@ -49,12 +52,13 @@ class _BatchesColumn(ProgressColumn):
 class _TimeColumn(ProgressColumn):
     """``elapsed • remaining`` as ``H:MM:SS`` (``-:--:--`` when not known)."""
 
-    max_refresh = 0.5  # redraw at most twice a second, against jitter
+    max_refresh: float | None = 0.5  # redraw at most twice a second, against jitter
 
     def __init__(self, style: Any) -> None:
         self.style = style
         super().__init__()
 
+    @override
     def render(self, task: Task) -> Text:
         elapsed = task.finished_time if task.finished else task.elapsed
         remaining = task.time_remaining
@@ -69,6 +73,7 @@ class _SpeedColumn(ProgressColumn):
         self.style = style
         super().__init__()
 
+    @override
     def render(self, task: Task) -> Text:
         speed = task.speed
         return Text(f"{speed if speed is not None else 0.0:>.2f}it/s", style=self.style)
@@ -110,6 +115,7 @@ class MetricsTextColumn(ProgressColumn):
         except (TypeError, ValueError):
             return str(value)
 
+    @override
     def render(self, task: Task) -> Text:
         if not self._shows(task.id):
             return Text()

@@ -9,6 +9,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 import stepstone
 from stepstone.callbacks.progress_bar import ProgressBar
 from stepstone.callbacks.rich_theme import RichProgressBarTheme
@@ -96,6 +98,7 @@ class RichProgressBar(ProgressBar):
         return self._refresh_rate
 
     @property
+    @override
     def is_enabled(self) -> bool:
         """Whether the bar may draw: enabled and ``refresh_rate > 0``."""
         return self._enabled and self._refresh_rate > 0
@@ -226,32 +229,39 @@ class RichProgressBar(ProgressBar):
         return fresh
 
     # --- hooks --------------------------------------------------------------------------------------
+    @override
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
+    @override
     def on_predict_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
+    @override
     def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
+    @override
     def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
+    @override
     def on_sanity_check_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start drawing."""
         self._init_progress(trainer)
 
+    @override
     def on_sanity_check_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Hide the sanity-check bar."""
         self._hide(self.val_sanity_progress_bar_id)
         self._eval_dataloader_idx = None
         self.refresh()
 
+    @override
     def on_train_epoch_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start (or reset) the ``Epoch N/M`` bar; with ``leave=True`` the previous epoch's bar stays on screen."""
         if self.is_disabled:
@@ -270,6 +280,7 @@ class RichProgressBar(ProgressBar):
                 )
         self.refresh(hard=True)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -287,11 +298,13 @@ class RichProgressBar(ProgressBar):
         self._update_metrics(trainer, pl_module)
         self._update(self.train_progress_bar_id, batch_idx + 1)
 
+    @override
     def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Show the end-of-epoch metrics."""
         self._update_metrics(trainer, pl_module)
         self.refresh(hard=True)
 
+    @override
     def on_validation_batch_start(
         self,
         trainer: stepstone.Trainer,
@@ -314,6 +327,7 @@ class RichProgressBar(ProgressBar):
                 self.val_progress_bar_id, trainer.num_val_batches, dataloader_idx, "Validation", visible=False
             )
 
+    @override
     def on_validation_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -328,6 +342,7 @@ class RichProgressBar(ProgressBar):
             task = self.val_sanity_progress_bar_id if trainer.sanity_checking else self.val_progress_bar_id
             self._update(task, batch_idx + 1)
 
+    @override
     def on_validation_epoch_end(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule
     ) -> None:
@@ -336,12 +351,14 @@ class RichProgressBar(ProgressBar):
             self._hide(self.val_progress_bar_id)
             self.refresh()
 
+    @override
     def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Take the new validation metrics (during fit)."""
         if trainer.state.fn == "fit":
             self._update_metrics(trainer, pl_module)
         self._eval_dataloader_idx = None
 
+    @override
     def on_test_batch_start(
         self,
         trainer: stepstone.Trainer,
@@ -355,6 +372,7 @@ class RichProgressBar(ProgressBar):
             self.test_progress_bar_id, trainer.num_test_batches, dataloader_idx, "Testing"
         )
 
+    @override
     def on_test_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -367,10 +385,12 @@ class RichProgressBar(ProgressBar):
         """Advance the ``Testing`` bar."""
         self._update(self.test_progress_bar_id, batch_idx + 1)
 
+    @override
     def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Forget the test dataloader seen last."""
         self._eval_dataloader_idx = None
 
+    @override
     def on_predict_batch_start(
         self,
         trainer: stepstone.Trainer,
@@ -384,6 +404,7 @@ class RichProgressBar(ProgressBar):
             self.predict_progress_bar_id, trainer.num_predict_batches, dataloader_idx, "Predicting"
         )
 
+    @override
     def on_predict_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -396,14 +417,17 @@ class RichProgressBar(ProgressBar):
         """Advance the ``Predicting`` bar."""
         self._update(self.predict_progress_bar_id, batch_idx + 1)
 
+    @override
     def on_predict_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Forget the predict dataloader seen last."""
         self._eval_dataloader_idx = None
 
+    @override
     def teardown(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, stage: str) -> None:
         """Stop drawing (the final state of the bars stays on screen)."""
         self._stop_progress()
 
+    @override
     def on_exception(
         self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule, exception: BaseException
     ) -> None:

@@ -13,6 +13,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from typing_extensions import override
+
 import stepstone
 from stepstone.callbacks.callback import Callback
 from stepstone.callbacks.rank_decision import broadcast_decision
@@ -128,35 +130,43 @@ class Timer(Callback):
             return None
         return self._duration - self.time_elapsed(stage)
 
+    @override
     def on_train_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the training clock."""
         self._start_time[RunningStage.TRAINING] = time.monotonic()
 
+    @override
     def on_train_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the training clock."""
         self._end_time[RunningStage.TRAINING] = time.monotonic()
 
+    @override
     def on_validation_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the validation clock."""
         self._start_time[RunningStage.VALIDATING] = time.monotonic()
 
+    @override
     def on_validation_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the validation clock."""
         self._end_time[RunningStage.VALIDATING] = time.monotonic()
 
+    @override
     def on_test_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Start the test clock."""
         self._start_time[RunningStage.TESTING] = time.monotonic()
 
+    @override
     def on_test_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Stop the test clock."""
         self._end_time[RunningStage.TESTING] = time.monotonic()
 
+    @override
     def on_fit_start(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """Check the budget once the checkpoint (if any) is restored: it may be spent already."""
         if self._duration is not None:
             self._check_time_remaining(trainer)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: stepstone.Trainer,
@@ -169,11 +179,13 @@ class Timer(Callback):
         if self._interval == "step" and self._duration is not None:
             self._check_time_remaining(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: stepstone.Trainer, pl_module: stepstone.LightningModule) -> None:
         """With ``interval="epoch"``: check the budget at the end of every training epoch."""
         if self._interval == "epoch" and self._duration is not None:
             self._check_time_remaining(trainer)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The seconds elapsed per stage (Lightning's layout).
 
@@ -182,6 +194,7 @@ class Timer(Callback):
         """
         return {"time_elapsed": {stage.value: self.time_elapsed(stage) for stage in RunningStage}}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Count the training time on from the checkpoint's.
 

@@ -1,7 +1,7 @@
 """stepstone's checkpoint engine: the format, the commit protocol, the index, retention and the manager.
 
-It stands alone (it imports only torch, fsspec and the standard library, never the trainer side), so a
-hand-written training loop can use it directly::
+It stands alone (it imports only torch, fsspec, typing_extensions and the standard library, never the trainer
+side), so a hand-written training loop can use it directly::
 
     from stepstone.checkpoint import CheckpointManager, KeepBest, KeepLatest, AnyOf
 

@@ -27,7 +27,8 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
             (``pip install stepstone[s3]``).
     """
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return fs, path
     except ImportError as error:
         protocols = [part.split("://", 1)[0] for part in url.split("::") if "://" in part]
         extras = sorted({_EXTRAS[p] for p in protocols if p in _EXTRAS})

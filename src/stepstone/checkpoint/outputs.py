@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 __all__ = ["FdOutput", "RawOutput", "StreamOutput"]
@@ -15,7 +16,7 @@ WRITEBACK_EVERY = 64 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _sync_file_range() -> object | None:
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's ``sync_file_range`` (Linux), which Python's ``os`` does not expose; None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
@@ -77,11 +78,11 @@ class FdOutput:
                 raise OSError(f"os.write wrote {written} bytes")
             offset += written
         self._unflushed += size
-        if self._every and self._unflushed >= self._every:
+        if self._every and self._unflushed >= self._every and _SYNC_RANGE is not None:
             self._unflushed = 0
             # Offset 0, length 0: the whole file; pages already under writeback are skipped. A failure
             # (e.g. a pipe, or a filesystem without it) only loses the head start: fsync still follows.
-            _SYNC_RANGE(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
+            _SYNC_RANGE(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 class StreamOutput:

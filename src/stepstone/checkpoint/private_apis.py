@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import pickle
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.serialization
+
+if TYPE_CHECKING:
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 __all__ = [
     "PrivateApiChanged",
@@ -147,7 +150,7 @@ def tensor_use_count(tensor: torch.Tensor) -> int:
     return int(count())
 
 
-def persistent_iterator(loader: torch.utils.data.DataLoader[Any]) -> Any | None:
+def persistent_iterator(loader: torch.utils.data.DataLoader[Any]) -> _BaseDataLoaderIter | None:
     """The iterator a ``DataLoader`` with persistent workers keeps between epochs (None until created).
 
     Args:
@@ -166,7 +169,7 @@ def persistent_iterator(loader: torch.utils.data.DataLoader[Any]) -> Any | None:
     return loader._iterator
 
 
-def index_sampler(iterator: object) -> Any:
+def index_sampler(iterator: _BaseDataLoaderIter) -> Any:
     """The sampler a data loader iterator draws its indices from at each epoch's reset.
 
     Args:
@@ -183,7 +186,7 @@ def index_sampler(iterator: object) -> Any:
     return iterator._index_sampler
 
 
-def set_index_sampler(iterator: object, sampler: object) -> None:
+def set_index_sampler(iterator: _BaseDataLoaderIter, sampler: object) -> None:
     """Make a data loader iterator draw its indices from ``sampler`` from its next reset on.
 
     Args:
@@ -194,7 +197,7 @@ def set_index_sampler(iterator: object, sampler: object) -> None:
         PrivateApiChanged: torch's iterator no longer has ``_index_sampler``.
     """
     index_sampler(iterator)
-    iterator._index_sampler = sampler  # type: ignore[attr-defined]
+    iterator._index_sampler = sampler
 
 
 def fsspec_in_transaction(fs: object) -> bool:
@@ -226,7 +229,7 @@ def worker_iterator_base() -> type:
     from torch.utils.data import dataloader
 
     base = getattr(dataloader, "_MultiProcessingDataLoaderIter", None)
-    if base is None:
+    if not isinstance(base, type):
         raise PrivateApiChanged("torch.utils.data.dataloader._MultiProcessingDataLoaderIter", "torch")
     for name in ("_reset", "_try_put_index"):
         if not callable(getattr(base, name, None)):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from typing_extensions import override
+
 from stepstone.checkpoint.record import CheckpointRecord, age_key
 from stepstone.errors import MisconfigurationException
 
@@ -100,6 +102,7 @@ class KeepAll:
         """
         return {record.name for record in records}
 
+    @override
     def __repr__(self) -> str:
         return "KeepAll()"
 
@@ -129,6 +132,7 @@ class KeepLatest:
         newest = sorted(records, key=age_key, reverse=True)[: self.k]
         return {record.name for record in newest}
 
+    @override
     def __repr__(self) -> str:
         return f"KeepLatest(k={self.k})"
 
@@ -180,6 +184,7 @@ class KeepBest:
         """
         return {record.name for record in self.rank(records)[: self.k]}
 
+    @override
     def __repr__(self) -> str:
         return f"KeepBest(k={self.k}, metric={self.metric!r}, mode={self.mode!r})"
 
@@ -208,6 +213,7 @@ class KeepEveryNSteps:
         """
         return {r.name for r in records if r.step is not None and r.step % self.n == 0}
 
+    @override
     def __repr__(self) -> str:
         return f"KeepEveryNSteps(n={self.n})"
 
@@ -248,5 +254,6 @@ class AnyOf:
             kept |= policy(records)
         return kept
 
+    @override
     def __repr__(self) -> str:
         return f"AnyOf({', '.join(map(repr, self.policies))})"

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
+from typing_extensions import override
 
 from stepstone.checkpoint import commit, sharded_commit
 from stepstone.checkpoint.files import save_file
@@ -249,6 +250,7 @@ def save_sharded(
 class _SafeLoadPlanner(DefaultLoadPlanner):
     """Reads non-tensor entries with ``weights_only=True`` (torch's planner unpickles them unrestricted)."""
 
+    @override
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
         """Load one non-tensor entry safely, then hand it to the default planner.
 

@@ -14,6 +14,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from stepstone.checkpoint.kinds import SHARDED_DIRECTORY
 from stepstone.checkpoint.record import CheckpointRecord
@@ -85,6 +86,7 @@ _METADATA_GLOBALS = {
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds only the classes torch.distributed.checkpoint's ``.metadata`` holds (dataclasses, dtypes)."""
 
+    @override
     def find_class(self, module: str, name: str) -> Any:
         """Allow the checkpoint metadata classes and torch dtypes; refuse any other global.
 

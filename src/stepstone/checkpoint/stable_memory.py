@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +26,7 @@ __all__ = ["StableMemory", "buffer_address", "memory_view"]
 
 class _PyBuffer(ctypes.Structure):
     # The layout of Py_buffer (Include/pybuffer.h), stable across CPython 3.x.
+    buf: int | None  # what ctypes returns for the c_void_p field below (None for NULL)
     _fields_ = [
         ("buf", ctypes.c_void_p),
         ("obj", ctypes.c_void_p),
@@ -40,7 +42,12 @@ class _PyBuffer(ctypes.Structure):
     ]
 
 
-def _buffer_api() -> tuple[object, object] | None:
+# PyObject_GetBuffer(view, byref(Py_buffer), flags) -> 0 on success; PyBuffer_Release(byref(Py_buffer)).
+_GetBuffer = Callable[[memoryview, object, int], int]
+_Release = Callable[[object], None]
+
+
+def _buffer_api() -> tuple[_GetBuffer, _Release] | None:
     try:
         get_buffer = ctypes.pythonapi.PyObject_GetBuffer
         release = ctypes.pythonapi.PyBuffer_Release
@@ -69,15 +76,15 @@ def buffer_address(view: memoryview) -> int | None:
         return None
     get_buffer, release = _API
     info = _PyBuffer()
-    if get_buffer(view, ctypes.byref(info), 0) != 0:  # type: ignore[operator]
+    if get_buffer(view, ctypes.byref(info), 0) != 0:
         return None
     try:
         return info.buf
     finally:
-        release(ctypes.byref(info))  # type: ignore[operator]
+        release(ctypes.byref(info))
 
 
-def _memory_api() -> object | None:
+def _memory_api() -> Callable[[int, int, int], object] | None:
     try:
         from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
     except (AttributeError, OSError):  # not CPython
@@ -108,7 +115,7 @@ def memory_view(address: int, nbytes: int) -> memoryview:
     """
     if _FROM_MEMORY is None:
         raise RuntimeError("PyMemoryView_FromMemory is not available on this Python")
-    view = _FROM_MEMORY(address, nbytes, _PYBUF_READ)  # type: ignore[operator]
+    view = _FROM_MEMORY(address, nbytes, _PYBUF_READ)
     assert isinstance(view, memoryview)
     return view
 

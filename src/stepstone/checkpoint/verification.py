@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from typing_extensions import Buffer, override
+
 from stepstone.checkpoint.format import TrailerInfo
 from stepstone.checkpoint.progress import Progress
 from stepstone.errors import CheckpointCorruptError, CheckpointError
@@ -249,18 +251,22 @@ class VerifiedReader(io.RawIOBase):
         self._progress = progress
         self._position = 0
 
+    @override
     def readable(self) -> bool:
         """Always True."""
         return True
 
+    @override
     def seekable(self) -> bool:
         """Always True."""
         return True
 
+    @override
     def tell(self) -> int:
         """The current position."""
         return self._position
 
+    @override
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move the position like ``io.RawIOBase.seek``.
 
@@ -275,7 +281,8 @@ class VerifiedReader(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    @override
+    def readinto(self, buffer: Buffer) -> int:
         """Read verified bytes into ``buffer``.
 
         Args:

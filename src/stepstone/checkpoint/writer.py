@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from stepstone.checkpoint.progress import stderr_line
 from stepstone.checkpoint.record import CheckpointRecord
@@ -32,6 +32,14 @@ from stepstone.errors import CheckpointError
 __all__ = ["AsyncWriter", "SaveHandle", "SyncWriter", "Writer"]
 
 SaveJob = Callable[[], CheckpointRecord]
+
+
+class _HandleState(TypedDict):
+    """A finished ``SaveHandle`` as it is copied or pickled: its outcome."""
+
+    record: CheckpointRecord | None
+    error: BaseException | None
+    raised: bool
 
 
 class SaveHandle:
@@ -96,7 +104,7 @@ class SaveHandle:
         """
         return self._future.exception(timeout)
 
-    def __getstate__(self) -> dict[str, object]:
+    def __getstate__(self) -> _HandleState:
         # A Future holds a lock (not picklable): a finished save travels as its outcome (a Trainer or
         # ModelCheckpoint holding this handle can then be deep-copied or pickled); a running one cannot.
         if not self._future.done():
@@ -104,12 +112,14 @@ class SaveHandle:
         error = self._future.exception()
         return {"record": None if error else self._future.result(), "error": error, "raised": self._raised}
 
-    def __setstate__(self, state: dict[str, object]) -> None:
+    def __setstate__(self, state: _HandleState) -> None:
         future: Future[CheckpointRecord] = Future()
-        if isinstance(state["error"], BaseException):
-            future.set_exception(state["error"])
+        error, record = state["error"], state["record"]
+        if error is not None:
+            future.set_exception(error)
         else:
-            future.set_result(state["record"])  # type: ignore[arg-type]
+            assert record is not None  # a save that did not fail returned its record
+            future.set_result(record)
         self._future, self._raised = future, bool(state["raised"])
 
 

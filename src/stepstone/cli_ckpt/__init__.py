@@ -30,7 +30,7 @@ def _positive(text: str) -> int:
 
 
 def _add(
-    commands: argparse._SubParsersAction, name: str, run: Command, help_text: str
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, run: Command, help_text: str
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
     parser.add_argument("--json", action="store_true", help="print JSON instead of text (for scripts)")
@@ -48,7 +48,7 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_ckpt_parser(commands: argparse._SubParsersAction) -> None:
+def add_ckpt_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``ckpt`` and its subcommands to the ``stepstone`` parser.
 
     Args:

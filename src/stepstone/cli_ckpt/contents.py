@@ -30,10 +30,9 @@ from stepstone.checkpoint.sharded import (
     META_NAME,
     load_sharded,
     read_sharded_info,
-    template_from_metadata,
 )
 from stepstone.checkpoint.sharded_commit import read_marker
-from stepstone.checkpoint.sharded_reading import check_metadata_safe
+from stepstone.checkpoint.sharded_reading import check_metadata_safe, template_from_metadata
 from stepstone.checkpoint.storage import split_url
 from stepstone.cli_ckpt.locations import is_url
 from stepstone.cli_ckpt.output import emit_json, human_size, iter_tensors, metrics_text, table

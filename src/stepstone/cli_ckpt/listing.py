@@ -125,10 +125,10 @@ def _describe(path: str, verify: bool, options: dict[str, Any] | None) -> Entry:
 
 def _best_from_state(entries: list[Entry], directory: str, options: dict[str, Any] | None) -> str | None:
     """The best file named by ModelCheckpoint's state in the newest good checkpoint, if any."""
-    good = [e for e in entries if e.record is not None and e.status == "ok"]
+    good = [(e, e.record) for e in entries if e.record is not None and e.status == "ok"]
     if not good:
         return None
-    newest = max(good, key=lambda e: age_key(e.record))  # type: ignore[arg-type]
+    newest, _ = max(good, key=lambda pair: age_key(pair[1]))
     path = join(directory, newest.name)
     try:
         if newest.sharded:  # the callback state is in meta.pt (small, weights_only-safe)
@@ -141,12 +141,9 @@ def _best_from_state(entries: list[Entry], directory: str, options: dict[str, An
         return None
     callbacks = state.get("callbacks")
     for value in (callbacks or {}).values() if isinstance(callbacks, dict) else ():
-        if (
-            isinstance(value, dict)
-            and isinstance(value.get("best_model_path"), str)
-            and value["best_model_path"]
-        ):
-            return os.path.basename(value["best_model_path"])
+        best = value.get("best_model_path") if isinstance(value, dict) else None
+        if isinstance(best, str) and best:
+            return os.path.basename(best)
     return None
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+from typing_extensions import Self
 
 from stepstone.core.mixins.hparams_mixin import HyperparametersMixin
 from stepstone.core.saving import instantiate_from_hparams, read_checkpoint
@@ -138,7 +139,7 @@ class LightningDataModule(HyperparametersMixin):
         map_location: Any = None,
         weights_only: bool | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Self:
         """Build the datamodule from the hyperparameters (and state) saved in a checkpoint.
 
         Args:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ModelHooks"]
 
 
 class ModelHooks:
     """Lightning's model hooks (the Trainer calls them; override the ones you need)."""
+
+    if TYPE_CHECKING:
+        # Provided by nn.Module in LightningModule (this mixin's host), with these same signatures.
+        def train(self, mode: bool = True) -> Self: ...
+
+        def eval(self) -> Self: ...
+
+        def zero_grad(self, set_to_none: bool = True) -> None: ...
 
     def on_fit_start(self) -> None:
         """Called when fit begins."""
@@ -95,27 +106,27 @@ class ModelHooks:
 
     def on_validation_model_eval(self) -> None:
         """Put the model in eval mode for validation."""
-        self.eval()  # type: ignore[attr-defined]
+        self.eval()
 
     def on_validation_model_zero_grad(self) -> None:
         """Release the gradients before a validation run inside fit (not while accumulating)."""
-        self.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        self.zero_grad(set_to_none=True)
 
     def on_validation_model_train(self) -> None:
         """Put the model back in train mode after validation."""
-        self.train()  # type: ignore[attr-defined]
+        self.train()
 
     def on_test_model_eval(self) -> None:
         """Put the model in eval mode for testing."""
-        self.eval()  # type: ignore[attr-defined]
+        self.eval()
 
     def on_test_model_train(self) -> None:
         """Put the model back in train mode after testing."""
-        self.train()  # type: ignore[attr-defined]
+        self.train()
 
     def on_predict_model_eval(self) -> None:
         """Put the model in eval mode for prediction."""
-        self.eval()  # type: ignore[attr-defined]
+        self.eval()
 
     def on_before_backward(self, loss: Any) -> None:
         """Called before ``loss.backward()``."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from stepstone.errors import MisconfigurationException
 
@@ -42,9 +43,11 @@ class AttributeDict(dict[str, Any]):
         except KeyError as err:
             raise AttributeError(f"hyperparameter {key!r} does not exist; known: {sorted(self)}") from err
 
+    @override
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
 
+    @override
     def __delattr__(self, key: str) -> None:
         try:
             del self[key]

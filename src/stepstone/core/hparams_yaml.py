@@ -187,7 +187,7 @@ def load_hparams_from_yaml(config_yaml: str | os.PathLike[str], use_omegaconf: b
         yaml.YAMLError: the file is not YAML that ``yaml.safe_load`` accepts.
     """
     path = os.fspath(config_yaml)
-    hparams = _read_yaml(path)
+    hparams: dict[str, Any] = _read_yaml(path)  # the mapping save_hparams_to_yaml wrote
     if hparams is _MISSING:
         warnings.warn(f"Missing Tags: {path}.", RuntimeWarning, stacklevel=2)
         return {}
@@ -198,5 +198,6 @@ def load_hparams_from_yaml(config_yaml: str | os.PathLike[str], use_omegaconf: b
         except ImportError:
             return hparams
         with contextlib.suppress(UnsupportedValueType, ValidationError):
-            return OmegaConf.create(hparams)
+            config: dict[str, Any] = OmegaConf.create(hparams)  # a DictConfig, typed as Lightning types it
+            return config
     return hparams

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.optim import Optimizer
+from typing_extensions import Self, override
 
 from stepstone.core.hooks import ModelHooks
 from stepstone.core.mixins.hparams_mixin import HyperparametersMixin
@@ -73,6 +74,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
     def trainer(self, trainer: Trainer | None) -> None:
         self._trainer = trainer
 
+    @override
     def __getstate__(self) -> dict[str, Any]:
         # A copy or pickle of the module is not attached to any Trainer (as in Lightning): copying the module
         # must not copy the Trainer, its loaders and its loggers along.
@@ -367,7 +369,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, nn.Module):
         strict: bool | None = None,
         weights_only: bool | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Self:
         """Build the module from a checkpoint: ``cls(**saved_hparams, **kwargs)`` then load its weights.
 
         Args:

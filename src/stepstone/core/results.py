@@ -46,8 +46,8 @@ def to_metric_tensor(name: str, value: Any) -> torch.Tensor:
                 f"self.log({name!r}, value): value must be a number or a tensor with one element, got a "
                 f"tensor of shape {tuple(value.shape)}. Reduce it first, e.g. value.mean()."
             )
-        value = value.detach().reshape(())
-        return value if value.is_floating_point() else value.to(torch.get_default_dtype())
+        scalar = value.detach().reshape(())
+        return scalar if scalar.is_floating_point() else scalar.to(torch.get_default_dtype())
     if isinstance(value, numbers.Real):  # int, float, bool and numpy's real scalars
         return torch.tensor(float(value), dtype=torch.get_default_dtype())
     raise MisconfigurationException(

@@ -12,12 +12,18 @@ import os
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from stepstone.core.hparams_yaml import _MISSING, _read_yaml, load_hparams_from_yaml, save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
+
+if TYPE_CHECKING:
+    from stepstone.core.module import LightningModule
+
+_T = TypeVar("_T")
+_Module = TypeVar("_Module", bound="LightningModule")
 
 __all__ = [
     "instantiate_from_hparams",
@@ -88,8 +94,8 @@ def _saved_hparams(checkpoint: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def instantiate_from_hparams(
-    cls: type, checkpoint: dict[str, Any], prefix: str, kwargs: dict[str, Any]
-) -> Any:
+    cls: type[_T], checkpoint: dict[str, Any], prefix: str, kwargs: dict[str, Any]
+) -> _T:
     """Call ``cls(...)`` with the saved hyperparameters, ``kwargs`` overriding them (Lightning's rules).
 
     ``kwargs`` also override the saved values (``checkpoint[prefix + "hyper_parameters"]`` is updated with
@@ -111,7 +117,7 @@ def instantiate_from_hparams(
     hparams = {**_saved_hparams(checkpoint, prefix), **kwargs}
     checkpoint[f"{prefix}hyper_parameters"] = hparams
     name = checkpoint.get(f"{prefix}hparams_name")
-    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    params = inspect.signature(cls.__init__).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     names = [
         key
@@ -158,14 +164,14 @@ def _load_weights(model: torch.nn.Module, state_dict: dict[str, Any], strict: bo
 
 
 def load_module_from_checkpoint(
-    cls: type,
+    cls: type[_Module],
     checkpoint_path: str | Path,
     map_location: Any,
     hparams_file: str | Path | None,
     strict: bool | None,
     weights_only: bool | None,
     kwargs: dict[str, Any],
-) -> Any:
+) -> _Module:
     """Implementation of ``LightningModule.load_from_checkpoint`` (see its docstring)."""
     checkpoint = read_checkpoint(checkpoint_path, map_location, weights_only)
     if hparams_file is not None:

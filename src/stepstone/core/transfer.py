@@ -33,7 +33,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
         if isinstance(batch, defaultdict):
             return type(batch)(batch.default_factory, items)
         try:
-            return type(batch)(items)  # type: ignore[call-arg]
+            return type(batch)(items)  # type: ignore[call-arg]  # abstract Mapping() takes none; see except
         except TypeError:  # a mapping type that cannot be built from a dict (e.g. MappingProxyType)
             return items
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):

@@ -14,6 +14,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import IO, Any
 
+from typing_extensions import override
+
 from stepstone.core.hparams_yaml import save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers.log_files import (
@@ -234,11 +236,13 @@ class CSVLogger(Logger):
         self._experiment: ExperimentWriter | None = None
 
     @property
+    @override
     def name(self) -> str:
         """The experiment folder name (``""`` when versions live directly in ``save_dir``)."""
         return self._name
 
     @property
+    @override
     def version(self) -> int | str:
         """The version, fixed on first access: the next free ``version_N`` number when none was given."""
         if self._version is None:
@@ -246,16 +250,19 @@ class CSVLogger(Logger):
         return self._version
 
     @property
+    @override
     def save_dir(self) -> str:
         """The base folder given as ``save_dir``."""
         return self._save_dir
 
     @property
+    @override
     def root_dir(self) -> str:
         """``save_dir/name``: the folder holding all versions."""
         return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
 
     @property
+    @override
     def log_dir(self) -> str:
         """``root_dir/version_N`` (or ``root_dir/<version>`` for a str version): where the files go."""
         return _version_dir(self.root_dir, self.version)
@@ -267,6 +274,7 @@ class CSVLogger(Logger):
             self._experiment = ExperimentWriter(self.log_dir)
         return self._experiment
 
+    @override
     def log_hyperparams(
         self, params: Mapping[str, Any] | Namespace | None, *args: Any, **kwargs: Any
     ) -> None:
@@ -280,6 +288,7 @@ class CSVLogger(Logger):
         """
         self.experiment.log_hparams(_convert_params(params))
 
+    @override
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Buffer one row of metrics; written on flush, :meth:`save` or :meth:`finalize`.
 
@@ -296,6 +305,7 @@ class CSVLogger(Logger):
         if abs(step - self._last_flush_step) >= self._flush_every:
             self.save()
 
+    @override
     def save(self) -> None:
         """Create the version folder if needed and write buffered metric rows to ``metrics.csv``.
 
@@ -305,6 +315,7 @@ class CSVLogger(Logger):
         self.experiment.save()
         self._last_flush_step = self._last_step
 
+    @override
     def finalize(self, status: str) -> None:
         """Write everything still buffered.
 

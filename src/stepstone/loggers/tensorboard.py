@@ -11,6 +11,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
+from typing_extensions import override
+
 from stepstone.core.hparams_yaml import save_hparams_to_yaml
 from stepstone.errors import MisconfigurationException
 from stepstone.loggers.csv_logs import (
@@ -124,11 +126,13 @@ class TensorBoardLogger(Logger):
         self._hparams_saved = False
 
     @property
+    @override
     def name(self) -> str:
         """The experiment folder name (``""`` when versions live directly in ``save_dir``)."""
         return self._name
 
     @property
+    @override
     def version(self) -> int | str:
         """The version, fixed on first access: the next free ``version_N`` number when none was given."""
         if self._version is None:
@@ -136,11 +140,13 @@ class TensorBoardLogger(Logger):
         return self._version
 
     @property
+    @override
     def save_dir(self) -> str:
         """The base folder given as ``save_dir``."""
         return self._save_dir
 
     @property
+    @override
     def root_dir(self) -> str:
         """``save_dir/name``: the folder holding all versions."""
         return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
@@ -151,6 +157,7 @@ class TensorBoardLogger(Logger):
         return self._sub_dir
 
     @property
+    @override
     def log_dir(self) -> str:
         """``root_dir/version_N[/sub_dir]``: where the event files and ``hparams.yaml`` go."""
         log_dir = _version_dir(self.root_dir, self.version)
@@ -166,6 +173,7 @@ class TensorBoardLogger(Logger):
             self._experiment = self._writer_cls(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
+    @override
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Write scalars; a dict value is written with ``add_scalars`` (one chart, several lines).
 
@@ -188,6 +196,7 @@ class TensorBoardLogger(Logger):
                     " dict of those."
                 ) from err
 
+    @override
     def log_hyperparams(
         self,
         params: Mapping[str, Any] | Namespace | None,
@@ -222,6 +231,7 @@ class TensorBoardLogger(Logger):
         for summary in hparams(sanitized, dict(metrics)):
             writer.add_summary(summary, step)
 
+    @override
     def log_graph(self, model: Any, input_array: Any = None) -> None:
         """Trace ``model`` and write its graph, when the logger was built with ``log_graph=True``.
 
@@ -247,6 +257,7 @@ class TensorBoardLogger(Logger):
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=DeprecationWarning)
             self.experiment.add_graph(model, input_array)
 
+    @override
     def save(self) -> None:
         """Start the writer if needed, flush pending events, write ``hparams.yaml`` if the hyperparameters changed.
 
@@ -261,6 +272,7 @@ class TensorBoardLogger(Logger):
             save_hparams_to_yaml(local_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)), self.hparams)
             self._hparams_saved = True
 
+    @override
     def finalize(self, status: str) -> None:
         """Flush, close the event file and stop the writer thread; write ``hparams.yaml``.
 

@@ -18,14 +18,15 @@ because nothing else can know where their k-th batch is.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+from typing_extensions import TypeIs
 
 from stepstone.checkpoint.private_apis import index_sampler, persistent_iterator, set_index_sampler
-from stepstone.loops.worker_rng import WorkerRng, is_captured
+from stepstone.loops.worker_rng import Stateful, WorkerRng, is_captured
 from stepstone.trainer.rng import capture_rng, restore_rng
 
 __all__ = ["DataPosition", "is_stateful_loader"]
@@ -33,7 +34,7 @@ __all__ = ["DataPosition", "is_stateful_loader"]
 _END = object()
 
 
-def is_stateful_loader(loader: object) -> bool:
+def is_stateful_loader(loader: object) -> TypeIs[Stateful]:
     """Whether ``loader`` saves its own position (duck-typed ``state_dict``/``load_state_dict``).
 
     Args:
@@ -91,7 +92,9 @@ class _IndexSkipper:
         self.position, self.loader, self.inner, self.skip = position, loader, inner, skip
 
     def __len__(self) -> int:
-        return max(len(self.inner) - self.skip, 0)  # type: ignore[arg-type]
+        if not isinstance(self.inner, Sized):  # as len() itself would fail
+            raise TypeError(f"object of type '{type(self.inner).__name__}' has no len()")
+        return max(len(self.inner) - self.skip, 0)
 
     def __iter__(self) -> Iterator[Any]:
         self.position.at_sampler_start(self.loader)
@@ -164,7 +167,7 @@ class DataPosition:
         self.workers.lookahead = lookahead
         if is_stateful_loader(loader):
             if loader_state is not None:
-                loader.load_state_dict(loader_state)  # type: ignore[attr-defined]
+                loader.load_state_dict(loader_state)
             iterator = iter(loader)
             self.after_skip()
             return iterator

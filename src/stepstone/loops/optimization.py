@@ -74,7 +74,7 @@ def run_automatic(loop: FitLoop, batch: Any, batch_idx: int, accumulating: bool)
     accumulate = trainer.accumulate_grad_batches
     first_in_window = batch_idx % accumulate == 0
     step_args = step_arguments(module.training_step, batch, batch_idx, None)
-    result: dict[str, Any] = {}
+    result: dict[str, dict[str, Any]] = {}
 
     def closure() -> torch.Tensor | None:
         # Optimizers may call the closure with grad disabled (their step runs under no_grad); a ``with``
@@ -118,8 +118,7 @@ def run_automatic(loop: FitLoop, batch: Any, batch_idx: int, accumulating: bool)
             "The optimizer closure was not run: an optimizer_step override must call "
             "optimizer.step(closure=optimizer_closure) (the closure runs training_step and backward)."
         )
-    outputs: dict[str, Any] = result["outputs"]
-    return outputs
+    return result["outputs"]
 
 
 def run_manual(loop: FitLoop, batch: Any, batch_idx: int) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from typing_extensions import override
+
 __all__ = [
     "BatchProgress",
     "EpochProgress",
@@ -69,9 +71,11 @@ class BatchProgress(Progress):
 
     is_last_batch: bool = False
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "is_last_batch": self.is_last_batch}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.is_last_batch = bool(state.get("is_last_batch", False))

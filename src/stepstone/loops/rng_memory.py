@@ -58,11 +58,11 @@ def python_state() -> PythonState:
     """
     instance = getattr(random.getstate, "__self__", None)
     offset = _python_offset(instance)
-    if offset is None:
+    if offset is None or not isinstance(instance, random.Random):  # an offset is found only for a Random
         version, internal, gauss_next = random.getstate()
         return version, array("I", internal).tobytes(), gauss_next
     raw = ctypes.string_at(id(instance) + offset, 4 + _KEY_BYTES)  # the C int index, then the words
-    return instance.VERSION, raw[4:] + raw[:4], instance.gauss_next  # type: ignore[union-attr]
+    return instance.VERSION, raw[4:] + raw[:4], instance.gauss_next  # type: ignore[attr-defined]  # typeshed omits it
 
 
 def numpy_state(np: Any) -> NumpyState | dict[str, Any]:

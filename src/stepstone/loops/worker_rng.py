@@ -24,10 +24,11 @@ import warnings
 import weakref
 from array import array
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from typing_extensions import TypeIs, override
 
 from stepstone.checkpoint.private_apis import (
     persistent_iterator,
@@ -128,7 +129,7 @@ class _CapturingCollate:
             return batch
         dataset = info.dataset
         # An IterableDataset that keeps its own position: each worker's copy reports where it is.
-        position = dataset.state_dict() if _has_state(dataset) else None  # type: ignore[attr-defined]
+        position = dataset.state_dict() if _has_state(dataset) else None
         return _Tagged(batch, info.id, (*_capture_compact(), position))
 
 
@@ -147,16 +148,21 @@ class _RestoringInit:
             restore_rng(state)
             info = get_worker_info()
             if "dataset" in state and info is not None:
-                info.dataset.load_state_dict(state["dataset"])  # type: ignore[attr-defined]
+                dataset = info.dataset
+                assert _has_state(dataset)  # the worker's copy of the dataset whose state_dict() was saved
+                dataset.load_state_dict(state["dataset"])
 
 
 @functools.cache
 def _routed_iterator() -> type[Any]:
     """The worker iterator class that starts dispatching at a chosen worker (built on first use: it subclasses
     a private torch class, probed by ``private_apis``)."""
-    base = worker_iterator_base()
+    if TYPE_CHECKING:  # the class that worker_iterator_base() checks and returns, named for the type checker
+        from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter as base
+    else:
+        base = worker_iterator_base()
 
-    class _RoutedIterator(base):  # type: ignore[valid-type,misc]
+    class _RoutedIterator(base):
         """torch's worker iterator, whose next epoch (or first) starts dispatching at worker ``first_worker``."""
 
         def __init__(self, loader: DataLoader[Any], first_worker: int, undo_seed_draw: bool = False) -> None:
@@ -173,6 +179,7 @@ def _routed_iterator() -> type[Any]:
             )
             super().__init__(loader)
 
+        @override
         def _reset(self, loader: DataLoader[Any], first_iter: bool = False) -> None:
             if self._before_seed is not None:
                 state, generator_state = self._before_seed
@@ -184,6 +191,7 @@ def _routed_iterator() -> type[Any]:
             self._rotation, self.first_worker = self.first_worker, 0
             super()._reset(loader, first_iter)
 
+        @override
         def _try_put_index(self) -> None:
             # _reset made a fresh worker cycle just before priming the prefetch; turn it to the right worker once.
             turn_worker_cycle(self, self._rotation)
@@ -193,7 +201,17 @@ def _routed_iterator() -> type[Any]:
     return _RoutedIterator
 
 
-def _has_state(dataset: object) -> bool:
+class Stateful(Protocol):
+    """An object that saves and restores its own position (a stateful dataset or data loader)."""
+
+    def state_dict(self) -> Any:
+        """Its position."""
+
+    def load_state_dict(self, state: Any) -> Any:
+        """Go back to ``state``."""
+
+
+def _has_state(dataset: object) -> TypeIs[Stateful]:
     return callable(getattr(dataset, "state_dict", None)) and callable(
         getattr(dataset, "load_state_dict", None)
     )

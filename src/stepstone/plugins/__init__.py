@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import override
+
 from stepstone.errors import MisconfigurationException
 
 __all__ = ["AsyncCheckpointIO"]
@@ -34,5 +36,6 @@ class AsyncCheckpointIO:
                 "engine does the I/O (local paths and fsspec URLs). Pass AsyncCheckpointIO() without arguments."
             )
 
+    @override
     def __repr__(self) -> str:
         return "AsyncCheckpointIO()"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 import fsspec
+from typing_extensions import override
 
 from stepstone.checkpoint.filesystems import filesystem
 
@@ -123,8 +124,10 @@ class Profiler(ABC):
 class PassThroughProfiler(Profiler):
     """Records nothing (the profiler of a Trainer without ``profiler=``)."""
 
+    @override
     def start(self, action_name: str) -> None:
         """Do nothing."""
 
+    @override
     def stop(self, action_name: str) -> None:
         """Do nothing."""

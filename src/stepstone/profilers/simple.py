@@ -8,6 +8,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from typing_extensions import override
+
 from stepstone.profilers.profiler import Profiler
 
 __all__ = ["SimpleProfiler"]
@@ -35,6 +37,7 @@ class SimpleProfiler(Profiler):
         self.extended = extended
         self.start_time = time.perf_counter()
 
+    @override
     def start(self, action_name: str) -> None:
         """Start timing ``action_name``.
 
@@ -45,6 +48,7 @@ class SimpleProfiler(Profiler):
             raise ValueError(f"Attempted to start {action_name} which has already started.")
         self.current_actions[action_name] = time.perf_counter()
 
+    @override
     def stop(self, action_name: str) -> None:
         """Stop timing ``action_name`` and record the duration.
 
@@ -58,6 +62,7 @@ class SimpleProfiler(Profiler):
             )
         self.recorded_durations[action_name].append(end - self.current_actions.pop(action_name))
 
+    @override
     def summary(self) -> str:
         """The report table (title ``"<STAGE> Profiler Report"``); empty of rows when nothing was recorded."""
         sep = os.linesep

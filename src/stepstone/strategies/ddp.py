@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
 
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import collectives
@@ -36,6 +37,7 @@ class _MethodRouter(nn.Module):
         super().__init__()
         self.module = module
 
+    @override
     def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.module, method)(*args, **kwargs)
 

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
+from typing_extensions import override
 
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import collectives
@@ -114,6 +115,7 @@ class FSDPStrategy(DDPStrategy):
         """Whether parameters are really sharded (more than one rank); with one rank the module is plain."""
         return self.mesh is not None
 
+    @override
     def setup(self, module: nn.Module, device: torch.device | None = None) -> nn.Module:
         """Move ``module`` to ``device`` and shard it in place (its class, state_dict keys and methods stay).
 
@@ -156,6 +158,7 @@ class FSDPStrategy(DDPStrategy):
             for tensor in [*module.parameters(), *module.buffers()]:
                 torch.distributed.broadcast(tensor, src=0)
 
+    @override
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``module.<method>(*args, **kwargs)`` with its parameters gathered (FSDP pre/post-forward hooks).
 
@@ -176,6 +179,7 @@ class FSDPStrategy(DDPStrategy):
             self._forward_methods.add(method)
         return getattr(module, method)(*args, **kwargs)
 
+    @override
     def unwrap(self) -> nn.Module:
         """The module given to :meth:`setup` (sharded in place: the same object).
 
@@ -186,6 +190,7 @@ class FSDPStrategy(DDPStrategy):
             raise MisconfigurationException("FSDPStrategy needs a model: call setup(module) first.")
         return self._module
 
+    @override
     def teardown(self) -> None:
         """Drop the model and mesh and leave the process group this strategy created (safe to call twice)."""
         self._module = None

@@ -136,6 +136,7 @@ def sequential_loader(loader: Any) -> Any:
         or type(loader.batch_sampler) is not BatchSampler
     ):
         return loader
+    # A map-style dataset here; the ignore: torch's Dataset type does not declare __len__ (Sized).
     return _rebuilt(loader, SequentialSampler(loader.dataset))  # type: ignore[arg-type]
 
 

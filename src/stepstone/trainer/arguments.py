@@ -61,21 +61,22 @@ def check_limit(name: str, value: Any) -> int | float:
             f"Trainer({name}={value!r}) is invalid; pass an int (number of batches) or a float in [0.0, 1.0] "
             "(fraction of the batches)."
         )
-    if isinstance(value, float) and value > 1.0 and value.is_integer():
-        value = int(value)  # Lightning reads 10.0 as 10 batches
-    if isinstance(value, int):
-        if value < 0:
+    number: int | float = value  # not a bool (rejected above)
+    if isinstance(number, float) and number > 1.0 and number.is_integer():
+        number = int(number)  # Lightning reads 10.0 as 10 batches
+    if isinstance(number, int):
+        if number < 0:
             raise MisconfigurationException(
-                f"Trainer({name}={value}) is invalid; a number of batches must be >= 0 (0 disables the loop)."
+                f"Trainer({name}={number}) is invalid; a number of batches must be >= 0 (0 disables the loop)."
             )
-        return value
-    if not 0.0 <= value <= 1.0:  # also NaN
-        example = max(int(value), 1) if math.isfinite(value) else 10
+        return number
+    if not 0.0 <= number <= 1.0:  # also NaN
+        example = max(int(number), 1) if math.isfinite(number) else 10
         raise MisconfigurationException(
-            f"Trainer({name}={value}) is invalid; a fraction must be in [0.0, 1.0]. To run a fixed number of "
+            f"Trainer({name}={number}) is invalid; a fraction must be in [0.0, 1.0]. To run a fixed number of "
             f"batches pass an int, e.g. {name}={example}."
         )
-    return value
+    return number
 
 
 def check_val_check_interval(value: Any) -> int | float:
@@ -91,19 +92,20 @@ def check_val_check_interval(value: Any) -> int | float:
             f"Trainer(val_check_interval={value!r}) is invalid; pass an int >= 1 (every N training batches) or a "
             "float in (0.0, 1.0] (a fraction of the epoch)."
         )
-    if isinstance(value, float) and value > 1.0 and value.is_integer():
-        value = int(value)  # Lightning reads 10.0 as every 10 batches
-    if isinstance(value, int) and value < 1:
+    number: int | float = value  # not a bool (rejected above)
+    if isinstance(number, float) and number > 1.0 and number.is_integer():
+        number = int(number)  # Lightning reads 10.0 as every 10 batches
+    if isinstance(number, int) and number < 1:
         raise MisconfigurationException(
-            f"Trainer(val_check_interval={value}) is invalid; an int must be >= 1. To disable validation, pass "
+            f"Trainer(val_check_interval={number}) is invalid; an int must be >= 1. To disable validation, pass "
             "limit_val_batches=0."
         )
-    if isinstance(value, float) and not 0.0 < value <= 1.0:
+    if isinstance(number, float) and not 0.0 < number <= 1.0:
         raise MisconfigurationException(
-            f"Trainer(val_check_interval={value}) is invalid; a float must be in (0.0, 1.0]. To validate every "
+            f"Trainer(val_check_interval={number}) is invalid; a float must be in (0.0, 1.0]. To validate every "
             "N batches pass an int."
         )
-    return value
+    return number
 
 
 def resolve_max_epochs(max_epochs: Any, max_steps: int, max_time: Any) -> int:

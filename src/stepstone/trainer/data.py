@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
 import torch
@@ -112,8 +112,10 @@ def _base_of(owner: object) -> type:
 
 def loader_length(loader: Iterable[Any]) -> int | float:
     """Number of batches of ``loader``, or ``inf`` when it has no length (an IterableDataset, a generator)."""
+    if not isinstance(loader, Sized):
+        return math.inf
     try:
-        return len(loader)  # type: ignore[arg-type]
+        return len(loader)
     except (TypeError, NotImplementedError):
         return math.inf
 

@@ -63,7 +63,7 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
             "rng": rng,
             "tail": loop.tail,
             "epoch_state": loop.data.epoch_state,
-            "loader_state": loader.state_dict() if is_stateful_loader(loader) else None,  # type: ignore[union-attr]
+            "loader_state": loader.state_dict() if is_stateful_loader(loader) else None,
             # The worker processes' generators after the last consumed batch (None without workers).
             "workers": loop.data.workers.state_dict(),
         },

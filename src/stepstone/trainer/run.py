@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["Runner"]
+
+_T = TypeVar("_T")
 
 _EVAL_NAMES = {
     TrainerFn.VALIDATING: ("validation", "val", "limit_val_batches"),
@@ -98,7 +100,7 @@ class Runner:
             datamodule.trainer = t
         t._hooks.reset()
 
-    def _guarded(self, fn: TrainerFn, body: Callable[[], Any]) -> Any:
+    def _guarded(self, fn: TrainerFn, body: Callable[[], _T]) -> _T:
         t = self.t
         t.state.fn = fn
         t.state.status = TrainerStatus.RUNNING
@@ -419,19 +421,18 @@ class Runner:
                 print_results(fn.value, results)
             return results
 
-        results: list[dict[str, float]] = self._guarded(fn, body)
-        return results
+        return self._guarded(fn, body)
 
     def predict(
         self, model: Any, dataloaders: Any, datamodule: Any, return_predictions: Any, ckpt_path: Any
-    ) -> Any:
+    ) -> list[Any] | None:
         """``trainer.predict``."""
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         check_data_arguments(TrainerFn.PREDICTING, dataloaders, datamodule)
         self._attach(model, datamodule, TrainerFn.PREDICTING)
 
-        def body() -> Any:
+        def body() -> list[Any] | None:
             t = self.t
             self._restore_weights(TrainerFn.PREDICTING, model is not None, ckpt_path)
             loaders, counts = self._loaders(

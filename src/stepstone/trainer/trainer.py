@@ -378,9 +378,10 @@ class Trainer:
             ``return_predictions=False``.
         """
         if self._spawn is not None:
-            return run_spawned(
+            predictions: list[Any] | None = run_spawned(
                 self, "predict", (model, dataloaders, datamodule, return_predictions, ckpt_path), {}
             )
+            return predictions
         return self._runner.predict(model, dataloaders, datamodule, return_predictions, ckpt_path)
 
     def save_checkpoint(

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from stepstone.errors import MisconfigurationException
 from stepstone.utilities.summary_table import (
@@ -312,6 +313,7 @@ class ModelSummary:
                 cells.append(extra.get(header, NOT_APPLICABLE))
         return columns
 
+    @override
     def __str__(self) -> str:
         return format_summary_table(
             self.total_parameters,
@@ -322,6 +324,7 @@ class ModelSummary:
             *self._get_summary_data(),
         )
 
+    @override
     def __repr__(self) -> str:
         return str(self)
 
