@@ -51,7 +51,7 @@ def to_plain(value: Any) -> Any:
     return _plain_container(value)
 
 
-def _plain_scalar(value: Any) -> str | None:
+def _plain_scalar(value: Any) -> object | None:
     """The string an Enum, complex number, dtype, device or path is written as; None for anything else."""
     if isinstance(value, enum.Enum):
         return value.name  # Lightning writes a top-level Enum by name
