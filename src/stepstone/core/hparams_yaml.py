@@ -51,14 +51,15 @@ def to_plain(value: Any) -> Any:
     return _plain_container(value)
 
 
-def _plain_scalar(value: Any) -> object | None:
+def _plain_scalar(value: Any) -> str | bytes | None:
     """The string an Enum, complex number, dtype, device or path is written as; None for anything else."""
     if isinstance(value, enum.Enum):
         return value.name  # Lightning writes a top-level Enum by name
     if isinstance(value, (complex, torch.dtype, torch.device)):
         return str(value)
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
+        path: str | bytes = os.fspath(value)
+        return path
     return None
 
 
