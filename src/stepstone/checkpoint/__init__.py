@@ -42,6 +42,7 @@ from stepstone.checkpoint.manager import CheckpointManager
 from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, KeepEveryNSteps, KeepLatest
+from stepstone.checkpoint.save_queue import SaveQueue
 from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.writer import AsyncWriter, SaveHandle
 
@@ -71,6 +72,7 @@ __all__ = [
     "Progress",
     "RunIndex",
     "SaveHandle",
+    "SaveQueue",
     "convert_sharded_to_file",
     "copy_file",
     "is_local",
