@@ -154,3 +154,22 @@ def test_a_path_naming_a_folder_is_refused(tmp_path: Path) -> None:
     t.fit(ScriptedModel(), loader())
     with pytest.raises(MisconfigurationException, match=r"names a directory; pass a checkpoint file path"):
         t.save_checkpoint(f"{tmp_path}/")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_save_publishes_the_committed_file_as_a_copy_or_a_link(tmp_path: Path, asynchronous: bool) -> None:
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    port = t.checkpoint_port
+    port.save(
+        str(tmp_path / "a.ckpt"), asynchronous=asynchronous, publish_as=str(tmp_path / "copy.ckpt")
+    ).result()
+    port.save(
+        str(tmp_path / "b.ckpt"),
+        asynchronous=asynchronous,
+        publish_as=str(tmp_path / "link.ckpt"),
+        publish_link=True,
+    ).result()
+    assert port.finish() is None
+    assert read_info(str(tmp_path / "copy.ckpt")).step == 4 and not os.path.islink(tmp_path / "copy.ckpt")
+    assert os.readlink(tmp_path / "link.ckpt") == "b.ckpt"

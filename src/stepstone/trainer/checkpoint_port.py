@@ -149,9 +149,9 @@ class CheckpointPort:
             max_staging_bytes: for an asynchronous save, the most bytes of host buffers (None: one full copy).
             on_complete: for an asynchronous save, called with its handle on the training thread when the port
                 settles it (before the next asynchronous save is built, and at the end of the run).
-            publish_as: for an asynchronous save, once it is committed also make it available under this path
-                (a durable copy, or a symlink with ``publish_link``) on the writer thread, before the handle
-                completes: the training thread never copies a checkpoint.
+            publish_as: once the file is committed also make it available under this path (a durable copy, or
+                a symlink with ``publish_link``), before the handle completes; for an asynchronous save on the
+                writer thread, so the training thread never copies a checkpoint. Not for a sharded directory.
             publish_link: link instead of copy.
             marks: entries added to the file's ``checkpoint["stepstone"]`` dict, e.g.
                 ``{"saved_on_exception": {...}}`` (shown by ``stepstone ckpt show``); plain values only.
@@ -170,15 +170,28 @@ class CheckpointPort:
             raise MisconfigurationException(
                 "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
             )
+        if publish_as is not None and "/" not in publish_as and os.sep not in publish_as:
+            publish_as = os.path.abspath(
+                publish_as
+            )  # a bare name is in the working directory, not the folder
         if not asynchronous:
-            return done_handle(save_on_all_ranks(self._trainer, path, weights_only, storage_options, marks))
+            record = save_on_all_ranks(
+                self._trainer, path, weights_only, storage_options, marks, publish_as, publish_link
+            )
+            return done_handle(record)
         handle = self._save_async(path, weights_only, max_staging_bytes, publish_as, publish_link, marks)
         if on_complete is not None:
             self._completions.append((handle, on_complete))
         return handle
 
     def write(
-        self, path: str, weights_only: bool, storage_options: Any = None, marks: dict[str, Any] | None = None
+        self,
+        path: str,
+        weights_only: bool,
+        storage_options: Any = None,
+        marks: dict[str, Any] | None = None,
+        publish_as: str | None = None,
+        publish_link: bool = False,
     ) -> CheckpointRecord | None:
         """Build the checkpoint dict on this rank and commit it now, by the rank rules (no barrier).
 
@@ -189,6 +202,8 @@ class CheckpointPort:
             weights_only: leave out optimizer, scheduler and callback state.
             storage_options: options for the fsspec filesystem of ``path``.
             marks: entries added to the file's ``checkpoint["stepstone"]`` dict.
+            publish_as: once committed, also a copy (or link) there, made by rank 0 (files only).
+            publish_link: link instead of copy.
 
         Returns:
             The committed checkpoint's record on rank 0, None on the other ranks.
@@ -207,7 +222,14 @@ class CheckpointPort:
         if not trainer.is_global_zero:
             return None
         manager = self.manager(folder, storage_options)
-        return manager.save_as(name, checkpoint, metadata=self.metadata(), asynchronous=False).result()
+        return manager.save_as(
+            name,
+            checkpoint,
+            metadata=self.metadata(),
+            asynchronous=False,
+            publish_as=publish_as,
+            publish_link=publish_link,
+        ).result()
 
     def _save_async(
         self,
@@ -227,10 +249,6 @@ class CheckpointPort:
         if not self._trainer.is_global_zero:
             return done_handle(None)  # under DDP only rank 0 writes
         self._queue.max_staging_bytes = max_staging_bytes
-        if publish_as is not None and "/" not in publish_as and os.sep not in publish_as:
-            publish_as = os.path.abspath(
-                publish_as
-            )  # a bare name is in the working directory, not the folder
         folder, name = split_checkpoint_path(path)
         return self.manager(folder).save_as(
             name,

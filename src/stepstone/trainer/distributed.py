@@ -185,6 +185,8 @@ def save_on_all_ranks(
     weights_only: bool,
     storage_options: Any = None,
     marks: dict[str, Any] | None = None,
+    publish_as: str | None = None,
+    publish_link: bool = False,
 ) -> CheckpointRecord | None:
     """Write a checkpoint once: every rank builds it (as Lightning does), global rank 0 commits it at its path.
 
@@ -193,7 +195,8 @@ def save_on_all_ranks(
     The ranks may pass different paths (``f"rank{trainer.global_rank}.ckpt"``): as in Lightning, rank 0's path
     is the one written (and nothing else); rank 0 warns once per process that the others' paths were ignored.
 
-    ``marks`` are entries added to the checkpoint's ``stepstone`` dict (see ``dump_checkpoint``).
+    ``marks`` are entries added to the checkpoint's ``stepstone`` dict (see ``dump_checkpoint``); rank 0 also
+    publishes the committed file as ``publish_as`` (a copy, or a link with ``publish_link``) before the barrier.
 
     Returns:
         The record of the committed file on rank 0, None on the other ranks.
@@ -206,7 +209,9 @@ def save_on_all_ranks(
     paths = collectives.exchange_all("save_checkpoint", str(path))
     path = paths[0]
     _warn_if_paths_differ(trainer, paths)
-    record = trainer.checkpoint_port.write(path, weights_only, storage_options, marks)
+    record = trainer.checkpoint_port.write(
+        path, weights_only, storage_options, marks, publish_as, publish_link
+    )
     # The file exists for every rank once the barrier is passed (e.g. before a rank reads best_model_path).
     collectives.barrier("saved checkpoint")
     return record
