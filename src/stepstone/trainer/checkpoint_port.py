@@ -171,9 +171,8 @@ class CheckpointPort:
                 "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
             )
         if publish_as is not None and "/" not in publish_as and os.sep not in publish_as:
-            publish_as = os.path.abspath(
-                publish_as
-            )  # a bare name is in the working directory, not the folder
+            # A bare name is in the working directory (as a save path is), not in the save's folder.
+            publish_as = os.path.abspath(publish_as)
         if not asynchronous:
             record = save_on_all_ranks(
                 self._trainer, path, weights_only, storage_options, marks, publish_as, publish_link
