@@ -15,6 +15,7 @@ import stepstone.checkpoint.manager as manager_module
 from stepstone.checkpoint import (
     SHARDED_DIRECTORY,
     CheckpointManager,
+    KeepLatest,
     SaveQueue,
     kind_of,
     load_file,
@@ -162,3 +163,21 @@ def test_only_global_rank_zero_sweeps_the_directory(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(manager_module.dist, "get_rank", lambda: 0)
     CheckpointManager(tmp_path)
     assert not stale.exists()
+
+
+def test_retention_deletes_through_remove_the_one_deletion_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    removed: list[str] = []
+    real = CheckpointManager.remove
+
+    def recording(manager: CheckpointManager, name: str, background: bool = False) -> None:
+        removed.append(name)
+        real(manager, name, background)
+
+    monkeypatch.setattr(CheckpointManager, "remove", recording)
+    with CheckpointManager(tmp_path, retention=KeepLatest(1), async_save=True) as manager:
+        for step in (1, 2, 3):
+            manager.save(step, _state(float(step)))
+    assert removed == ["step=1.ckpt", "step=2.ckpt"]
+    assert sorted(os.listdir(tmp_path)) == ["step=3.ckpt"]
