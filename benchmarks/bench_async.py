@@ -102,7 +102,7 @@ class _TimedCheckpoint(ModelCheckpoint):
 
 
 def _waited(trainer: L.Trainer) -> float:
-    writer = trainer._runner.async_saves.writer
+    writer = trainer.checkpoint_port.queue.writer
     return writer.waited_s if writer is not None else 0.0
 
 

@@ -12,6 +12,7 @@ import torch
 import stepstone as L
 from scripted import ScriptedModel, loader, trainer
 from stepstone.callbacks import ModelCheckpoint
+from stepstone.checkpoint import CheckpointManager
 from stepstone.errors import MisconfigurationException
 
 
@@ -197,13 +198,13 @@ def test_last_is_serialized_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=-1, save_last=True)
     t = trainer(tmp_path, [cb])
     writes: list[str] = []
-    original = t._runner.write_checkpoint
+    original = CheckpointManager.save_as
 
-    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
-        writes.append(os.path.basename(path))
-        return original(path, *args, **kwargs)
+    def counting(manager: CheckpointManager, name: str, *args: Any, **kwargs: Any) -> Any:
+        writes.append(name)
+        return original(manager, name, *args, **kwargs)
 
-    monkeypatch.setattr(t._runner, "write_checkpoint", counting)
+    monkeypatch.setattr(CheckpointManager, "save_as", counting)  # every Trainer save goes through it
     t.fit(ScriptedModel([0.3, 0.2, 0.1]), loader(), loader())
     assert writes == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"]
     copy = torch.load(tmp_path / "last.ckpt", weights_only=True)
@@ -386,16 +387,16 @@ def test_failed_save_keeps_state_pointing_at_existing_files(
 ) -> None:
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1, save_last=True)
     t = trainer(tmp_path, [cb])
-    original = t._runner.write_checkpoint
+    original = CheckpointManager.save_as
     calls = {"n": 0}
 
-    def failing(path: str, *args: Any, **kwargs: Any) -> Any:
+    def failing(manager: CheckpointManager, name: str, *args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(28, "No space left on device")
-        return original(path, *args, **kwargs)
+        return original(manager, name, *args, **kwargs)
 
-    monkeypatch.setattr(t._runner, "write_checkpoint", failing)
+    monkeypatch.setattr(CheckpointManager, "save_as", failing)
     with pytest.raises(OSError, match="No space left"):
         t.fit(ScriptedModel([0.5, 0.3, 0.1]), loader(), loader())
     assert ckpts(tmp_path) == ["epoch=0-step=4.ckpt", "last.ckpt"]

@@ -259,7 +259,7 @@ class BufferWatcher(L.Callback):
         self.seen: list[tuple[int, ...]] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        staging = trainer._runner.async_saves.staging
+        staging = trainer.checkpoint_port.queue.staging
         if staging is not None:
             self.seen.append(tuple(sorted(b.data_ptr() for b in staging.buffers().values())))
 
@@ -270,7 +270,7 @@ def test_host_buffers_are_allocated_once_and_reused_across_saves(tmp_path: Path)
     t = trainer(tmp_path, [watcher, cb], max_steps=5, limit_val_batches=0)
     t.fit(ScriptedModel(), loader())
     assert len(watcher.seen) == 4 and len(set(watcher.seen)) == 1 and watcher.seen[0]
-    staging = t._runner.async_saves.staging
+    staging = t.checkpoint_port.queue.staging
     assert staging is not None and staging.allocations == len(watcher.seen[0])
     assert staging.nbytes == 0  # freed when fit ended
 
@@ -284,7 +284,7 @@ def test_a_save_waiting_for_the_previous_one_is_reported(
     t.fit(ScriptedModel(), loader())
     err = capsys.readouterr().err
     assert err.count("waited") == 1 and "for the previous one to finish writing" in err
-    writer = t._runner.async_saves.writer
+    writer = t.checkpoint_port.queue.writer
     assert held.unreleased == 0
     assert writer is not None and writer.waits == 2 and writer.waited_s >= 2 * 0.15
 

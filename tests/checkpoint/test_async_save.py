@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import stepstone.checkpoint.files as files
-import stepstone.checkpoint.manager as manager_module
 from blocking import ReleaseWhenBlocked
 from stepstone.checkpoint import (
     AsyncWriter,
@@ -101,7 +100,7 @@ def test_async_manager_raises_a_failure_at_the_next_save_and_keeps_earlier_check
 
     manager = CheckpointManager(tmp_path, async_save=True)
     manager.save(1, state).result()
-    monkeypatch.setattr(manager_module, "save_file", failing)
+    monkeypatch.setattr(files, "save_file", failing)
     manager.save(2, state)
     monkeypatch.undo()
     with pytest.raises(OSError, match="injected"):
@@ -117,14 +116,14 @@ def test_async_manager_raises_a_failure_at_the_next_save_and_keeps_earlier_check
 def test_async_manager_close_waits_for_the_save_in_flight(
     tmp_path: Path, state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = manager_module.save_file
+    real = files.save_file
     release = threading.Event()
 
     def held(*args: Any, **kwargs: Any) -> Any:
         assert release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "save_file", held)
+    monkeypatch.setattr(files, "save_file", held)
     manager = CheckpointManager(tmp_path, async_save=True)
     handle = manager.save(7, state)
     assert not handle.done()  # held before its first byte

@@ -153,7 +153,8 @@ def test_the_manager_passes_the_budget_and_keeps_isolation(
         handle.result(10)
         restored = manager.restore("latest")
     assert all(torch.equal(restored["state_dict"][k], v) for k, v in expected["state_dict"].items())
-    assert manager._staging is not None and manager._staging.peak_nbytes <= _MIB
+    staging = manager.queue.staging if manager.queue is not None else None
+    assert staging is not None and staging.peak_nbytes <= _MIB
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "1GB"])
@@ -242,7 +243,7 @@ def test_live_memory_is_checksummed_before_the_caller_goes_on(
 
 
 def test_model_checkpoint_passes_its_budget_to_the_trainers_async_saves(tmp_path: Path) -> None:
-    # The Trainer-side pass-through (ModelCheckpoint -> AsyncSaves -> HostStaging), tested with the engine.
+    # The Trainer-side pass-through (ModelCheckpoint -> the port's SaveQueue -> HostStaging), tested with the engine.
     from scripted import ScriptedModel, loader, trainer
     from stepstone.callbacks import ModelCheckpoint
 
@@ -253,7 +254,7 @@ def test_model_checkpoint_passes_its_budget_to_the_trainers_async_saves(tmp_path
     )
     t = trainer(tmp_path, [cb], max_steps=3, limit_val_batches=0)
     t.fit(ScriptedModel([0.5]), loader())
-    staging = t._runner.async_saves.staging
+    staging = t.checkpoint_port.queue.staging
     assert staging is not None and staging.peak_nbytes == 0 and staging.max_staging_bytes == 0
     files = sorted((tmp_path / "c").glob("*.ckpt"))
     assert len(files) == 3 and all(verify_file(path).verified for path in files)

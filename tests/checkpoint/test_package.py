@@ -27,6 +27,7 @@ PUBLIC_API = {
     "RunIndex",
     "CheckpointManager",
     "SaveHandle",
+    "SaveQueue",
     "save_file_async",
     "AsyncWriter",
     "HostStaging",

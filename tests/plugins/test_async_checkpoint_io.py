@@ -34,20 +34,20 @@ def _fit(tmp_path: Path, cb: ModelCheckpoint, plugins: Any) -> L.Trainer:
 def test_the_plugin_makes_model_checkpoint_asynchronous(tmp_path: Path, plugins: Any) -> None:
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1)
     t = _fit(tmp_path, cb, plugins)
-    assert t._runner.async_saves.writer is not None
+    assert t.checkpoint_port.queue.writer is not None
     verify_file(cb.best_model_path)
 
 
 def test_the_callback_can_opt_out(tmp_path: Path) -> None:
     cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1, async_save=False)
     t = _fit(tmp_path, cb, [AsyncCheckpointIO()])
-    assert t._runner.async_saves.writer is None
+    assert t.checkpoint_port.queue.writer is None
     verify_file(cb.best_model_path)
 
 
 def test_without_the_plugin_saves_are_synchronous(tmp_path: Path) -> None:
     t = _fit(tmp_path, ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=1), None)
-    assert t._runner.async_saves.writer is None
+    assert t.checkpoint_port.queue.writer is None
 
 
 def test_other_plugins_are_refused_by_name() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import stepstone as L
 from scripted import ScriptedModel, loader, trainer
 from stepstone.callbacks import Callback
-from stepstone.checkpoint import SaveHandle, read_info
+from stepstone.checkpoint import CheckpointManager, SaveHandle, read_info
 from stepstone.errors import MisconfigurationException
+from stepstone.trainer.checkpoint_port import split_checkpoint_path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "stepstone"
 
@@ -101,3 +104,72 @@ def test_remove_deletes_a_committed_file(tmp_path: Path) -> None:
     t.save_checkpoint(tmp_path / "gone.ckpt")
     t.checkpoint_port.remove(str(tmp_path / "gone.ckpt"))
     assert not (tmp_path / "gone.ckpt").exists()
+
+
+def test_every_save_and_removal_goes_through_the_folders_manager_sharing_the_trainers_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str, str]] = []
+    for method in ("save_as", "remove"):
+        real = getattr(CheckpointManager, method)
+
+        def recording(manager: CheckpointManager, name: str, *args: Any, _real: Any = real, **kw: Any) -> Any:
+            calls.append((_real.__name__, manager.directory, name))
+            return _real(manager, name, *args, **kw)
+
+        monkeypatch.setattr(CheckpointManager, method, recording)
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    t.save_checkpoint(tmp_path / "a" / "sync.ckpt")
+    t.save_checkpoint(tmp_path / "a" / "async.ckpt", asynchronous=True).result()
+    t.checkpoint_port.remove(str(tmp_path / "a" / "sync.ckpt"), background=True)
+    folder = str(tmp_path / "a")
+    assert calls == [
+        ("save_as", folder, "sync.ckpt"),
+        ("save_as", folder, "async.ckpt"),
+        ("remove", folder, "sync.ckpt"),
+    ]
+    manager = t.checkpoint_port.manager(folder)
+    assert manager is t.checkpoint_port.manager(folder) and manager.queue is t.checkpoint_port.queue
+    assert t.checkpoint_port.finish() is None  # settles the background deletion
+    assert sorted(os.listdir(folder)) == ["async.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("x.ckpt", (".", "x.ckpt")),
+        ("/r/d/x.ckpt", ("/r/d", "x.ckpt")),
+        ("s3://bucket/d/x.ckpt", ("s3://bucket/d", "x.ckpt")),
+        ("memory://x.ckpt", ("memory://", "x.ckpt")),
+        ("file:///r/x.ckpt", ("file:///r", "x.ckpt")),
+    ],
+)
+def test_a_checkpoint_path_splits_into_its_folder_and_name(path: str, expected: tuple[str, str]) -> None:
+    assert split_checkpoint_path(path) == expected
+
+
+def test_a_path_naming_a_folder_is_refused(tmp_path: Path) -> None:
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    with pytest.raises(MisconfigurationException, match=r"names a directory; pass a checkpoint file path"):
+        t.save_checkpoint(f"{tmp_path}/")
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_save_publishes_the_committed_file_as_a_copy_or_a_link(tmp_path: Path, asynchronous: bool) -> None:
+    t = trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False)
+    t.fit(ScriptedModel(), loader())
+    port = t.checkpoint_port
+    port.save(
+        str(tmp_path / "a.ckpt"), asynchronous=asynchronous, publish_as=str(tmp_path / "copy.ckpt")
+    ).result()
+    port.save(
+        str(tmp_path / "b.ckpt"),
+        asynchronous=asynchronous,
+        publish_as=str(tmp_path / "link.ckpt"),
+        publish_link=True,
+    ).result()
+    assert port.finish() is None
+    assert read_info(str(tmp_path / "copy.ckpt")).step == 4 and not os.path.islink(tmp_path / "copy.ckpt")
+    assert os.readlink(tmp_path / "link.ckpt") == "b.ckpt"

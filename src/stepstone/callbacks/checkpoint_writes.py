@@ -60,7 +60,10 @@ class CheckpointWrites(CheckpointTriggers):
     ) -> tuple[SaveHandle | None, int]:
         """Write the plan's files; returns the asynchronous save's handle (None: all committed) and the count."""
         written, last = plan.top_k_path, plan.last_path
-        handle = self._save_checkpoint(trainer, written, publish_as=last or None) if written else None
+        # The engine publishes the committed top-k file as ``last`` (copied or linked, serialized once) right
+        # after its commit, on the writer thread for a background save; a sharded directory is handled below.
+        publish = last if written and last and not trainer.checkpoint_port.writes_directories else ""
+        handle = self._save_checkpoint(trainer, written, publish_as=publish or None) if written else None
         saves = int(bool(written))
         if not last:
             return handle, saves
@@ -72,16 +75,16 @@ class CheckpointWrites(CheckpointTriggers):
         )
         counts = written or (lightning_saves_last and not lightning_links)
         step_saved = self._last_global_step_saved
-        from stepstone.checkpoint import copy_file, link_file
-
-        if written and handle is not None:
-            pass  # the writer thread publishes the committed top-k file as ``last`` (``publish_as``)
-        elif written and self.save_last is True and trainer.checkpoint_port.writes_directories:
+        if publish:
+            pass  # published with the save (``publish_as``)
+        elif written and self.save_last is True:
             self._save_checkpoint(trainer, last)  # a sharded directory is written again, not copied
             saves += 1
         elif written:
-            if trainer.is_global_zero:  # one writer; the others wait for the file below
-                (link_file if self.save_last == "link" else copy_file)(written, last)  # serialized once
+            from stepstone.checkpoint import link_file
+
+            if trainer.is_global_zero:  # a sharded directory linked; the others wait for the link below
+                link_file(written, last)
             barrier(f"save last {last}")
         else:
             handle = self._save_checkpoint(trainer, last)
@@ -98,7 +101,7 @@ class CheckpointWrites(CheckpointTriggers):
     def _save_checkpoint(
         self, trainer: stepstone.Trainer, filepath: str, publish_as: str | None = None
     ) -> SaveHandle | None:
-        """Save ``filepath``; returns the handle of an asynchronous save, None once a synchronous one committed."""
+        """Save ``filepath`` (and publish it as ``publish_as``); returns an asynchronous save's handle, else None."""
         if self._uses_async(trainer):
             # The port calls ``_settle`` before the next asynchronous save is built and when fit ends; the
             # writer thread publishes the committed file as ``last`` (copied or linked).
@@ -113,8 +116,11 @@ class CheckpointWrites(CheckpointTriggers):
             )
             self._last_global_step_saved = trainer.global_step
             return handle
-        # Under DDP: built on every rank, written once by rank 0, then a barrier (all ranks reach this save).
-        trainer.save_checkpoint(filepath, self.save_weights_only).result()
+        # Under DDP: built on every rank, written (and published) once by rank 0, then a barrier (all ranks
+        # reach this save).
+        trainer.checkpoint_port.save(
+            filepath, self.save_weights_only, publish_as=publish_as, publish_link=self.save_last == "link"
+        ).result()
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         return None

@@ -13,6 +13,12 @@ Every file is one zip that ``torch.load(path, weights_only=True)`` reads, plus a
 zip comment (see ``format.py``); every save is committed atomically and durably (``commit.py``); every
 load verifies the checksums before any object is returned (``loading.py``).
 
+``CheckpointManager`` is the run-directory object: it saves (``save`` with retention, or ``save_as`` under an
+explicit name; synchronous or in the background; a file or a sharded directory), publishes a ``last`` copy or
+link after the commit, deletes (``remove``), and restores the newest or best valid checkpoint in one read.
+Managers may share one ``SaveQueue`` (one background save in flight, one host copy of the state); the
+Trainer's checkpoint port saves through one manager per folder.
+
 A checkpoint is one file or a sharded (FSDP) directory; ``kind_of(path)`` says which and returns its
 ``CheckpointKind`` (describe, verify, remove, sweep...); ``remove_checkpoint(path)`` is the one deletion. The sharded API (``save_sharded``, ``load_sharded``,
 ``convert_sharded_to_file``, ``is_sharded_checkpoint``, ``read_sharded_info``, ``verify_sharded``,
@@ -42,6 +48,7 @@ from stepstone.checkpoint.manager import CheckpointManager
 from stepstone.checkpoint.progress import Progress
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.retention import AnyOf, KeepAll, KeepBest, KeepEveryNSteps, KeepLatest
+from stepstone.checkpoint.save_queue import SaveQueue
 from stepstone.checkpoint.staging import HostStaging
 from stepstone.checkpoint.writer import AsyncWriter, SaveHandle
 
@@ -71,6 +78,7 @@ __all__ = [
     "Progress",
     "RunIndex",
     "SaveHandle",
+    "SaveQueue",
     "convert_sharded_to_file",
     "copy_file",
     "is_local",

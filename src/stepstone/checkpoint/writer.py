@@ -23,13 +23,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
 from stepstone.checkpoint.progress import stderr_line
 from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.errors import CheckpointError
 
-__all__ = ["AsyncWriter", "SaveHandle", "SyncWriter", "Writer"]
+__all__ = ["AsyncWriter", "SaveHandle", "SyncWriter", "Writer", "done_handle"]
 
 SaveJob = Callable[[], CheckpointRecord]
 
@@ -121,6 +121,20 @@ class SaveHandle:
             assert record is not None  # a save that did not fail returned its record
             future.set_result(record)
         self._future, self._raised = future, bool(state["raised"])
+
+
+def done_handle(record: CheckpointRecord | None) -> SaveHandle:
+    """The handle of a save already finished (a synchronous one).
+
+    Args:
+        record: its record (None where this process did not write, e.g. a rank other than 0).
+
+    Returns:
+        A finished handle whose ``result()`` is ``record``.
+    """
+    future: Future[Any] = Future()
+    future.set_result(record)
+    return SaveHandle(future)
 
 
 class Writer(Protocol):

@@ -7,24 +7,59 @@ everywhere), rank 0 writes it (every rank writes its shards of a sharded FSDP di
 ``on_complete`` function with its save; the port calls it with the handle on the training thread before the
 next asynchronous save is built (so that file holds the callback's committed state) and when the run ends.
 Callbacks therefore need no private attribute of the Trainer, and the Trainer calls no callback's private method.
+
+Every write and deletion goes through the engine's run-directory object: one
+:class:`~stepstone.checkpoint.CheckpointManager` per checkpoint folder (``port.manager(folder)``), all sharing the
+Trainer's one :class:`~stepstone.checkpoint.SaveQueue` (``port.queue``: one save in flight, one host copy).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from stepstone.checkpoint import SaveHandle, is_local, remove_checkpoint
+import torch
+
+from stepstone.checkpoint import CheckpointManager, CheckpointRecord, SaveHandle, SaveQueue
+from stepstone.checkpoint.writer import done_handle
 from stepstone.errors import MisconfigurationException
 from stepstone.strategies import is_fsdp
 
 if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
 
-__all__ = ["CheckpointPort", "OnComplete"]
+__all__ = ["CheckpointPort", "OnComplete", "split_checkpoint_path"]
 
 #: Called with the handle of an asynchronous save once the port settles it (see the module docstring).
 OnComplete = Callable[[SaveHandle], None]
+
+
+def split_checkpoint_path(path: str) -> tuple[str, str]:
+    """The folder of a checkpoint path or URL and the checkpoint's name in it.
+
+    Args:
+        path: a local path (relative or absolute) or an fsspec URL.
+
+    Returns:
+        ``(folder, name)``; a bare local name is in ``"."``.
+
+    Raises:
+        MisconfigurationException: ``path`` ends with a separator (it names a folder, not a checkpoint).
+    """
+    if "://" in path or "::" in path:
+        folder, _, name = path.rpartition("/")
+        folder = folder + "/" if folder.endswith(":/") else folder  # "memory://x.ckpt": the root
+    else:
+        folder, name = os.path.split(path)
+        folder = folder or "."
+    if not name:
+        raise MisconfigurationException(f"path={path!r} names a directory; pass a checkpoint file path")
+    return folder, name
+
+
+def _scalar_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.item()) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 class CheckpointPort:
@@ -37,6 +72,44 @@ class CheckpointPort:
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
         self._completions: list[tuple[SaveHandle, OnComplete]] = []
+        self._queue = SaveQueue()
+        self._managers: dict[str, CheckpointManager] = {}
+
+    @property
+    def queue(self) -> SaveQueue:
+        """The Trainer's queue of background saves and deletions (its writer and staging buffers, once used)."""
+        return self._queue
+
+    def manager(self, directory: str, storage_options: dict[str, Any] | None = None) -> CheckpointManager:
+        """The run-directory object through which the Trainer saves into and deletes from ``directory``.
+
+        Args:
+            directory: the checkpoint folder (local path or URL).
+            storage_options: fsspec options; a manager with options is made for the call, not kept.
+
+        Returns:
+            The folder's :class:`~stepstone.checkpoint.CheckpointManager` (sharing ``queue``), kept for the
+            Trainer's life.
+        """
+        if storage_options is not None:
+            return CheckpointManager(directory, storage_options=storage_options, queue=self._queue)
+        found = self._managers.get(directory)
+        if found is None:
+            found = self._managers[directory] = CheckpointManager(directory, queue=self._queue)
+        return found
+
+    def metadata(self) -> dict[str, Any]:
+        """The trailer metadata of a checkpoint of the current state.
+
+        Returns:
+            ``{"step": global_step, "epoch": current_epoch, "metrics": scalar callback_metrics}``.
+        """
+        trainer = self._trainer
+        return {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "metrics": _scalar_metrics(trainer.callback_metrics),
+        }
 
     @property
     def asynchronous(self) -> bool:
@@ -76,9 +149,9 @@ class CheckpointPort:
             max_staging_bytes: for an asynchronous save, the most bytes of host buffers (None: one full copy).
             on_complete: for an asynchronous save, called with its handle on the training thread when the port
                 settles it (before the next asynchronous save is built, and at the end of the run).
-            publish_as: for an asynchronous save, once it is committed also make it available under this path
-                (a durable copy, or a symlink with ``publish_link``) on the writer thread, before the handle
-                completes: the training thread never copies a checkpoint.
+            publish_as: once the file is committed also make it available under this path (a durable copy, or
+                a symlink with ``publish_link``), before the handle completes; for an asynchronous save on the
+                writer thread, so the training thread never copies a checkpoint. Not for a sharded directory.
             publish_link: link instead of copy.
             marks: entries added to the file's ``checkpoint["stepstone"]`` dict, e.g.
                 ``{"saved_on_exception": {...}}`` (shown by ``stepstone ckpt show``); plain values only.
@@ -91,20 +164,71 @@ class CheckpointPort:
             MisconfigurationException: no model is attached.
             Exception: a synchronous save's failure, or a settled earlier save's failure (see ``complete``).
         """
-        from stepstone.trainer.distributed import completed_handle, save_on_all_ranks
+        from stepstone.trainer.distributed import save_on_all_ranks
 
         if self._trainer.model is None:
             raise MisconfigurationException(
                 "trainer.save_checkpoint() needs a model: call fit/validate/test/predict first (they attach it)."
             )
+        if publish_as is not None and "/" not in publish_as and os.sep not in publish_as:
+            # A bare name is in the working directory (as a save path is), not in the save's folder.
+            publish_as = os.path.abspath(publish_as)
         if not asynchronous:
-            return completed_handle(
-                save_on_all_ranks(self._trainer, path, weights_only, storage_options, marks)
+            record = save_on_all_ranks(
+                self._trainer, path, weights_only, storage_options, marks, publish_as, publish_link
             )
+            return done_handle(record)
         handle = self._save_async(path, weights_only, max_staging_bytes, publish_as, publish_link, marks)
         if on_complete is not None:
             self._completions.append((handle, on_complete))
         return handle
+
+    def write(
+        self,
+        path: str,
+        weights_only: bool,
+        storage_options: Any = None,
+        marks: dict[str, Any] | None = None,
+        publish_as: str | None = None,
+        publish_link: bool = False,
+    ) -> CheckpointRecord | None:
+        """Build the checkpoint dict on this rank and commit it now, by the rank rules (no barrier).
+
+        ``save_on_all_ranks`` wraps it with the ranks' agreement; call that (or ``save``) instead.
+
+        Args:
+            path: the file, or the directory of a sharded checkpoint.
+            weights_only: leave out optimizer, scheduler and callback state.
+            storage_options: options for the fsspec filesystem of ``path``.
+            marks: entries added to the file's ``checkpoint["stepstone"]`` dict.
+            publish_as: once committed, also a copy (or link) there, made by rank 0 (files only).
+            publish_link: link instead of copy.
+
+        Returns:
+            The committed checkpoint's record on rank 0, None on the other ranks.
+        """
+        from stepstone.trainer.checkpoint_io import dump_checkpoint
+
+        trainer = self._trainer
+        # Every rank builds it: hooks such as on_save_checkpoint run everywhere, as in Lightning, and the
+        # gathers of a "full" FSDP state dict take place.
+        checkpoint = dump_checkpoint(trainer, weights_only, marks)
+        folder, name = split_checkpoint_path(path)
+        if self.writes_directories:  # every rank writes its own shards; rank 0 commits the directory
+            manager = self.manager(folder)
+            record = manager.save_as(name, checkpoint, metadata=self.metadata(), sharded=True).result()
+            return record if trainer.is_global_zero else None
+        if not trainer.is_global_zero:
+            return None
+        manager = self.manager(folder, storage_options)
+        return manager.save_as(
+            name,
+            checkpoint,
+            metadata=self.metadata(),
+            asynchronous=False,
+            publish_as=publish_as,
+            publish_link=publish_link,
+        ).result()
 
     def _save_async(
         self,
@@ -116,22 +240,27 @@ class CheckpointPort:
         marks: dict[str, Any] | None,
     ) -> SaveHandle:
         from stepstone.trainer.checkpoint_io import dump_checkpoint
-        from stepstone.trainer.distributed import completed_handle
 
-        runner = self._trainer._runner
         self.complete()  # the new file holds every callback's committed state
         checkpoint = dump_checkpoint(
             self._trainer, weights_only, marks
         )  # every rank: it gathers the ranks' RNG states
         if not self._trainer.is_global_zero:
-            return completed_handle()  # under DDP only rank 0 writes
-        runner.async_saves.max_staging_bytes = max_staging_bytes
-        metadata = runner.checkpoint_metadata()
-        return runner.async_saves.save(path, checkpoint, metadata, publish_as, publish_link)
+            return done_handle(None)  # under DDP only rank 0 writes
+        self._queue.max_staging_bytes = max_staging_bytes
+        folder, name = split_checkpoint_path(path)
+        return self.manager(folder).save_as(
+            name,
+            checkpoint,
+            metadata=self.metadata(),
+            asynchronous=True,
+            publish_as=publish_as,
+            publish_link=publish_link,
+        )
 
     def wait_turn(self) -> None:
         """Backpressure before a new asynchronous save: wait for the one in flight, reporting a long wait."""
-        self._trainer._runner.async_saves.wait_turn()
+        self._queue.wait_turn()
 
     def complete(self) -> None:
         """Settle the asynchronous saves handed with an ``on_complete``: call each with its handle, in order.
@@ -153,10 +282,8 @@ class CheckpointPort:
         """
         if not self._trainer.is_global_zero:
             return
-        if background and is_local(path):
-            self._trainer._runner.async_saves.remove_later(path)
-        else:
-            remove_checkpoint(path)  # the engine's one deletion, for every kind
+        folder, name = split_checkpoint_path(path)
+        self.manager(folder).remove(name, background=background)  # the engine's one deletion, every kind
 
     def finish(self) -> BaseException | None:
         """At the end of a run: settle every asynchronous save, join the writer, free the buffers.
@@ -170,5 +297,5 @@ class CheckpointPort:
                 self.complete()
             except BaseException as error:  # returned to the caller, which raises it
                 failure = failure or error
-        later = self._trainer._runner.async_saves.finish()
+        later = self._queue.finish()
         return failure or later

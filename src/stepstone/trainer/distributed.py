@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import atexit
 import warnings
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from stepstone.checkpoint import SaveHandle
 from stepstone.errors import MisconfigurationException
-from stepstone.strategies import collectives, is_fsdp
+from stepstone.strategies import collectives
 from stepstone.strategies.ddp import DDPStrategy
 from stepstone.strategies.environment import (
     ClusterEnvironment,
@@ -35,7 +33,6 @@ if TYPE_CHECKING:
     from stepstone.trainer.trainer import Trainer
 
 __all__ = [
-    "completed_handle",
     "finish_strategy",
     "resolve_distributed",
     "save_on_all_ranks",
@@ -211,6 +208,8 @@ def save_on_all_ranks(
     weights_only: bool,
     storage_options: Any = None,
     marks: dict[str, Any] | None = None,
+    publish_as: str | None = None,
+    publish_link: bool = False,
 ) -> CheckpointRecord | None:
     """Write a checkpoint once: every rank builds it (as Lightning does), global rank 0 commits it at its path.
 
@@ -219,7 +218,8 @@ def save_on_all_ranks(
     The ranks may pass different paths (``f"rank{trainer.global_rank}.ckpt"``): as in Lightning, rank 0's path
     is the one written (and nothing else); rank 0 warns once per process that the others' paths were ignored.
 
-    ``marks`` are entries added to the checkpoint's ``stepstone`` dict (see ``dump_checkpoint``).
+    ``marks`` are entries added to the checkpoint's ``stepstone`` dict (see ``dump_checkpoint``); rank 0 also
+    publishes the committed file as ``publish_as`` (a copy, or a link with ``publish_link``) before the barrier.
 
     Returns:
         The record of the committed file on rank 0, None on the other ranks.
@@ -232,23 +232,9 @@ def save_on_all_ranks(
     paths = collectives.exchange_all("save_checkpoint", str(path))
     path = paths[0]
     _warn_if_paths_differ(trainer, paths)
-    from stepstone.trainer.checkpoint_io import dump_checkpoint
-
-    record = None
-    strategy = trainer._strategy
-    if is_fsdp(strategy) and strategy.state_dict_type == "sharded":
-        from stepstone.checkpoint.sharded import save_sharded
-
-        # A directory: every rank writes its own shards; rank 0 writes the marker last (the commit).
-        checkpoint = dump_checkpoint(trainer, weights_only, marks)
-        written = save_sharded(path, checkpoint, metadata=trainer._runner.checkpoint_metadata())
-        record = written if trainer.is_global_zero else None
-    elif trainer.is_global_zero:
-        record = trainer._runner.write_checkpoint(path, weights_only, storage_options, marks)
-    else:
-        # Built and dropped, so that hooks such as on_save_checkpoint run on every rank, as in Lightning (and
-        # the gathers of a "full" FSDP state dict take place).
-        dump_checkpoint(trainer, weights_only, marks)
+    record = trainer.checkpoint_port.write(
+        path, weights_only, storage_options, marks, publish_as, publish_link
+    )
     # The file exists for every rank once the barrier is passed (e.g. before a rank reads best_model_path).
     collectives.barrier("saved checkpoint")
     return record
@@ -293,17 +279,3 @@ def finish_strategy(strategy: DDPStrategy, failed: bool) -> None:
     if not _exit_registered and collectives.is_distributed():
         _exit_registered = True
         atexit.register(collectives.destroy_process_group)
-
-
-def completed_handle(record: CheckpointRecord | None = None) -> SaveHandle:
-    """The handle of a save already done: a synchronous one, or one this rank does not write (rank 0 does).
-
-    Args:
-        record: the committed file's record (None on a rank that did not write).
-
-    Returns:
-        A finished :class:`~stepstone.checkpoint.SaveHandle` whose result is ``record``.
-    """
-    future: Future[Any] = Future()
-    future.set_result(record)
-    return SaveHandle(future)

@@ -20,9 +20,7 @@ from stepstone.loops.evaluation import run_evaluation
 from stepstone.loops.prediction import run_prediction
 from stepstone.profilers import PassThroughProfiler
 from stepstone.strategies import is_fsdp
-from stepstone.trainer.async_saves import AsyncSaves
 from stepstone.trainer.checkpoint_io import (
-    dump_checkpoint,
     read_for_strategy,
     resolve_checkpoint,
     restore_callbacks,
@@ -44,7 +42,6 @@ from stepstone.trainer.rng import capture_rng, restore_rng
 from stepstone.trainer.state import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
-    from stepstone.checkpoint import CheckpointRecord
     from stepstone.trainer.trainer import Trainer
 
 __all__ = ["Runner"]
@@ -57,17 +54,12 @@ _EVAL_NAMES = {
 }
 
 
-def _scalar_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {k: float(v.item()) for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-
-
 class Runner:
     """Carries out the Trainer's entry points (one per Trainer)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
         self._datamodule: LightningDataModule | None = None  # the data source of the current call
-        self.async_saves = AsyncSaves()
         self.fit_data = FitData(trainer)
 
     # --- shared plumbing ----------------------------------------------------------------------------
@@ -453,32 +445,3 @@ class Runner:
             return run_prediction(t, loaders, counts, return_predictions is not False)
 
         return self._guarded(TrainerFn.PREDICTING, body)
-
-    # --- checkpoints --------------------------------------------------------------------------------
-    def write_checkpoint(
-        self, path: str, weights_only: bool, storage_options: Any = None, marks: dict[str, Any] | None = None
-    ) -> CheckpointRecord:
-        """Build the checkpoint dict (``marks`` into its ``stepstone`` entry) and commit it to ``path``.
-
-        Returns the engine's record of the file.
-        """
-        from stepstone.checkpoint import save_file
-        from stepstone.checkpoint.format import estimate_size
-
-        self.async_saves.settle_deletions(path)  # a background deletion never removes the file written here
-        checkpoint = dump_checkpoint(self.t, weights_only, marks)
-        metadata = self.checkpoint_metadata()
-        # A free-space preflight: a full disk fails before writing, with a message giving both sizes.
-        size = estimate_size(checkpoint)
-        return save_file(
-            path, checkpoint, metadata=metadata, storage_options=storage_options, expected_size=size
-        )
-
-    def checkpoint_metadata(self) -> dict[str, Any]:
-        """The trailer metadata of a checkpoint of the current state (step, epoch, scalar metrics)."""
-        t = self.t
-        return {
-            "step": t.global_step,
-            "epoch": t.current_epoch,
-            "metrics": _scalar_metrics(t.callback_metrics),
-        }
