@@ -43,6 +43,11 @@ class CheckpointCorruptError(CheckpointError):
         self.reason = reason
         super().__init__(f"Checkpoint {path!r} is corrupt: {reason}. It was not loaded.")
 
+    def __reduce__(self) -> tuple[type[CheckpointCorruptError], tuple[str, str]]:
+        # Rebuilt from (path, reason) when unpickled: torch.distributed.checkpoint sends a rank's failure to
+        # every rank pickled, and the default (the message as the only argument) cannot rebuild it.
+        return (type(self), (self.path, self.reason))
+
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint contains objects that cannot be loaded without executing code from the file.

@@ -5,8 +5,8 @@ temporary directory next to the final path), rank 0 adds ``meta.pt`` (every entr
 state, callbacks, hyper-parameters, epoch/global_step...), checksums every file into the marker and commits
 the directory (see ``sharded_commit``). So one directory holds everything a file checkpoint holds.
 
-:func:`load_sharded` verifies the marker's checksums, then lets ``dcp.load`` fill the caller's template; the
-template's tensors decide the layout, so a checkpoint written by N ranks loads on M ranks (or on one process,
+:func:`load_sharded` lets ``dcp.load`` fill the caller's template, reading each file once and checking it
+against the marker's checksums as it is read (``sharded_reader``); the template's tensors decide the layout, so a checkpoint written by N ranks loads on M ranks (or on one process,
 without a process group). :func:`convert_sharded_to_file` turns a directory into one ordinary stepstone file.
 
 Only local (or shared, POSIX) filesystems are supported: every rank must see the same directory. The ranks
@@ -17,6 +17,7 @@ side); without one (or with one rank) everything happens in this process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -27,17 +28,25 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.storage import StorageReader
 
 from stepstone.checkpoint import commit, sharded_commit
 from stepstone.checkpoint.files import save_file
+from stepstone.checkpoint.private_apis import storage_locations
 from stepstone.checkpoint.record import CheckpointRecord, normalize_metadata
 from stepstone.checkpoint.safety import check_weights_only_safe
 from stepstone.checkpoint.sharded_commit import MARKER_NAME, remove_sharded
+from stepstone.checkpoint.sharded_reader import VerifyingReader, read_whole
 from stepstone.checkpoint.sharded_reading import (
-    check_metadata_safe,
+    METADATA_NAME,
     is_sharded_checkpoint,
+    metadata_from_bytes,
     read_sharded_info,
     template_from_metadata,
     verify_sharded,
@@ -149,6 +158,21 @@ def _on_rank0(what: str, work: Callable[[], T]) -> T:
     if status != "ok":
         raise _rebuild(value, what)
     result: T = value
+    return result
+
+
+def _on_every_rank(what: str, work: Callable[[], T], no_dist: bool) -> T:
+    """Run ``work`` on every rank; if it fails on any, every rank raises (the lowest failing rank's error)."""
+    if no_dist or _world()[1] == 1:
+        return work()
+    try:
+        result = work()
+    except Exception as error:  # re-raised after the other ranks were told
+        _gather(what, _failure(error))
+        raise
+    failed = [outcome for outcome in _gather(what, ("ok",)) if outcome != ("ok",)]
+    if failed:
+        raise _rebuild(failed[0], what)
     return result
 
 
@@ -264,12 +288,24 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, buffer)
 
 
-def _read_meta(path: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Opened:
+    """What every rank reads before ``dcp.load``: the marker, the metadata and the non-sharded entries."""
+
+    marker: dict[str, Any]
+    metadata: Metadata
+    rest: dict[str, Any]
+
+
+def _read_meta(path: str, expected: Mapping[str, Any] | None, verify: bool) -> dict[str, Any]:
     meta_path = os.path.join(path, META_NAME)
+    if (expected is None or not verify) and not os.path.lexists(meta_path):
+        return {}  # a directory of shards only (not written by save_sharded)
+    if verify and expected is None:
+        raise CheckpointCorruptError(meta_path, "the commit marker does not list it (added after the save?)")
+    data = read_whole(meta_path, expected if verify else None)
     try:
-        loaded = torch.load(meta_path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        return {}
+        loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as error:  # the checksums matched, so this is not damage: a file torch cannot read
         raise CheckpointError(f"Cannot read {meta_path!r}: {error}") from error
     if not isinstance(loaded, dict):
@@ -277,22 +313,78 @@ def _read_meta(path: str) -> dict[str, Any]:
     return loaded
 
 
+def _open(path: str, verify: bool) -> _Opened:
+    """Read the marker, then ``.metadata`` and ``meta.pt`` once each (checked against the marker if ``verify``)."""
+    marker = sharded_commit.read_marker(path)
+    files: dict[str, Any] = marker["files"]
+    metadata_path = os.path.join(path, METADATA_NAME)
+    if verify and METADATA_NAME not in files:
+        raise CheckpointCorruptError(metadata_path, "the commit marker does not list it")
+    data = read_whole(metadata_path, files[METADATA_NAME] if verify else None)
+    metadata = metadata_from_bytes(data, metadata_path)
+    return _Opened(marker, metadata, _read_meta(path, files.get(META_NAME), verify))
+
+
+def _reader(path: str, opened: _Opened, verify: bool, no_dist: bool) -> StorageReader:
+    """The one-pass verifying reader; torch's own reader after a separate check where the fence says so."""
+    locations = storage_locations(opened.metadata.storage_data)
+    skipped = (METADATA_NAME, META_NAME)  # read (and checked) by _open
+    shards = {name: entry for name, entry in opened.marker["files"].items() if name not in skipped}
+    if locations is not None:
+        return VerifyingReader(path, opened.metadata, locations, shards if verify else {})
+    if verify and no_dist:
+        sharded_commit.verify_dir(path)
+    elif verify:  # two passes: every file checked first (by rank 0), then read by torch
+        _on_rank0(f"verify load_sharded {path}", lambda: sharded_commit.verify_dir(path))
+    return FileSystemReader(path)
+
+
+def _load_failure(path: str, error: BaseException) -> CheckpointError:
+    """One error for every rank: the damage a rank found (lowest rank first), else the load failure."""
+    failures = error.failures if isinstance(error, CheckpointException) else {0: (error, None)}
+    for _, (failure, _) in sorted(failures.items()):
+        if isinstance(failure, CheckpointCorruptError):
+            return CheckpointCorruptError(failure.path, failure.reason)
+    return CheckpointError(
+        f"Cannot load the sharded checkpoint {path!r} into the template: {error}. The template's keys "
+        "must be entries the checkpoint holds (see `stepstone ckpt convert` to look inside)."
+    )
+
+
+def _load(path: str, template: dict[str, Any], verify: bool, no_dist: bool) -> dict[str, Any]:
+    """Fill ``template`` from ``path`` (every byte read once, verified as read when ``verify``)."""
+    opened = _on_every_rank(f"open load_sharded {path}", lambda: _open(path, verify), no_dist)
+    reader = _reader(path, opened, verify, no_dist)
+    try:
+        with _quiet_single_process():
+            dcp_load(template, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=no_dist)
+    # CheckpointException (one rank's failure, raised on every rank) is a BaseException.
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as error:
+        raise _load_failure(path, error) from error
+    return {**opened.rest, **template}
+
+
 def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool = True) -> dict[str, Any]:
     """Load a sharded checkpoint into ``state_template``; call it on every rank (or on one process).
+
+    Every file is read once: each shard file by one rank from its first byte to its last, its size and CRC32
+    checked against the commit marker as it is read (see ``sharded_reader``); a rank needing a few items of
+    another rank's file reads only those.
 
     Args:
         path: the checkpoint directory.
         state_template: the sharded entries to fill, e.g. ``{"state_dict": get_model_state_dict(model),
             "optimizer_states": [get_optimizer_state_dict(model, optimizer)]}``; its tensors (DTensors on
             N ranks, plain tensors on one process) are filled in place, whatever the world size that saved.
-        verify: check every file's size and CRC32 first (rank 0 reads them all).
+        verify: check every file's size and CRC32 while reading it (no separate pass).
 
     Returns:
         The whole checkpoint: the non-sharded entries of ``meta.pt`` plus the filled template entries.
 
     Raises:
         CheckpointNotFoundError: no directory at ``path``, or a directory without the commit marker.
-        CheckpointCorruptError: a file is missing, truncated or damaged (the error names it).
+        CheckpointCorruptError: a file is missing, truncated or damaged (the error names it), on every rank.
+            The template may then hold part of the damaged checkpoint: load another one over it.
         CheckpointError: the template asks for an entry the checkpoint does not hold, or torch failed.
         UnsafeCheckpointError: the checkpoint's metadata would run code when unpickled (never loaded).
         MisconfigurationException: an invalid argument.
@@ -302,24 +394,7 @@ def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool
         raise MisconfigurationException(
             f"state_template must be a dict of the sharded entries to fill, got {type(state_template).__name__}"
         )
-    check = sharded_commit.verify_dir if verify else sharded_commit.read_marker
-    _on_rank0(f"verify load_sharded {text}", lambda: check(text))
-    check_metadata_safe(text)
-    try:
-        with _quiet_single_process():
-            dcp.load(
-                state_template,
-                storage_reader=dcp.FileSystemReader(text),
-                planner=_SafeLoadPlanner(),
-                no_dist=_world()[1] == 1,
-            )
-    # dcp.CheckpointException (one rank's failure, raised on every rank) is a BaseException.
-    except (dcp.CheckpointException, RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"Cannot load the sharded checkpoint {text!r} into the template: {error}. The template's keys "
-            "must be entries the checkpoint holds (see `stepstone ckpt convert` to look inside)."
-        ) from error
-    return {**_read_meta(text), **state_template}
+    return _load(text, state_template, verify, no_dist=_world()[1] == 1)
 
 
 def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> CheckpointRecord:
@@ -342,11 +417,8 @@ def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> Checkpoint
         OSError: writing ``dst_file`` failed (nothing appears there).
     """
     text = _check_dir_path("src_dir", src_dir)
-    marker = sharded_commit.verify_dir(text)
-    state = template_from_metadata(text)
-    with _quiet_single_process():
-        dcp.load(state, storage_reader=dcp.FileSystemReader(text), planner=_SafeLoadPlanner(), no_dist=True)
-    whole = {**_read_meta(text), **state}
+    marker = sharded_commit.read_marker(text)
+    whole = _load(text, template_from_metadata(text), verify=True, no_dist=True)
     metadata = {key: marker.get(key) for key in ("step", "epoch")}
     record = sharded_commit.record_from_marker(text, marker, verified=True)
     return save_file(dst_file, whole, metadata={**metadata, "metrics": record.metrics}, progress=False)
