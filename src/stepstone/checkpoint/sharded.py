@@ -6,27 +6,24 @@ state, callbacks, hyper-parameters, epoch/global_step...), checksums every file 
 the directory (see ``sharded_commit``). So one directory holds everything a file checkpoint holds.
 
 :func:`load_sharded` lets ``dcp.load`` fill the caller's template, reading each file once and checking it
-against the marker's checksums as it is read (``sharded_reader``); the template's tensors decide the layout, so a checkpoint written by N ranks loads on M ranks (or on one process,
-without a process group). :func:`convert_sharded_to_file` turns a directory into one ordinary stepstone file.
+against the marker's checksums as it is read (``sharded_reader``); the template's tensors decide the layout,
+so a checkpoint written by N ranks loads on M ranks (or on one process, without a process group). :func:`convert_sharded_to_file` turns a directory into one ordinary stepstone file.
 
 Only local (or shared, POSIX) filesystems are supported: every rank must see the same directory. The ranks
-synchronise through the default torch.distributed process group (this module does not import the trainer
-side); without one (or with one rank) everything happens in this process.
+synchronise through the default torch.distributed process group (see ``sharded_ranks``); without one (or with
+one rank) everything happens in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -42,6 +39,13 @@ from stepstone.checkpoint.private_apis import storage_locations
 from stepstone.checkpoint.record import CheckpointRecord, normalize_metadata
 from stepstone.checkpoint.safety import check_weights_only_safe
 from stepstone.checkpoint.sharded_commit import MARKER_NAME, remove_sharded
+from stepstone.checkpoint.sharded_ranks import (
+    gather,
+    on_every_rank,
+    on_rank0,
+    quiet_single_process,
+    rank_and_world,
+)
 from stepstone.checkpoint.sharded_reader import VerifyingReader, read_whole
 from stepstone.checkpoint.sharded_reading import (
     METADATA_NAME,
@@ -54,7 +58,6 @@ from stepstone.checkpoint.sharded_reading import (
 from stepstone.errors import (
     CheckpointCorruptError,
     CheckpointError,
-    CheckpointNotFoundError,
     MisconfigurationException,
 )
 
@@ -75,7 +78,6 @@ __all__ = [
 DEFAULT_SHARDED_KEYS = ("state_dict", "optimizer_states")
 #: The file holding every other entry (written by rank 0, loadable with ``weights_only=True``).
 META_NAME = "meta.pt"
-T = TypeVar("T")
 PathLike = str | os.PathLike[str]
 
 
@@ -91,94 +93,9 @@ def _check_dir_path(argument: str, path: object) -> str:
     return os.path.abspath(text)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@contextlib.contextmanager
-def _quiet_single_process() -> Iterator[None]:
-    # One process without a process group is a supported case here, not the mistake torch warns about.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
-        )
-        yield
-
-
-def _failure(error: BaseException) -> tuple[str, ...]:
-    # Exceptions are sent as strings: CheckpointCorruptError(path, reason) cannot be rebuilt by unpickling.
-    if isinstance(error, CheckpointCorruptError):
-        return ("corrupt", error.path, error.reason)
-    if isinstance(error, CheckpointNotFoundError):
-        return ("missing", str(error))
-    return ("other", f"{type(error).__name__}: {error}")
-
-
-def _rebuild(failure: tuple[str, ...], what: str) -> CheckpointError:
-    if failure[0] == "corrupt":
-        return CheckpointCorruptError(failure[1], failure[2])
-    if failure[0] == "missing":
-        return CheckpointNotFoundError(failure[1])
-    return CheckpointError(f"rank 0 failed to {what}: {failure[1]}")
-
-
-def _gather(what: str, obj: Any) -> list[Any]:
-    """Every rank's ``obj``; also a named barrier: ranks at different points fail instead of pairing up."""
-    world = _world()[1]
-    if world == 1:
-        return [obj]
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, (what, obj))
-    points = {index: point for index, (point, _) in enumerate(gathered)}
-    if any(point != what for point in points.values()):
-        raise CheckpointError(
-            f"The ranks are at different checkpoint steps {points}; save_sharded/load_sharded must be called "
-            "on every rank, in the same order."
-        )
-    return [value for _, value in gathered]
-
-
-def _on_rank0(what: str, work: Callable[[], T]) -> T:
-    """Run ``work`` on rank 0 only and give its result (or its failure) to every rank."""
-    if _world()[1] == 1:
-        return work()
-    outcome: tuple[str, Any] = ("ok", None)
-    error: BaseException | None = None
-    if _world()[0] == 0:
-        try:
-            outcome = ("ok", work())
-        except Exception as caught:  # re-raised below, after the other ranks were told
-            error = caught
-            outcome = ("failed", _failure(caught))
-    status, value = _gather(what, outcome)[0]
-    if error is not None:
-        raise error
-    if status != "ok":
-        raise _rebuild(value, what)
-    result: T = value
-    return result
-
-
-def _on_every_rank(what: str, work: Callable[[], T], no_dist: bool) -> T:
-    """Run ``work`` on every rank; if it fails on any, every rank raises (the lowest failing rank's error)."""
-    if no_dist or _world()[1] == 1:
-        return work()
-    try:
-        result = work()
-    except Exception as error:  # re-raised after the other ranks were told
-        _gather(what, _failure(error))
-        raise
-    failed = [outcome for outcome in _gather(what, ("ok",)) if outcome != ("ok",)]
-    if failed:
-        raise _rebuild(failed[0], what)
-    return result
-
-
 def _own_checksums(temp: str, text: str) -> dict[str, dict[str, Any]]:
     """Every rank checksums the shards it wrote; gathered for rank 0's marker (and a barrier after writing)."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     try:
         # torch.distributed.checkpoint names rank r's files "__r_<n>.distcp"; rank 0 reads whatever is left.
         outcome: tuple[str, Any] = (
@@ -188,7 +105,7 @@ def _own_checksums(temp: str, text: str) -> dict[str, dict[str, Any]]:
     except OSError as error:
         outcome = ("failed", f"rank {rank}: {error}")
     known: dict[str, dict[str, Any]] = {}
-    for status, value in _gather(f"shards written save_sharded {text}", outcome):
+    for status, value in gather(f"shards written save_sharded {text}", outcome):
         if status != "ok":
             raise CheckpointError(f"Saving {text!r} failed: {value}")
         known.update(value)
@@ -255,15 +172,15 @@ def save_sharded(
     sharded = {key: state[key] for key in sharded_keys if key in state}
     rest = {key: value for key, value in state.items() if key not in sharded}
     check_weights_only_safe(rest)  # on every rank, so that all of them refuse together
-    rank, world = _world()
-    temp = _on_rank0(f"start save_sharded {text}", lambda: _start_save(text))
+    rank, world = rank_and_world()
+    temp = on_rank0(f"start save_sharded {text}", lambda: _start_save(text))
     try:
         writer = dcp.FileSystemWriter(temp, sync_files=True)
-        with _quiet_single_process():
+        with quiet_single_process():
             dcp.save(sharded, storage_writer=writer, no_dist=world == 1)
         meta["world_size"] = world
         known = _own_checksums(temp, text)
-        return _on_rank0(f"commit save_sharded {text}", lambda: _finish_save(temp, text, rest, meta, known))
+        return on_rank0(f"commit save_sharded {text}", lambda: _finish_save(temp, text, rest, meta, known))
     except BaseException:
         if rank == 0:  # the writer's pid is alive, so the sweep would keep this directory for hours
             shutil.rmtree(temp, ignore_errors=True)
@@ -335,7 +252,7 @@ def _reader(path: str, opened: _Opened, verify: bool, no_dist: bool) -> StorageR
     if verify and no_dist:
         sharded_commit.verify_dir(path)
     elif verify:  # two passes: every file checked first (by rank 0), then read by torch
-        _on_rank0(f"verify load_sharded {path}", lambda: sharded_commit.verify_dir(path))
+        on_rank0(f"verify load_sharded {path}", lambda: sharded_commit.verify_dir(path))
     return FileSystemReader(path)
 
 
@@ -353,10 +270,10 @@ def _load_failure(path: str, error: BaseException) -> CheckpointError:
 
 def _load(path: str, template: dict[str, Any], verify: bool, no_dist: bool) -> dict[str, Any]:
     """Fill ``template`` from ``path`` (every byte read once, verified as read when ``verify``)."""
-    opened = _on_every_rank(f"open load_sharded {path}", lambda: _open(path, verify), no_dist)
+    opened = on_every_rank(f"open load_sharded {path}", lambda: _open(path, verify), no_dist)
     reader = _reader(path, opened, verify, no_dist)
     try:
-        with _quiet_single_process():
+        with quiet_single_process():
             dcp_load(template, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=no_dist)
     # CheckpointException (one rank's failure, raised on every rank) is a BaseException.
     except (CheckpointException, RuntimeError, ValueError, KeyError) as error:
@@ -394,7 +311,7 @@ def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool
         raise MisconfigurationException(
             f"state_template must be a dict of the sharded entries to fill, got {type(state_template).__name__}"
         )
-    return _load(text, state_template, verify, no_dist=_world()[1] == 1)
+    return _load(text, state_template, verify, no_dist=rank_and_world()[1] == 1)
 
 
 def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> CheckpointRecord:
