@@ -22,13 +22,14 @@ import io
 import os
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
-from torch.futures import Future
+from torch.futures import Future as TorchFuture
 
 from stepstone.checkpoint.private_apis import StorageLocation
 from stepstone.checkpoint.sharded_commit import check_checksum
@@ -69,14 +70,30 @@ def read_whole(path: str, expected: Mapping[str, Any] | None) -> bytes:
 
 
 class _FileStream:
-    """One shard file, read forward once; with ``expected``, every byte is checksummed (gaps included)."""
+    """One shard file, read forward once; with ``expected``, every byte is checksummed (gaps included).
 
-    def __init__(self, path: str, stream: io.RawIOBase, expected: Mapping[str, Any] | None) -> None:
+    The CRC32 runs on ``pool``'s one thread (zlib releases the GIL), block after block in file order, while
+    this thread deserializes the item just read and reads the next: at most one block waits for its checksum.
+    """
+
+    def __init__(
+        self, path: str, stream: io.RawIOBase, expected: Mapping[str, Any] | None, pool: ThreadPoolExecutor
+    ) -> None:
         self._path = path
         self._stream = stream
         self._expected = expected
+        self._pool = pool
+        self._pending: Future[None] | None = None  # the checksum of the last block read
         self._position = 0
         self._crc = 0
+
+    def _update(self, block: bytes) -> None:
+        self._crc = zlib.crc32(block, self._crc)
+
+    def _checksum(self, block: bytes) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(self._update, block)
 
     def _read(self, length: int, keep: bool) -> bytes:
         parts: list[bytes] = []
@@ -86,7 +103,7 @@ class _FileStream:
             if not block:
                 break
             if self._expected is not None:
-                self._crc = zlib.crc32(block, self._crc)
+                self._checksum(block)
             self._position += len(block)
             left -= len(block)
             if keep:
@@ -125,6 +142,8 @@ class _FileStream:
             return
         while self._read(_BLOCK, keep=False):
             pass
+        if self._pending is not None:
+            self._pending.result()
         check_checksum(self._path, self._position, self._crc, self._expected)
 
 
@@ -250,7 +269,7 @@ class VerifyingReader(StorageReader):
             for plan, names in zip(plans, verifies, strict=True)
         ]
 
-    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> TorchFuture[None]:
         """Read this rank's items, verifying the files assigned to this rank from their first byte to their last.
 
         Args:
@@ -269,13 +288,21 @@ class VerifyingReader(StorageReader):
         verified = set(plan.storage_data) if isinstance(plan.storage_data, tuple) else set()
         if self._checksums and not isinstance(plan.storage_data, tuple):
             verified = set(by_file)  # a planner that dropped the assignment: verify everything read here
-        for name in sorted(set(by_file) | verified):
-            self._read_file(name, by_file.get(name, []), planner, name in verified)
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-crc") as pool:
+            for name in sorted(set(by_file) | verified):
+                self._read_file(name, by_file.get(name, []), planner, name in verified, pool)
+        done: TorchFuture[None] = TorchFuture()
+        done.set_result(None)
+        return done
 
-    def _read_file(self, name: str, items: Sequence[ReadItem], planner: LoadPlanner, verify: bool) -> None:
+    def _read_file(
+        self,
+        name: str,
+        items: Sequence[ReadItem],
+        planner: LoadPlanner,
+        verify: bool,
+        pool: ThreadPoolExecutor,
+    ) -> None:
         path = os.path.join(self._path, name)
         expected = self._checksums.get(name) if verify else None
         if verify and expected is None:
@@ -291,7 +318,7 @@ class VerifyingReader(StorageReader):
         except FileNotFoundError:
             raise _missing(path) from None
         with raw:
-            stream = _FileStream(path, raw, expected)
+            stream = _FileStream(path, raw, expected, pool)
             for (offset, length), requests in sorted(ranges.items()):
                 data = stream.take(offset, length)
                 try:
