@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest
 import torch
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
 from read_counting import count_reads
 from stepstone.checkpoint import sharded as sharded_module
+from stepstone.checkpoint.private_apis import StorageLocation
 from stepstone.checkpoint.sharded import MARKER_NAME, META_NAME, load_sharded, save_sharded
+from stepstone.checkpoint.sharded_commit import write_marker
+from stepstone.checkpoint.sharded_reader import VerifyingReader
 from stepstone.errors import CheckpointCorruptError
 
 
@@ -140,3 +145,37 @@ def test_the_corrupt_error_survives_pickling_between_ranks() -> None:
     error = pickle.loads(pickle.dumps(CheckpointCorruptError("/x/__1_0.distcp", "CRC32 mismatch")))
     assert isinstance(error, CheckpointCorruptError)
     assert (error.path, error.reason) == ("/x/__1_0.distcp", "CRC32 mismatch")
+
+
+def test_each_file_gets_one_verifier_the_rank_reading_most_of_it() -> None:
+    index = [MetadataIndex(f"t{i}") for i in range(3)]
+    locations = {
+        index[0]: StorageLocation("__0_0.distcp", 0, 100),
+        index[1]: StorageLocation("__1_0.distcp", 0, 400),
+        index[2]: StorageLocation("__1_0.distcp", 400, 8),
+    }
+
+    def plan(*indices: MetadataIndex) -> LoadPlan:
+        size = torch.Size([1])
+        items = [ReadItem(LoadItemType.TENSOR, i, size, i, size, size) for i in indices]
+        return LoadPlan(items)
+
+    files = {name: {"size": 0, "crc32": "0"} for name in ("__0_0.distcp", "__1_0.distcp", "__2_0.distcp")}
+    reader = VerifyingReader("/x", Metadata({}), locations, files)
+    # Rank 0 needs a few bytes of rank 1's file; no rank reads __2_0: rank 0 verifies it.
+    plans = reader.prepare_global_plan([plan(index[0], index[2]), plan(index[1])])
+    assert [p.storage_data for p in plans] == [("__0_0.distcp", "__2_0.distcp"), ("__1_0.distcp",)]
+    assert [p.items for p in plans] == [plan(index[0], index[2]).items, plan(index[1]).items]
+
+
+def test_a_file_no_item_needs_is_verified_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.ckpt"
+    save_sharded(path, _state(1.0))
+    (path / "__7_0.distcp").write_bytes(b"written by a rank whose items were all deduplicated away")
+    write_marker(str(path), {})  # listed, with its checksum, as the save would list it
+    reads = count_reads(monkeypatch, path)
+    load_sharded(path, _template())
+    assert reads["__7_0.distcp"] == (path / "__7_0.distcp").stat().st_size
+    _flip(path / "__7_0.distcp", 3)
+    with pytest.raises(CheckpointCorruptError, match=r"__7_0\.distcp.*CRC32 mismatch"):
+        load_sharded(path, _template())
