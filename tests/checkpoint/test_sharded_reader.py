@@ -179,3 +179,14 @@ def test_a_file_no_item_needs_is_verified_too(tmp_path: Path, monkeypatch: pytes
     _flip(path / "__7_0.distcp", 3)
     with pytest.raises(CheckpointCorruptError, match=r"__7_0\.distcp.*CRC32 mismatch"):
         load_sharded(path, _template())
+
+
+def test_a_shard_the_marker_does_not_list_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.ckpt"
+    save_sharded(path, _state(1.0))
+    marker = json.loads((path / MARKER_NAME).read_text())
+    shard = _shard(path)
+    del marker["files"][shard.name]  # e.g. a file swapped in after the commit, under a name the marker lacks
+    (path / MARKER_NAME).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointCorruptError, match=rf"{shard.name}.*commit marker does not"):
+        load_sharded(path, _template())

@@ -248,7 +248,7 @@ def _reader(path: str, opened: _Opened, verify: bool, no_dist: bool) -> StorageR
     skipped = (METADATA_NAME, META_NAME)  # read (and checked) by _open
     shards = {name: entry for name, entry in opened.marker["files"].items() if name not in skipped}
     if locations is not None:
-        return VerifyingReader(path, opened.metadata, locations, shards if verify else {})
+        return VerifyingReader(path, opened.metadata, locations, shards, verify)
     if verify and no_dist:
         sharded_commit.verify_dir(path)
     elif verify:  # two passes: every file checked first (by rank 0), then read by torch

@@ -173,8 +173,9 @@ class VerifyingReader(StorageReader):
         path: the checkpoint directory.
         metadata: its ``.metadata``, already read (and checked) by the caller.
         locations: where each stored item lies (``private_apis.storage_locations`` of ``metadata``).
-        checksums: the marker's entries of the shard files (the files ``dcp.load`` reads); empty: verify
-            nothing (``load_sharded(verify=False)``).
+        checksums: the marker's entries of the shard files (the files ``dcp.load`` reads).
+        verify: check the files against ``checksums``; False: read only the requested items
+            (``load_sharded(verify=False)``).
     """
 
     def __init__(
@@ -183,8 +184,10 @@ class VerifyingReader(StorageReader):
         metadata: Metadata,
         locations: Mapping[Any, StorageLocation],
         checksums: Checksums,
+        verify: bool = True,
     ) -> None:
         super().__init__()
+        self._verify = verify
         self._path = path
         self._metadata = metadata
         self._locations = locations
@@ -261,7 +264,7 @@ class VerifyingReader(StorageReader):
                 sizes[location.relative_path] = sizes.get(location.relative_path, 0) + location.length
             wanted.append(sizes)
         verifies: list[list[str]] = [[] for _ in plans]
-        for name in sorted(self._checksums):
+        for name in sorted(self._checksums) if self._verify else ():
             rank = max(range(len(plans)), key=lambda r: (wanted[r].get(name, 0), -r))
             verifies[rank].append(name)
         return [
@@ -286,7 +289,7 @@ class VerifyingReader(StorageReader):
         for item in plan.items:
             by_file.setdefault(self._locations[item.storage_index].relative_path, []).append(item)
         verified = set(plan.storage_data) if isinstance(plan.storage_data, tuple) else set()
-        if self._checksums and not isinstance(plan.storage_data, tuple):
+        if self._verify and not isinstance(plan.storage_data, tuple):
             verified = set(by_file)  # a planner that dropped the assignment: verify everything read here
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepstone-crc") as pool:
             for name in sorted(set(by_file) | verified):
@@ -304,11 +307,11 @@ class VerifyingReader(StorageReader):
         pool: ThreadPoolExecutor,
     ) -> None:
         path = os.path.join(self._path, name)
-        expected = self._checksums.get(name) if verify else None
-        if verify and expected is None:
+        if self._verify and name not in self._checksums:  # whichever rank reads it: never unchecked
             raise CheckpointCorruptError(
                 path, "the checkpoint's metadata names it, its commit marker does not"
             )
+        expected = self._checksums[name] if verify else None
         ranges: dict[tuple[int, int], list[ReadItem]] = {}
         for item in items:
             location = self._locations[item.storage_index]
