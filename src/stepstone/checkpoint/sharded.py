@@ -321,7 +321,7 @@ def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> Checkpoint
     weights_only=True)``, ``load_file`` and ``LightningModule.load_from_checkpoint`` read it.
 
     Args:
-        src_dir: the sharded checkpoint directory (verified first).
+        src_dir: the sharded checkpoint directory (each file verified as it is read).
         dst_file: the file to write (local path or URL).
 
     Returns:
