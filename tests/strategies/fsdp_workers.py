@@ -11,7 +11,9 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from stepstone.checkpoint import sharded as sharded_module
 from stepstone.checkpoint.sharded import load_sharded, save_sharded
+from stepstone.checkpoint.sharded_reader import read_whole
 from stepstone.errors import CheckpointCorruptError
 from stepstone.strategies import all_gather_object, detect_environment
 from stepstone.strategies.fsdp import FSDPStrategy
@@ -90,6 +92,25 @@ def _load_damaged(
     return ("loaded",)
 
 
+def _load_unreadable_on_rank1(
+    strategy: FSDPStrategy, optimizer: torch.optim.Optimizer, committed: str
+) -> str:
+    """Rank 1 alone fails to read the metadata: every rank must raise (none may wait in dcp.load)."""
+
+    def refuse(path: str, expected: object) -> bytes:
+        raise CheckpointCorruptError(path, "rank 1 cannot read it")
+
+    if strategy.global_rank == 1:
+        sharded_module.read_whole = refuse  # type: ignore[assignment]  # this spawned process only
+    try:
+        load_sharded(committed, strategy.sharded_state_template([optimizer]))
+    except CheckpointCorruptError as error:
+        return f"{Path(error.path).name}: {error.reason}"
+    finally:
+        sharded_module.read_whole = read_whole
+    return "loaded"
+
+
 def fsdp_checks(one_rank_dir: str, two_rank_dir: str) -> list[dict[str, Any]]:
     """Train, gather, save sharded, reload from a 1-rank checkpoint and from rank 0's full state."""
     env = detect_environment()
@@ -116,6 +137,7 @@ def fsdp_checks(one_rank_dir: str, two_rank_dir: str) -> list[dict[str, Any]]:
         seen["record"] = save_sharded(two_rank_dir, state, metadata={"step": STEPS, "epoch": 1})
 
         seen["damaged"] = _load_damaged(strategy, optimizer, two_rank_dir)
+        seen["unreadable_on_rank1"] = _load_unreadable_on_rank1(strategy, optimizer, two_rank_dir)
         # The damaged load filled part of the shards; this one fills all of them again (checked below).
         loaded = load_sharded(one_rank_dir, strategy.sharded_state_template([optimizer]))
         strategy.load_model_state_dict(loaded["state_dict"])

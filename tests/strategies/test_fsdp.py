@@ -106,6 +106,7 @@ def test_fsdp_on_two_ranks_and_resharding(tmp_path: Path) -> None:
     for seen in (rank0, rank1):
         assert seen["damaged"][:2] == ("CheckpointCorruptError", "__1_0.distcp")
         assert "CRC32 mismatch" in seen["damaged"][2]
+    assert rank0["unreadable_on_rank1"] == rank1["unreadable_on_rank1"] == ".metadata: rank 1 cannot read it"
     # 1 -> 2: the two ranks loaded the one-process checkpoint (over the damaged load's partial fill).
     assert _close(rank0["from_one_rank"]["model"], single.state_dict())
     assert _equal_tree(rank0["from_one_rank"]["optim"], get_optimizer_state_dict(single, single_opt))
