@@ -206,7 +206,8 @@ def resolve_checkpoint(
 
     ``"last"`` and ``"auto"`` pick the newest committed checkpoint (by step; at equal steps a ``last*.ckpt``)
     of the ModelCheckpoints' directories that verifies, warning about each corrupt one skipped, and read it in
-    that same pass (see ``resume_selection``). With none, ``"last"`` warns and starts fresh (Lightning's
+    that same pass (see ``resume_selection``; a sharded directory is chosen on its marker and verified while
+    ``read_for_strategy`` loads it, falling back from there). With none, ``"last"`` warns and starts fresh (Lightning's
     behaviour); ``"auto"``, made for job scripts that may or may not have run before, starts fresh with an
     info message only. An explicit path is loaded as is: if it fails verification, loading raises (the user
     asked for that file).
