@@ -6,7 +6,10 @@ own), on gloo CPU ranks started with ``ddp_spawn``:
 - ``sharded save``: ``save_sharded`` of ``FSDPStrategy(state_dict_type="sharded").model_state_dict()`` (every
   rank writes its shards, rank 0 checksums every file and commits the directory), wall time per rank, best
   of N, with 1 rank and with 2 ranks;
-- ``sharded load``: ``load_sharded`` of that directory back into the ranks' shards (checksums verified);
+- ``sharded load``: ``load_sharded`` of that directory back into the ranks' shards (checksums verified as the
+  files are read), with the files in the page cache (just written), and ``cold``: after every rank evicted
+  the directory's files from the page cache (``posix_fadvise(DONTNEED)``; the first rank to read a file reads
+  it from the disk), the case of a restart after a preemption;
 - ``full gather``: ``model_state_dict()`` in ``"full"`` mode; the peak RSS growth of each rank while it
   gathers (VmHWM, reset through ``/proc/self/clear_refs`` before), against the model size: rank 0 should hold
   about one full copy, the others almost nothing.
@@ -60,9 +63,26 @@ def _model(mib: int) -> nn.Module:
     return nn.Sequential(*[nn.Linear(2048, 2048, bias=False) for _ in range(max(1, mib // _LAYER_MIB))])
 
 
+def _evict(path: str) -> None:
+    """Drop the checkpoint's files from the page cache (clean pages: no root needed)."""
+    for name in os.listdir(path):
+        fd = os.open(os.path.join(path, name), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _timed_load(path: str, template: dict[str, Any], label: str) -> float:
+    barrier(label)
+    start = time.perf_counter()
+    load_sharded(path, template)
+    return time.perf_counter() - start
+
+
 def _save_load(strategy: FSDPStrategy, directory: str, repeats: int) -> dict[str, float]:
     strategy.state_dict_type = "sharded"
-    saves, loads = [], []
+    saves, loads, cold_loads = [], [], []
     for repeat in range(repeats):
         path = os.path.join(directory, f"w{strategy.world_size}-{repeat}.ckpt")
         barrier("bench save")
@@ -70,14 +90,13 @@ def _save_load(strategy: FSDPStrategy, directory: str, repeats: int) -> dict[str
         save_sharded(path, {"state_dict": strategy.model_state_dict()})
         saves.append(time.perf_counter() - start)
         template = {"state_dict": strategy.model_state_dict()}
-        barrier("bench load")
-        start = time.perf_counter()
-        load_sharded(path, template)
-        loads.append(time.perf_counter() - start)
+        loads.append(_timed_load(path, template, "bench load"))
+        _evict(path)
+        cold_loads.append(_timed_load(path, template, "bench cold load"))
         barrier("bench remove")
         if strategy.is_global_zero:
             remove_sharded(path)
-    return {"save_s": min(saves), "load_s": min(loads)}
+    return {"save_s": min(saves), "load_s": min(loads), "cold_load_s": min(cold_loads)}
 
 
 def _full_gather(strategy: FSDPStrategy) -> dict[str, float]:
@@ -126,7 +145,12 @@ def _report(one: list[dict[str, Any]], two: list[dict[str, Any]]) -> None:
     )
     print(f"{'measurement':34} {'1 rank':>10} {'2 ranks':>10} {'ratio':>7}")
     lines: list[dict[str, Any]] = []
-    for key, name in (("save_s", "sharded save (s)"), ("load_s", "sharded load (s)")):
+    keys = (
+        ("save_s", "sharded save (s)"),
+        ("load_s", "sharded load (s)"),
+        ("cold_load_s", "sharded load, cold (s)"),
+    )
+    for key, name in keys:
         single, double = one[0][key], max(rank[key] for rank in two)
         print(f"{name:34} {single:10.3f} {double:10.3f} {double / single:7.2f}")
         lines.append(

@@ -6,6 +6,8 @@ working; it subclasses ``ValueError`` because every misconfiguration is a bad va
 
 from __future__ import annotations
 
+from typing_extensions import override
+
 __all__ = [
     "CheckpointCorruptError",
     "CheckpointError",
@@ -42,6 +44,12 @@ class CheckpointCorruptError(CheckpointError):
         self.path = path
         self.reason = reason
         super().__init__(f"Checkpoint {path!r} is corrupt: {reason}. It was not loaded.")
+
+    @override
+    def __reduce__(self) -> tuple[type[CheckpointCorruptError], tuple[str, str]]:
+        # Rebuilt from (path, reason) when unpickled: torch.distributed.checkpoint sends a rank's failure to
+        # every rank pickled, and the default (the message as the only argument) cannot rebuild it.
+        return (type(self), (self.path, self.reason))
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from stepstone.checkpoint.private_apis import (
     serialization_supported,
     set_index_sampler,
     skip_data_active,
+    storage_locations,
     tensor_use_count,
 )
 from stepstone.errors import MisconfigurationException
@@ -110,3 +112,23 @@ def test_the_worker_iterator_internals_are_probed(monkeypatch: pytest.MonkeyPatc
 def test_a_worker_iterator_without_its_cycle_names_it() -> None:
     with pytest.raises(private_apis.PrivateApiChanged, match="_worker_queue_idx_cycle"):
         private_apis.turn_worker_cycle(object(), 1)
+
+
+def test_storage_entries_of_a_sharded_checkpoint_are_probed(tmp_path: Path) -> None:
+    from stepstone.checkpoint.sharded import save_sharded
+    from stepstone.checkpoint.sharded_reading import check_metadata_safe
+
+    save_sharded(tmp_path / "x.ckpt", {"state_dict": {"w": torch.ones(3), "b": torch.zeros(2)}})
+    storage_data = check_metadata_safe(str(tmp_path / "x.ckpt")).storage_data
+    locations = storage_locations(storage_data)
+    assert locations is not None and locations.keys() == storage_data.keys()
+    ends = sorted((where.offset, where.offset + where.length) for where in locations.values())
+    assert {where.relative_path for where in locations.values()} == {"__0_0.distcp"}
+    assert ends[0][0] == 0 and all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
+    # A renamed field, or bytes behind stream transforms: None (the load then takes two verified passes).
+    index = next(iter(storage_data))
+    renamed = types.SimpleNamespace(path="__0_0.distcp", offset=0, length=1)
+    assert storage_locations({index: renamed}) is None
+    transformed = types.SimpleNamespace(relative_path="a", offset=0, length=1, transform_descriptors=["zstd"])
+    assert storage_locations({index: transformed}) is None
+    assert storage_locations(None) is None

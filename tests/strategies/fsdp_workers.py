@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from stepstone.checkpoint import sharded as sharded_module
 from stepstone.checkpoint.sharded import load_sharded, save_sharded
+from stepstone.checkpoint.sharded_reader import read_whole
+from stepstone.errors import CheckpointCorruptError
 from stepstone.strategies import all_gather_object, detect_environment
 from stepstone.strategies.fsdp import FSDPStrategy
 
@@ -66,6 +71,46 @@ def _local(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.to_local().clone() if isinstance(v, DTensor) else v for k, v in state.items()}
 
 
+def _load_damaged(
+    strategy: FSDPStrategy, optimizer: torch.optim.Optimizer, committed: str
+) -> tuple[str, ...]:
+    """Load a copy of ``committed`` whose rank-1 shard has a flipped byte: what this rank raised."""
+    damaged = Path(committed + ".damaged")
+    if strategy.global_rank == 0:
+        shutil.copytree(committed, damaged)
+        shard = (
+            damaged / "__1_0.distcp"
+        )  # verified by rank 1, which reads it: rank 0 learns of it from rank 1
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        shard.write_bytes(bytes(data))
+    strategy.barrier()
+    try:
+        load_sharded(str(damaged), strategy.sharded_state_template([optimizer]))
+    except CheckpointCorruptError as error:
+        return (type(error).__name__, Path(error.path).name, error.reason)
+    return ("loaded",)
+
+
+def _load_unreadable_on_rank1(
+    strategy: FSDPStrategy, optimizer: torch.optim.Optimizer, committed: str
+) -> str:
+    """Rank 1 alone fails to read the metadata: every rank must raise (none may wait in dcp.load)."""
+
+    def refuse(path: str, expected: object) -> bytes:
+        raise CheckpointCorruptError(path, "rank 1 cannot read it")
+
+    if strategy.global_rank == 1:
+        sharded_module.read_whole = refuse  # type: ignore[assignment]  # this spawned process only
+    try:
+        load_sharded(committed, strategy.sharded_state_template([optimizer]))
+    except CheckpointCorruptError as error:
+        return f"{Path(error.path).name}: {error.reason}"
+    finally:
+        sharded_module.read_whole = read_whole
+    return "loaded"
+
+
 def fsdp_checks(one_rank_dir: str, two_rank_dir: str) -> list[dict[str, Any]]:
     """Train, gather, save sharded, reload from a 1-rank checkpoint and from rank 0's full state."""
     env = detect_environment()
@@ -91,6 +136,9 @@ def fsdp_checks(one_rank_dir: str, two_rank_dir: str) -> list[dict[str, Any]]:
         state = {**strategy.sharded_state_template([optimizer]), **extra}
         seen["record"] = save_sharded(two_rank_dir, state, metadata={"step": STEPS, "epoch": 1})
 
+        seen["damaged"] = _load_damaged(strategy, optimizer, two_rank_dir)
+        seen["unreadable_on_rank1"] = _load_unreadable_on_rank1(strategy, optimizer, two_rank_dir)
+        # The damaged load filled part of the shards; this one fills all of them again (checked below).
         loaded = load_sharded(one_rank_dir, strategy.sharded_state_template([optimizer]))
         strategy.load_model_state_dict(loaded["state_dict"])
         strategy.load_optimizer_state_dict(optimizer, loaded["optimizer_states"][0])

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+from read_counting import count_reads
 from stepstone.checkpoint import load_file
 from stepstone.checkpoint.sharded import (
     MARKER_NAME,
@@ -20,6 +21,7 @@ from stepstone.checkpoint.sharded import (
     save_sharded,
     verify_sharded,
 )
+from stepstone.checkpoint.sharded_commit import read_marker
 from stepstone.errors import CheckpointCorruptError, CheckpointNotFoundError, MisconfigurationException
 from stepstone.strategies import ddp_spawn, single_process
 from stepstone.strategies.fsdp import FSDPStrategy
@@ -100,7 +102,12 @@ def test_fsdp_on_two_ranks_and_resharding(tmp_path: Path) -> None:
         "b.weight",
         "b.bias",
     ]
-    # 1 -> 2: the two ranks loaded the one-process checkpoint.
+    # A damaged shard of rank 1's file: every rank raises the error naming it (not a torch wrapper).
+    for seen in (rank0, rank1):
+        assert seen["damaged"][:2] == ("CheckpointCorruptError", "__1_0.distcp")
+        assert "CRC32 mismatch" in seen["damaged"][2]
+    assert rank0["unreadable_on_rank1"] == rank1["unreadable_on_rank1"] == ".metadata: rank 1 cannot read it"
+    # 1 -> 2: the two ranks loaded the one-process checkpoint (over the damaged load's partial fill).
     assert _close(rank0["from_one_rank"]["model"], single.state_dict())
     assert _equal_tree(rank0["from_one_rank"]["optim"], get_optimizer_state_dict(single, single_opt))
     assert rank0["from_one_rank_meta"] == {"epoch": 4, "global_step": 9}
@@ -108,10 +115,14 @@ def test_fsdp_on_two_ranks_and_resharding(tmp_path: Path) -> None:
     assert _equal_tree(rank0["from_rank0"], rank0["trained"]) and rank0["full_untouched"]
     assert rank0["record"] == rank1["record"] and rank0["record"].step == fsdp_workers.STEPS
 
-    # 2 -> 1: the two ranks' shards load into one plain model.
+    # 2 -> 1: the two ranks' shards load into one plain model, each file read once (and verified).
     module = Net()
     optimizer = torch.optim.Adam(module.parameters(), lr=fsdp_workers.LR)
-    loaded = load_sharded(two_rank, _plain_template(optimizer, module))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        reads = count_reads(monkeypatch, two_rank)
+        loaded = load_sharded(two_rank, _plain_template(optimizer, module))
+    sizes = {name: entry["size"] for name, entry in read_marker(two_rank)["files"].items()}
+    assert {name: reads[name] for name in sizes} == sizes and "__1_0.distcp" in sizes
     assert _close(loaded["state_dict"], expected.state_dict())
     assert _equal_tree(loaded["optimizer_states"][0], rank0["trained"]["optim"])
     assert loaded["loops"] == {"fit": {"batch": 2}} and loaded["epoch"] == 1

@@ -54,7 +54,7 @@ def test_fsdp_sharded_directories_reshard_2_to_1_and_1_to_2(tmp_path: Path) -> N
     # ckpt_path="last"/"auto" pick the newest committed checkpoint, directories included.
     newest = newest_checkpoint([ModelCheckpoint(dirpath=ckpts)])
     assert newest is not None and (newest[0].path, newest[0].step) == (str(ckpts / "last.ckpt"), 4)
-    assert newest[1] is None  # a directory is verified here and read later, into the strategy's shards
+    assert newest[1] is None  # a directory is chosen on its marker, then read (verified) into the shards
     assert (tmp_path / "two" / "manual.ckpt").is_dir()  # trainer.save_checkpoint writes a directory too
     # 2 -> 1: one process resumes from the 2-rank directory and ends where the uninterrupted run ends.
     (resumed,) = run_script(tmp_path / "two", 8, "resume", 1, kind="fsdp_sharded")

@@ -19,7 +19,13 @@ stepstone relies on a handful of names that torch and fsspec do not promise to k
 memory for the per-batch worker capture: located on probe generators, confirmed against
 ``getstate()``/``get_state()``, and replaced by those public getters whenever anything is unexpected.)
 
-The last four have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
+- the entries of a torch.distributed.checkpoint ``Metadata.storage_data`` (instances of torch's private
+  ``filesystem._StorageInfo``: the file, offset and length of each stored item) -- the sharded loader
+  (``sharded_reader``) reads and verifies each shard file in one pass. If they change shape (or use stream
+  transforms), :func:`storage_locations` says None and the load takes the two-pass path (verify every file,
+  then torch's own reader).
+
+The last four of the first list have no public equivalent: if one disappears, :class:`PrivateApiChanged` says which name,
 the installed version and the fix (pin the versions stepstone was tested with, or report it). This module
 lives in the engine because the engine imports nothing outside itself, while the rest of stepstone may
 import the engine.
@@ -28,8 +34,9 @@ import the engine.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.serialization
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PrivateApiChanged",
+    "StorageLocation",
     "fsspec_in_transaction",
     "index_sampler",
     "persistent_iterator",
@@ -48,6 +56,7 @@ __all__ = [
     "set_index_sampler",
     "skip_data_active",
     "storage_alignment",
+    "storage_locations",
     "tensor_use_count",
     "turn_worker_cycle",
     "worker_iterator_base",
@@ -129,6 +138,44 @@ def save_into(state: object, writer: object) -> None:
             longer has the private name (callers check ``serialization_supported``).
     """
     _torch_serialization._save(state, writer, pickle, torch.serialization.DEFAULT_PROTOCOL, False)
+
+
+# --- torch.distributed.checkpoint's storage entries (changed: the sharded load takes two passes) -----------
+class StorageLocation(NamedTuple):
+    """Where one stored item of a torch.distributed.checkpoint directory lies."""
+
+    #: The file, relative to the checkpoint directory.
+    relative_path: str
+    #: The item's first byte in that file.
+    offset: int
+    #: Its length in bytes.
+    length: int
+
+
+def storage_locations(storage_data: object) -> dict[Any, StorageLocation] | None:
+    """The file, offset and length of every stored item, from a checkpoint's ``Metadata.storage_data``.
+
+    Args:
+        storage_data: the metadata's ``storage_data``: ``{MetadataIndex: filesystem._StorageInfo}``.
+
+    Returns:
+        ``{MetadataIndex: StorageLocation}``; None when an entry is not what this version of torch writes
+        (a renamed field) or its bytes pass through stream transforms: the caller then reads with torch's own
+        ``FileSystemReader`` after a separate verification pass.
+    """
+    if not isinstance(storage_data, Mapping):
+        return None
+    locations: dict[Any, StorageLocation] = {}
+    for index, info in storage_data.items():
+        path = getattr(info, "relative_path", None)
+        offset = getattr(info, "offset", None)
+        length = getattr(info, "length", None)
+        if not (isinstance(path, str) and isinstance(offset, int) and isinstance(length, int)):
+            return None
+        if getattr(info, "transform_descriptors", None):
+            return None
+        locations[index] = StorageLocation(path, offset, length)
+    return locations
 
 
 # --- names without a public equivalent (a change is an error that names the fix) ------------------------

@@ -5,40 +5,53 @@ temporary directory next to the final path), rank 0 adds ``meta.pt`` (every entr
 state, callbacks, hyper-parameters, epoch/global_step...), checksums every file into the marker and commits
 the directory (see ``sharded_commit``). So one directory holds everything a file checkpoint holds.
 
-:func:`load_sharded` verifies the marker's checksums, then lets ``dcp.load`` fill the caller's template; the
-template's tensors decide the layout, so a checkpoint written by N ranks loads on M ranks (or on one process,
-without a process group). :func:`convert_sharded_to_file` turns a directory into one ordinary stepstone file.
+:func:`load_sharded` lets ``dcp.load`` fill the caller's template, reading each file once and checking it
+against the marker's checksums as it is read (``sharded_reader``); the template's tensors decide the layout,
+so a checkpoint written by N ranks loads on M ranks (or on one process, without a process group). :func:`convert_sharded_to_file` turns a directory into one ordinary stepstone file.
 
 Only local (or shared, POSIX) filesystems are supported: every rank must see the same directory. The ranks
-synchronise through the default torch.distributed process group (this module does not import the trainer
-side); without one (or with one rank) everything happens in this process.
+synchronise through the default torch.distributed process group (see ``sharded_ranks``); without one (or with
+one rank) everything happens in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import io
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.storage import StorageReader
 from typing_extensions import override
 
 from stepstone.checkpoint import commit, sharded_commit
 from stepstone.checkpoint.files import save_file
+from stepstone.checkpoint.private_apis import storage_locations
 from stepstone.checkpoint.record import CheckpointRecord, normalize_metadata
 from stepstone.checkpoint.safety import check_weights_only_safe
 from stepstone.checkpoint.sharded_commit import MARKER_NAME, remove_sharded
+from stepstone.checkpoint.sharded_ranks import (
+    gather,
+    on_every_rank,
+    on_rank0,
+    quiet_single_process,
+    rank_and_world,
+)
+from stepstone.checkpoint.sharded_reader import VerifyingReader, read_whole
 from stepstone.checkpoint.sharded_reading import (
-    check_metadata_safe,
+    METADATA_NAME,
     is_sharded_checkpoint,
+    metadata_from_bytes,
     read_sharded_info,
     template_from_metadata,
     verify_sharded,
@@ -46,7 +59,6 @@ from stepstone.checkpoint.sharded_reading import (
 from stepstone.errors import (
     CheckpointCorruptError,
     CheckpointError,
-    CheckpointNotFoundError,
     MisconfigurationException,
 )
 
@@ -67,7 +79,6 @@ __all__ = [
 DEFAULT_SHARDED_KEYS = ("state_dict", "optimizer_states")
 #: The file holding every other entry (written by rank 0, loadable with ``weights_only=True``).
 META_NAME = "meta.pt"
-T = TypeVar("T")
 PathLike = str | os.PathLike[str]
 
 
@@ -83,79 +94,9 @@ def _check_dir_path(argument: str, path: object) -> str:
     return os.path.abspath(text)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-@contextlib.contextmanager
-def _quiet_single_process() -> Iterator[None]:
-    # One process without a process group is a supported case here, not the mistake torch warns about.
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
-        )
-        yield
-
-
-def _failure(error: BaseException) -> tuple[str, ...]:
-    # Exceptions are sent as strings: CheckpointCorruptError(path, reason) cannot be rebuilt by unpickling.
-    if isinstance(error, CheckpointCorruptError):
-        return ("corrupt", error.path, error.reason)
-    if isinstance(error, CheckpointNotFoundError):
-        return ("missing", str(error))
-    return ("other", f"{type(error).__name__}: {error}")
-
-
-def _rebuild(failure: tuple[str, ...], what: str) -> CheckpointError:
-    if failure[0] == "corrupt":
-        return CheckpointCorruptError(failure[1], failure[2])
-    if failure[0] == "missing":
-        return CheckpointNotFoundError(failure[1])
-    return CheckpointError(f"rank 0 failed to {what}: {failure[1]}")
-
-
-def _gather(what: str, obj: Any) -> list[Any]:
-    """Every rank's ``obj``; also a named barrier: ranks at different points fail instead of pairing up."""
-    world = _world()[1]
-    if world == 1:
-        return [obj]
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, (what, obj))
-    points = {index: point for index, (point, _) in enumerate(gathered)}
-    if any(point != what for point in points.values()):
-        raise CheckpointError(
-            f"The ranks are at different checkpoint steps {points}; save_sharded/load_sharded must be called "
-            "on every rank, in the same order."
-        )
-    return [value for _, value in gathered]
-
-
-def _on_rank0(what: str, work: Callable[[], T]) -> T:
-    """Run ``work`` on rank 0 only and give its result (or its failure) to every rank."""
-    if _world()[1] == 1:
-        return work()
-    outcome: tuple[str, Any] = ("ok", None)
-    error: BaseException | None = None
-    if _world()[0] == 0:
-        try:
-            outcome = ("ok", work())
-        except Exception as caught:  # re-raised below, after the other ranks were told
-            error = caught
-            outcome = ("failed", _failure(caught))
-    status, value = _gather(what, outcome)[0]
-    if error is not None:
-        raise error
-    if status != "ok":
-        raise _rebuild(value, what)
-    result: T = value
-    return result
-
-
 def _own_checksums(temp: str, text: str) -> dict[str, dict[str, Any]]:
     """Every rank checksums the shards it wrote; gathered for rank 0's marker (and a barrier after writing)."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     try:
         # torch.distributed.checkpoint names rank r's files "__r_<n>.distcp"; rank 0 reads whatever is left.
         outcome: tuple[str, Any] = (
@@ -165,7 +106,7 @@ def _own_checksums(temp: str, text: str) -> dict[str, dict[str, Any]]:
     except OSError as error:
         outcome = ("failed", f"rank {rank}: {error}")
     known: dict[str, dict[str, Any]] = {}
-    for status, value in _gather(f"shards written save_sharded {text}", outcome):
+    for status, value in gather(f"shards written save_sharded {text}", outcome):
         if status != "ok":
             raise CheckpointError(f"Saving {text!r} failed: {value}")
         known.update(value)
@@ -232,15 +173,15 @@ def save_sharded(
     sharded = {key: state[key] for key in sharded_keys if key in state}
     rest = {key: value for key, value in state.items() if key not in sharded}
     check_weights_only_safe(rest)  # on every rank, so that all of them refuse together
-    rank, world = _world()
-    temp = _on_rank0(f"start save_sharded {text}", lambda: _start_save(text))
+    rank, world = rank_and_world()
+    temp = on_rank0(f"start save_sharded {text}", lambda: _start_save(text))
     try:
         writer = dcp.FileSystemWriter(temp, sync_files=True)
-        with _quiet_single_process():
+        with quiet_single_process():
             dcp.save(sharded, storage_writer=writer, no_dist=world == 1)
         meta["world_size"] = world
         known = _own_checksums(temp, text)
-        return _on_rank0(f"commit save_sharded {text}", lambda: _finish_save(temp, text, rest, meta, known))
+        return on_rank0(f"commit save_sharded {text}", lambda: _finish_save(temp, text, rest, meta, known))
     except BaseException:
         if rank == 0:  # the writer's pid is alive, so the sweep would keep this directory for hours
             shutil.rmtree(temp, ignore_errors=True)
@@ -266,12 +207,24 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, buffer)
 
 
-def _read_meta(path: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Opened:
+    """What every rank reads before ``dcp.load``: the marker, the metadata and the non-sharded entries."""
+
+    marker: dict[str, Any]
+    metadata: Metadata
+    rest: dict[str, Any]
+
+
+def _read_meta(path: str, expected: Mapping[str, Any] | None, verify: bool) -> dict[str, Any]:
     meta_path = os.path.join(path, META_NAME)
+    if (expected is None or not verify) and not os.path.lexists(meta_path):
+        return {}  # a directory of shards only (not written by save_sharded)
+    if verify and expected is None:
+        raise CheckpointCorruptError(meta_path, "the commit marker does not list it (added after the save?)")
+    data = read_whole(meta_path, expected if verify else None)
     try:
-        loaded = torch.load(meta_path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        return {}
+        loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as error:  # the checksums matched, so this is not damage: a file torch cannot read
         raise CheckpointError(f"Cannot read {meta_path!r}: {error}") from error
     if not isinstance(loaded, dict):
@@ -279,22 +232,78 @@ def _read_meta(path: str) -> dict[str, Any]:
     return loaded
 
 
+def _open(path: str, verify: bool) -> _Opened:
+    """Read the marker, then ``.metadata`` and ``meta.pt`` once each (checked against the marker if ``verify``)."""
+    marker = sharded_commit.read_marker(path)
+    files: dict[str, Any] = marker["files"]
+    metadata_path = os.path.join(path, METADATA_NAME)
+    if verify and METADATA_NAME not in files:
+        raise CheckpointCorruptError(metadata_path, "the commit marker does not list it")
+    data = read_whole(metadata_path, files[METADATA_NAME] if verify else None)
+    metadata = metadata_from_bytes(data, metadata_path)
+    return _Opened(marker, metadata, _read_meta(path, files.get(META_NAME), verify))
+
+
+def _reader(path: str, opened: _Opened, verify: bool, no_dist: bool) -> StorageReader:
+    """The one-pass verifying reader; torch's own reader after a separate check where the fence says so."""
+    locations = storage_locations(opened.metadata.storage_data)
+    skipped = (METADATA_NAME, META_NAME)  # read (and checked) by _open
+    shards = {name: entry for name, entry in opened.marker["files"].items() if name not in skipped}
+    if locations is not None:
+        return VerifyingReader(path, opened.metadata, locations, shards, verify)
+    if verify and no_dist:
+        sharded_commit.verify_dir(path)
+    elif verify:  # two passes: every file checked first (by rank 0), then read by torch
+        on_rank0(f"verify load_sharded {path}", lambda: sharded_commit.verify_dir(path))
+    return FileSystemReader(path)
+
+
+def _load_failure(path: str, error: BaseException) -> CheckpointError:
+    """One error for every rank: the damage a rank found (lowest rank first), else the load failure."""
+    failures = error.failures if isinstance(error, CheckpointException) else {0: (error, None)}
+    for _, (failure, _) in sorted(failures.items()):
+        if isinstance(failure, CheckpointCorruptError):
+            return CheckpointCorruptError(failure.path, failure.reason)
+    return CheckpointError(
+        f"Cannot load the sharded checkpoint {path!r} into the template: {error}. The template's keys "
+        "must be entries the checkpoint holds (see `stepstone ckpt convert` to look inside)."
+    )
+
+
+def _load(path: str, template: dict[str, Any], verify: bool, no_dist: bool) -> dict[str, Any]:
+    """Fill ``template`` from ``path`` (every byte read once, verified as read when ``verify``)."""
+    opened = on_every_rank(f"open load_sharded {path}", lambda: _open(path, verify), no_dist)
+    reader = _reader(path, opened, verify, no_dist)
+    try:
+        with quiet_single_process():
+            dcp_load(template, storage_reader=reader, planner=_SafeLoadPlanner(), no_dist=no_dist)
+    # CheckpointException (one rank's failure, raised on every rank) is a BaseException.
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as error:
+        raise _load_failure(path, error) from error
+    return {**opened.rest, **template}
+
+
 def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool = True) -> dict[str, Any]:
     """Load a sharded checkpoint into ``state_template``; call it on every rank (or on one process).
+
+    Every file is read once: each shard file by one rank from its first byte to its last, its size and CRC32
+    checked against the commit marker as it is read (see ``sharded_reader``); a rank needing a few items of
+    another rank's file reads only those.
 
     Args:
         path: the checkpoint directory.
         state_template: the sharded entries to fill, e.g. ``{"state_dict": get_model_state_dict(model),
             "optimizer_states": [get_optimizer_state_dict(model, optimizer)]}``; its tensors (DTensors on
             N ranks, plain tensors on one process) are filled in place, whatever the world size that saved.
-        verify: check every file's size and CRC32 first (rank 0 reads them all).
+        verify: check every file's size and CRC32 while reading it (no separate pass).
 
     Returns:
         The whole checkpoint: the non-sharded entries of ``meta.pt`` plus the filled template entries.
 
     Raises:
         CheckpointNotFoundError: no directory at ``path``, or a directory without the commit marker.
-        CheckpointCorruptError: a file is missing, truncated or damaged (the error names it).
+        CheckpointCorruptError: a file is missing, truncated or damaged (the error names it), on every rank.
+            The template may then hold part of the damaged checkpoint: load another one over it.
         CheckpointError: the template asks for an entry the checkpoint does not hold, or torch failed.
         UnsafeCheckpointError: the checkpoint's metadata would run code when unpickled (never loaded).
         MisconfigurationException: an invalid argument.
@@ -304,24 +313,7 @@ def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool
         raise MisconfigurationException(
             f"state_template must be a dict of the sharded entries to fill, got {type(state_template).__name__}"
         )
-    check = sharded_commit.verify_dir if verify else sharded_commit.read_marker
-    _on_rank0(f"verify load_sharded {text}", lambda: check(text))
-    check_metadata_safe(text)
-    try:
-        with _quiet_single_process():
-            dcp.load(
-                state_template,
-                storage_reader=dcp.FileSystemReader(text),
-                planner=_SafeLoadPlanner(),
-                no_dist=_world()[1] == 1,
-            )
-    # dcp.CheckpointException (one rank's failure, raised on every rank) is a BaseException.
-    except (dcp.CheckpointException, RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"Cannot load the sharded checkpoint {text!r} into the template: {error}. The template's keys "
-            "must be entries the checkpoint holds (see `stepstone ckpt convert` to look inside)."
-        ) from error
-    return {**_read_meta(text), **state_template}
+    return _load(text, state_template, verify, no_dist=rank_and_world()[1] == 1)
 
 
 def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> CheckpointRecord:
@@ -331,7 +323,7 @@ def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> Checkpoint
     weights_only=True)``, ``load_file`` and ``LightningModule.load_from_checkpoint`` read it.
 
     Args:
-        src_dir: the sharded checkpoint directory (verified first).
+        src_dir: the sharded checkpoint directory (each file verified as it is read).
         dst_file: the file to write (local path or URL).
 
     Returns:
@@ -344,11 +336,8 @@ def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> Checkpoint
         OSError: writing ``dst_file`` failed (nothing appears there).
     """
     text = _check_dir_path("src_dir", src_dir)
-    marker = sharded_commit.verify_dir(text)
-    state = template_from_metadata(text)
-    with _quiet_single_process():
-        dcp.load(state, storage_reader=dcp.FileSystemReader(text), planner=_SafeLoadPlanner(), no_dist=True)
-    whole = {**_read_meta(text), **state}
+    marker = sharded_commit.read_marker(text)
+    whole = _load(text, template_from_metadata(text), verify=True, no_dist=True)
     metadata = {key: marker.get(key) for key in ("step", "epoch")}
     record = sharded_commit.record_from_marker(text, marker, verified=True)
     return save_file(dst_file, whole, metadata={**metadata, "metrics": record.metrics}, progress=False)

@@ -31,6 +31,7 @@ from stepstone.errors import CheckpointCorruptError, CheckpointNotFoundError, Mi
 __all__ = [
     "MARKER_NAME",
     "SHARDED_FORMAT_VERSION",
+    "check_checksum",
     "checksum_files",
     "commit_dir",
     "is_committed_dir",
@@ -251,15 +252,26 @@ def verify_dir(path: str) -> dict[str, Any]:
             raise CheckpointCorruptError(
                 file_path, "the file is missing from the checkpoint directory"
             ) from None
-        if size != expected.get("size"):
-            raise CheckpointCorruptError(
-                file_path, f"its size is {size} bytes, {expected.get('size')} were written"
-            )
-        if f"{crc:08x}" != expected.get("crc32"):
-            raise CheckpointCorruptError(
-                file_path, f"CRC32 mismatch (stored {expected.get('crc32')}, read {crc:08x})"
-            )
+        check_checksum(file_path, size, crc, expected)
     return marker
+
+
+def check_checksum(path: str, size: int, crc: int, expected: Mapping[str, Any]) -> None:
+    """Compare a file's size and CRC32, as read, with its entry in the marker.
+
+    Args:
+        path: the file (named in the error).
+        size: the bytes read.
+        crc: their CRC32.
+        expected: the marker's ``{"size", "crc32"}`` entry for the file.
+
+    Raises:
+        CheckpointCorruptError: naming the file, when the size or the CRC32 differs.
+    """
+    if size != expected.get("size"):
+        raise CheckpointCorruptError(path, f"its size is {size} bytes, {expected.get('size')} were written")
+    if f"{crc:08x}" != expected.get("crc32"):
+        raise CheckpointCorruptError(path, f"CRC32 mismatch (stored {expected.get('crc32')}, read {crc:08x})")
 
 
 def record_from_marker(path: str, marker: Mapping[str, Any], verified: bool) -> CheckpointRecord:

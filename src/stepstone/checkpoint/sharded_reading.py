@@ -8,6 +8,7 @@ whole checkpoint without a model, as ``convert_sharded_to_file`` needs.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import pickle
@@ -27,9 +28,14 @@ from stepstone.errors import CheckpointCorruptError, UnsafeCheckpointError
 if TYPE_CHECKING:  # torch.distributed.checkpoint costs ~1 s to import: only code reading a directory pays it
     from torch.distributed.checkpoint.metadata import Metadata
 
+#: torch.distributed.checkpoint's metadata file in a checkpoint directory.
+METADATA_NAME = ".metadata"
+
 __all__ = [
+    "METADATA_NAME",
     "check_metadata_safe",
     "is_sharded_checkpoint",
+    "metadata_from_bytes",
     "read_sharded_info",
     "template_from_metadata",
     "verify_sharded",
@@ -119,21 +125,42 @@ def check_metadata_safe(path: str) -> Metadata:
         CheckpointCorruptError: the metadata file is missing.
         UnsafeCheckpointError: it needs a class outside the allow-list (it could run code).
     """
-    from torch.distributed.checkpoint.metadata import Metadata
-
-    metadata_path = os.path.join(path, ".metadata")
+    metadata_path = os.path.join(path, METADATA_NAME)
     try:
         with open(metadata_path, "rb") as stream:
-            metadata = _MetadataUnpickler(stream).load()
+            data = stream.read()
     except FileNotFoundError:
         raise CheckpointCorruptError(
             metadata_path, "the torch.distributed.checkpoint metadata is missing"
         ) from None
+    return metadata_from_bytes(data, metadata_path)
+
+
+def metadata_from_bytes(data: bytes, metadata_path: str) -> Metadata:
+    """Unpickle the bytes of a ``.metadata`` file (already read, e.g. verified against the marker) safely.
+
+    Args:
+        data: the file's bytes.
+        metadata_path: the file (named in errors).
+
+    Returns:
+        The metadata.
+
+    Raises:
+        CheckpointCorruptError: the bytes hold something other than checkpoint metadata.
+        UnsafeCheckpointError: they need a class outside the allow-list (they could run code).
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(
             f"{metadata_path!r} needs code to load ({error}); it was not loaded. Sharded checkpoints written by "
             "stepstone never do: only load directories you trust with torch.distributed.checkpoint directly."
         ) from None
+    except (EOFError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointCorruptError(metadata_path, f"it cannot be unpickled ({error!r})") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointCorruptError(
             metadata_path, f"it holds a {type(metadata).__name__}, not checkpoint Metadata"

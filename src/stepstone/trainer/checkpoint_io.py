@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from stepstone.errors import CheckpointNotFoundError, MisconfigurationException
+from stepstone.errors import CheckpointCorruptError, CheckpointNotFoundError, MisconfigurationException
 from stepstone.loops.progress import loops_state
 from stepstone.strategies import is_fsdp
 from stepstone.trainer.resume_state import dump_resume_state, load_resume_state
@@ -206,7 +206,8 @@ def resolve_checkpoint(
 
     ``"last"`` and ``"auto"`` pick the newest committed checkpoint (by step; at equal steps a ``last*.ckpt``)
     of the ModelCheckpoints' directories that verifies, warning about each corrupt one skipped, and read it in
-    that same pass (see ``resume_selection``). With none, ``"last"`` warns and starts fresh (Lightning's
+    that same pass (see ``resume_selection``; a sharded directory is chosen on its marker and verified while
+    ``read_for_strategy`` loads it, falling back from there). With none, ``"last"`` warns and starts fresh (Lightning's
     behaviour); ``"auto"``, made for job scripts that may or may not have run before, starts fresh with an
     info message only. An explicit path is loaded as is: if it fails verification, loading raises (the user
     asked for that file).
@@ -283,28 +284,66 @@ def _best_path(t: Trainer, fn: str) -> str:
     return cb.best_model_path
 
 
-def read_for_strategy(trainer: Trainer, path: str, preloaded: dict[str, Any] | None = None) -> dict[str, Any]:
+def read_for_strategy(
+    trainer: Trainer, path: str, preloaded: dict[str, Any] | None = None, fall_back: bool = False
+) -> tuple[str | None, dict[str, Any] | None]:
     """Read a checkpoint for a run under FSDP (after the model is sharded and the optimizers exist).
 
     A sharded directory is read into this rank's shards (at any world size: torch.distributed.checkpoint
-    reshards); a single file is read whole on every rank and loaded through the strategy.
+    reshards), each file once, verified as it is read; a single file is read whole on every rank and loaded
+    through the strategy.
 
     Args:
         trainer: the Trainer (its FSDP strategy set up, optimizers created).
         path: a checkpoint file or a committed sharded directory.
         preloaded: the file's dict when the resume selection already read it (then nothing is read again).
+        fall_back: ``path`` was chosen by ``ckpt_path="last"``/``"auto"``: a damaged directory is skipped with
+            a warning and the next newest checkpoint is loaded instead (the same order as the selection).
 
     Returns:
-        The checkpoint dict (shards in ``state_dict``/``optimizer_states`` for a directory).
+        ``(the path loaded, its checkpoint dict)`` (shards in ``state_dict``/``optimizer_states`` for a
+        directory); ``(None, None)`` when every candidate after a damaged one failed too.
 
     Raises:
-        CheckpointCorruptError: a shard or the file fails verification.
+        CheckpointCorruptError: a shard or the file fails verification (a directory only without
+            ``fall_back``).
     """
     from stepstone.checkpoint.kinds import SHARDED_DIRECTORY, kind_of
-    from stepstone.checkpoint.sharded import load_sharded
     from stepstone.core.saving import read_checkpoint
 
     fsdp = _fsdp(trainer)
-    if fsdp is not None and kind_of(path) is SHARDED_DIRECTORY:
-        return load_sharded(path, fsdp.sharded_state_template(trainer.optimizers))
-    return preloaded if preloaded is not None else read_checkpoint(path, map_location="cpu")
+    current: str | None = path
+    while current is not None:
+        if fsdp is None or kind_of(current) is not SHARDED_DIRECTORY:
+            return current, preloaded if preloaded is not None else read_checkpoint(
+                current, map_location="cpu"
+            )
+        try:
+            return current, _load_shards(fsdp, trainer, current)
+        except CheckpointCorruptError as error:
+            if not fall_back:
+                raise
+            warnings.warn(f"{error} Falling back to the next newest checkpoint.", UserWarning, stacklevel=4)
+        current, preloaded = _next_candidate(trainer, current)
+    return None, None
+
+
+def _load_shards(fsdp: FSDPStrategy, trainer: Trainer, path: str) -> dict[str, Any]:
+    from stepstone.checkpoint.sharded import load_sharded
+
+    # A failed load may have filled part of the shards: the next candidate's load fills every entry again.
+    return load_sharded(path, fsdp.sharded_state_template(trainer.optimizers))
+
+
+def _next_candidate(trainer: Trainer, damaged: str) -> tuple[str | None, dict[str, Any] | None]:
+    from stepstone.trainer.resume_selection import newest_checkpoint
+
+    chosen = newest_checkpoint(trainer.checkpoint_callbacks, after=damaged)
+    if chosen is None:
+        warnings.warn(
+            "No checkpoint older than the damaged one verifies; starting from scratch.",
+            UserWarning,
+            stacklevel=5,
+        )
+        return None, None
+    return chosen[0].path, chosen[1]

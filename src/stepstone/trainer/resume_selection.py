@@ -7,6 +7,10 @@ top-k file); then the save time recorded inside the checkpoint (never the file's
 (FSDP) directories compete alike. Each candidate file is read once, verified while it is read: the first that
 loads is the one resumed from, and its dict is handed on (no second read of a large file after a preemption).
 A candidate that fails verification is skipped with a warning naming it, and the next newest is tried.
+
+A sharded directory is chosen on its commit marker alone: its shards are read once, verified as they are
+read, when the strategy loads them (``load_sharded``); if that finds damage, the resume calls
+:func:`newest_checkpoint` again with ``after=`` the damaged directory, which continues in the same order.
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ __all__ = ["Chosen", "newest_checkpoint"]
 Chosen = tuple[CheckpointRecord, dict[str, Any] | None]
 
 
-def newest_checkpoint(callbacks: Sequence[ModelCheckpoint], read: bool = True) -> Chosen | None:
+def newest_checkpoint(
+    callbacks: Sequence[ModelCheckpoint], read: bool = True, after: str | None = None
+) -> Chosen | None:
     """The newest committed checkpoint of the callbacks' folders that verifies.
 
     Args:
         callbacks: the Trainer's ModelCheckpoints (local or remote folders; missing local ones are passed over).
-        read: load the chosen file (verified as it is read); False: only verify it.
+        read: load the chosen file (verified as it is read; a sharded directory is chosen on its marker and
+            verified when loaded); False: verify the chosen checkpoint without loading it, whatever its kind.
+        after: only candidates older than this path in the order (the next choice after ``after`` turned out
+            damaged when it was loaded); None: all.
 
     Returns:
         ``(record, checkpoint dict or None)``, or None when no checkpoint verifies.
@@ -53,11 +62,17 @@ def newest_checkpoint(callbacks: Sequence[ModelCheckpoint], read: bool = True) -
 
     def open_one(record: CheckpointRecord) -> dict[str, Any] | None:
         index = owners[record.path][0]
-        if not read or index.is_sharded(record.name) or record.format_version == 0:
-            # A directory is read later, into the strategy's shards; a file without a trailer fails here.
-            index.verify(record.name)
+        if index.is_sharded(record.name):
+            if not read:
+                index.verify(record.name)
+            return None  # chosen on its marker (read by the listing); verified when loaded into the shards
+        if not read or record.format_version == 0:
+            index.verify(record.name)  # a file without a trailer fails here
             return None
         return load_file(record.path, map_location="cpu")
 
-    unique = list({record.path: record for record in records}.values())
-    return first_valid(newest_first(unique, is_last), open_one)
+    candidates = newest_first(list({record.path: record for record in records}.values()), is_last)
+    paths = [record.path for record in candidates]
+    if after is not None and after in paths:
+        candidates = candidates[paths.index(after) + 1 :]
+    return first_valid(candidates, open_one)

@@ -253,7 +253,12 @@ class Runner:
             check_sync_batchnorm(t)
             t._strategy.setup(module, t._placement.device)
             self._configure_optimizers(module)
-            checkpoint = read_for_strategy(t, path, preloaded) if path else None
+            if path:  # a damaged directory chosen by "last"/"auto" falls back to the next newest checkpoint
+                auto = isinstance(ckpt_path, str) and ckpt_path in ("last", "auto")
+                path, checkpoint = read_for_strategy(t, path, preloaded, fall_back=auto)
+                t.ckpt_path = path
+            else:
+                checkpoint = None
             if checkpoint is not None:
                 restore_model_state(t, checkpoint, path or "")
                 restore_callbacks(t, checkpoint)
