@@ -227,6 +227,7 @@ def test_the_captured_states_are_those_of_the_public_getters_in_the_worker() -> 
     assert seen_gaussian_cache == {0, 1}
 
 
+@pytest.mark.filterwarnings("error")  # numpy warns if captured with get_state(legacy=True)
 def test_a_worker_with_a_numpy_bit_generator_other_than_mt19937_is_captured_exactly() -> None:
     from stepstone.loops.worker_rng import _capture_compact, _expand
     from stepstone.trainer.rng import restore_rng

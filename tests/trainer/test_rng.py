@@ -6,6 +6,7 @@ import io
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from stepstone.trainer.rng import capture_rng, restore_rng
@@ -40,6 +41,7 @@ def test_missing_generators_are_left_alone() -> None:
     assert random.getstate() == before
 
 
+@pytest.mark.filterwarnings("error")  # numpy warns if captured with get_state(legacy=True)
 def test_a_numpy_bit_generator_other_than_mt19937_round_trips_and_is_reinstalled() -> None:
     original = np.random.get_bit_generator()
     try:

@@ -34,6 +34,8 @@ import sys
 from array import array
 from typing import Any
 
+from stepstone.trainer.rng import numpy_global_state
+
 __all__ = ["numpy_state", "python_state"]
 
 _WORDS = 624  # both generators are a Mersenne twister: 624 32-bit words and a position
@@ -72,12 +74,12 @@ def numpy_state(np: Any) -> NumpyState | dict[str, Any]:
         np: the numpy module.
 
     Returns:
-        ``(kind, keys, pos, has_gauss, cached_gaussian)``: ``np.random.get_state(legacy=True)`` with the key
+        ``(kind, keys, pos, has_gauss, cached_gaussian)``: ``trainer.rng.numpy_global_state`` with the key
         array as native uint32 bytes; for a bit generator other than MT19937, its ``get_state`` dict.
     """
     reader = _numpy_reader(np)
     if reader is None:
-        full = np.random.get_state(legacy=True)
+        full = numpy_global_state(np)
         if isinstance(full, dict):  # a bit generator other than MT19937: its own state dict (picklable)
             return full
         kind, keys, pos, has_gauss, cached = full

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["capture_rng", "restore_rng"]
+__all__ = ["capture_rng", "numpy_global_state", "restore_rng"]
 
 
 def _numpy() -> Any:
@@ -38,17 +38,36 @@ def capture_rng() -> dict[str, Any]:
     }
     np = _numpy()
     if np is not None:
-        state["numpy"] = numpy_plain(np.random.get_state(legacy=True))
+        state["numpy"] = numpy_plain(numpy_global_state(np))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
+
+
+def numpy_global_state(np: Any) -> Any:
+    """numpy's global generator state, as ``np.random.get_state(legacy=True)`` gives it, without its warning.
+
+    ``get_state(legacy=True)`` warns (RuntimeWarning, nothing the user can act on) when the global bit
+    generator is not MT19937; ``legacy=False`` never warns, and carries the same values.
+
+    Args:
+        np: the numpy module.
+
+    Returns:
+        ``(kind, keys, pos, has_gauss, cached_gaussian)`` for MT19937; otherwise the ``get_state`` dict.
+    """
+    full = np.random.get_state(legacy=False)
+    if full.get("bit_generator") != "MT19937":
+        return full
+    inner = full["state"]
+    return "MT19937", inner["key"], inner["pos"], full["has_gauss"], full["gauss"]
 
 
 def numpy_plain(np_state: Any) -> dict[str, Any]:
     """numpy's global generator state in a weights_only-safe form (no ndarrays, no tuples).
 
     Args:
-        np_state: ``np.random.get_state(legacy=True)``: a tuple for the default MT19937, a dict when the user
+        np_state: :func:`numpy_global_state`: a tuple for the default MT19937, a dict when the user
             installed another bit generator (``np.random.set_bit_generator(np.random.PCG64())``).
 
     Returns:
