@@ -99,7 +99,7 @@ def resolve_folder(trainer: Trainer, dirpath: str | None, save_last: Any) -> str
 
 
 def prepare_folder(trainer: Trainer, dirpath: str, save_top_k: int) -> None:
-    """Before ``fit`` writes: clear temporaries that a crashed run left, warn about an earlier run's files.
+    """Before ``fit`` writes: clear temporaries that a crashed run left (rank 0), warn about an earlier run's files.
 
     Args:
         trainer: the Trainer.
@@ -110,7 +110,11 @@ def prepare_folder(trainer: Trainer, dirpath: str, save_top_k: int) -> None:
 
     if not is_folder(dirpath):
         return
-    sweep_stale_temps(dirpath)  # local only: a remote object is whole or absent
+    # Global rank 0 only: "stale" means the writer's pid is dead on THIS host, so on a shared filesystem a rank
+    # on another node would take rank 0's in-flight temporary for a dead one. Local only: a remote object is
+    # whole or absent.
+    if trainer.is_global_zero:
+        sweep_stale_temps(dirpath)
     resuming = trainer.checkpoint_port.resume_requested
     if save_top_k != 0 and trainer.is_global_zero and not resuming and has_checkpoints(dirpath):
         warnings.warn(
