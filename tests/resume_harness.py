@@ -14,6 +14,7 @@ Under ``torchrun`` with ``scenario["ranks"]`` processes, every run uses DDP on C
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -165,6 +166,21 @@ class Pace(L.Callback):
             time.sleep(0.01)
 
 
+class SignalAt(L.Callback):
+    """A run from step 0 sends itself SIGTERM (preemption) at the end of global batch ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.armed = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.armed = trainer.global_step == 0  # the auto-resumed run is not preempted again
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.armed and trainer.fit_loop.total_batch_idx + 1 == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run(
     scenario: dict[str, Any], root: str, final: str | None, resume: str | None = None, stop: Any = None
 ) -> None:
@@ -174,7 +190,8 @@ def run(
     the dataset), ``persistent`` (persistent workers, prefetch_factor 3, a user worker_init_fn), ``drop_last``,
     ``iterable`` (an unsized, augmented :class:`PositionedStream`; needs ``shuffle`` False),
     ``epochs``, ``dirpath`` (a ModelCheckpoint
-    saving every 4 steps there) and ``pace`` (seconds to sleep after each batch, announcing the start). ``stop``
+    saving every 4 steps there), ``pace`` (seconds to sleep after each batch, announcing the start) and
+    ``signal_at`` (a run from step 0 sends itself SIGTERM after that global batch). ``stop``
     (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
     """
     L.seed_everything(7)
@@ -198,6 +215,8 @@ def run(
     callbacks: list[L.Callback] = [InterruptAt(stop[0], stop[1])] if stop else []
     if scenario.get("pace"):
         callbacks.append(Pace(scenario["pace"]))
+    if scenario.get("signal_at"):
+        callbacks.append(SignalAt(scenario["signal_at"]))
     if scenario.get("dirpath"):
         callbacks.append(ModelCheckpoint(dirpath=scenario["dirpath"], every_n_train_steps=4))
     trainer = L.Trainer(

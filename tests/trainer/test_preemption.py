@@ -180,3 +180,35 @@ def test_sigterm_at_a_random_moment_then_auto_resume_equals_the_uninterrupted_ru
         assert differences(expected["stepstone"][key], got["stepstone"][key], key) == [], (
             f"delay {delay:.3f}s"
         )
+
+
+def test_sigterm_on_the_very_last_step_then_auto_resume_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    # Persistent augmenting workers: their generators must survive a resumed run that has no batch left to run.
+    scenario: dict[str, Any] = {
+        "shuffle": True,
+        "accumulate": 1,
+        "workers": 2,
+        "augment": True,
+        "persistent": True,
+        "drop_last": True,
+        "epochs": 2,
+    }
+    straight = tmp_path / "straight.ckpt"
+    run({**scenario, "dirpath": str(tmp_path / "straight-ckpts")}, str(tmp_path), str(straight))
+    scenario.update(dirpath=str(tmp_path / "ckpts"), signal_at=10)  # 5 batches an epoch: the last step
+    resumed = tmp_path / "resumed.ckpt"
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps({"scenario": scenario, "root": str(tmp_path), "resumes": [["auto", str(resumed)]]})
+    )
+    first = subprocess.run(
+        [sys.executable, str(HARNESS), str(spec)], timeout=60, capture_output=True, text=True
+    )
+    assert first.returncode == PREEMPTED_EXIT_CODE, first.stderr[-2000:]
+    preempted = torch.load(tmp_path / "ckpts" / "last-preempted.ckpt", weights_only=True)
+    assert preempted["global_step"] == 10 and preempted["stepstone"]["preempted"] is True
+    subprocess.run([sys.executable, str(HARNESS), str(spec)], check=True, timeout=60, capture_output=True)
+    expected, got = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for key in COMPARED:
+        assert differences(expected[key], got[key], key) == []
+    assert differences(expected["stepstone"], got["stepstone"], "stepstone") == []

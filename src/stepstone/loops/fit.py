@@ -315,6 +315,9 @@ class FitLoop:
 
     def _resume_inside_epoch(self, exact: dict[str, Any], start: int, total: float) -> bool:
         """Finish the batch an exact checkpoint was written in; False when its epoch has no batch left to run."""
+        # The checkpoints this run writes before it reopens the data (e.g. right after the last batch of an
+        # epoch) describe the saved epoch, as the uninterrupted run's do.
+        self.data.epoch_state = dict(exact.get("epoch_state") or {})
         tail = exact.get("tail")
         if tail in ("validate", "after_validation"):
             # Its validation and bookkeeping come first.

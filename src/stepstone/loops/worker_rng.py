@@ -258,8 +258,14 @@ class WorkerRng:
         return {"num_workers": self.num_workers, "states": states}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Arrange for the next :meth:`iterate` to start the workers from ``state`` (a :meth:`state_dict`)."""
+        """Arrange for the next :meth:`iterate` to start the workers from ``state`` (a :meth:`state_dict`).
+
+        Until then :meth:`state_dict` reports ``state``: a checkpoint written before the loader is reopened
+        (a run resumed right after the last batch of an epoch) carries the workers' generators on.
+        """
         self._saved = state
+        self.num_workers = int(state["num_workers"]) if state is not None else 0
+        self.states = list(state["states"]) if state is not None else []
 
     def can_resume(self, loader: DataLoader[Any]) -> bool:
         """Whether the saved states put ``loader``'s workers at the position (no replay needed): they were
