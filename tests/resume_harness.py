@@ -99,6 +99,32 @@ class PositionedStream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
         self.start = state["start"]
 
 
+class StatefulBatches:
+    """A loader that keeps its own position (duck-typed like torchdata's ``StatefulDataLoader``)."""
+
+    def __init__(self, data: TensorDataset, batch_size: int) -> None:
+        x, y = data.tensors
+        self.batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        self.position = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A finished epoch's position starts the next epoch (as torchdata's loader does).
+        start = self.position if self.position < len(self.batches) else 0
+        self.position = 0
+        for index in range(start, len(self.batches)):
+            self.position = index + 1
+            yield self.batches[index]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = state["position"]
+
+
 def user_worker_init(worker_id: int) -> None:
     """A user's worker_init_fn that reseeds python's generator per worker (stepstone must chain it)."""
     random.seed(torch.initial_seed() % 2**32 + 17 * worker_id)
@@ -181,6 +207,26 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _train_loader(scenario: dict[str, Any]) -> Any:
+    data = _data(22, 0)
+    if scenario.get("stateful"):
+        return StatefulBatches(data, 4)
+    extra: dict[str, Any] = {}
+    if scenario.get("persistent"):
+        extra = {"persistent_workers": True, "prefetch_factor": 3, "worker_init_fn": user_worker_init}
+    dataset: Any = Augmented(*data.tensors) if scenario.get("augment") else data
+    if scenario.get("iterable"):
+        dataset = PositionedStream(data)
+    return DataLoader(
+        dataset,
+        batch_size=4,
+        shuffle=scenario["shuffle"],
+        num_workers=scenario["workers"],
+        drop_last=bool(scenario.get("drop_last")),
+        **extra,
+    )
+
+
 def run(
     scenario: dict[str, Any], root: str, final: str | None, resume: str | None = None, stop: Any = None
 ) -> None:
@@ -188,29 +234,15 @@ def run(
 
     ``scenario``: ``shuffle``, ``accumulate``, ``workers``, optionally ``augment`` (random per-sample noise in
     the dataset), ``persistent`` (persistent workers, prefetch_factor 3, a user worker_init_fn), ``drop_last``,
-    ``iterable`` (an unsized, augmented :class:`PositionedStream`; needs ``shuffle`` False),
+    ``iterable`` (an unsized, augmented :class:`PositionedStream`; needs ``shuffle`` False), ``stateful``
+    (a :class:`StatefulBatches` loader instead), ``no_val`` (``limit_val_batches=0``),
     ``epochs``, ``dirpath`` (a ModelCheckpoint
     saving every 4 steps there), ``pace`` (seconds to sleep after each batch, announcing the start) and
     ``signal_at`` (a run from step 0 sends itself SIGTERM after that global batch). ``stop``
     (``[[hook, n], path]``) interrupts the run after writing ``path``; ``resume`` is the ``ckpt_path``.
     """
     L.seed_everything(7)
-    data = _data(22, 0)
-    workers = scenario["workers"]
-    extra: dict[str, Any] = {}
-    if scenario.get("persistent"):
-        extra = {"persistent_workers": True, "prefetch_factor": 3, "worker_init_fn": user_worker_init}
-    dataset: Any = Augmented(*data.tensors) if scenario.get("augment") else data
-    if scenario.get("iterable"):
-        dataset = PositionedStream(data)
-    train = DataLoader(
-        dataset,
-        batch_size=4,
-        shuffle=scenario["shuffle"],
-        num_workers=workers,
-        drop_last=bool(scenario.get("drop_last")),
-        **extra,
-    )
+    train = _train_loader(scenario)
     val = DataLoader(_data(8, 1), batch_size=4, shuffle=scenario["shuffle"])
     callbacks: list[L.Callback] = [InterruptAt(stop[0], stop[1])] if stop else []
     if scenario.get("pace"):
@@ -224,6 +256,7 @@ def run(
         max_epochs=scenario.get("epochs", 2),
         accumulate_grad_batches=scenario["accumulate"],
         val_check_interval=3,
+        limit_val_batches=0 if scenario.get("no_val") else None,
         num_sanity_val_steps=0,
         enable_checkpointing=bool(scenario.get("dirpath")),
         enable_progress_bar=False,
@@ -248,7 +281,8 @@ def run(
     finally:
         # Shut persistent workers down now (the trainer keeps the loader alive until garbage collection, and
         # the next run's workers would inherit them).
-        train._iterator = None
+        if isinstance(train, DataLoader):
+            train._iterator = None
     if final is not None:
         trainer.save_checkpoint(final)
 

@@ -56,6 +56,12 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[list[Any]]]] = {
         {"shuffle": False, "accumulate": 1, "workers": 2, "iterable": True},
         [["batch", 3], ["epoch", 1], ["batch", 8]],
     ),
+    # A loader that resumes itself, and no validation: a run resumed after the very last batch has nothing left
+    # to run, yet its final checkpoint carries the generators, the loader's state and the epoch's data state on.
+    "stateful-loader-without-validation": (
+        {"shuffle": False, "accumulate": 1, "workers": 0, "stateful": True, "no_val": True},
+        [["batch", 4], ["epoch", 1], ["batch", 6], ["batch", 12]],
+    ),
 }
 
 
@@ -84,6 +90,20 @@ def test_resuming_in_a_new_process_equals_the_uninterrupted_run(tmp_path: Path, 
         # ["batch", <the last>] stops right after the last optimizer step: the resumed run has no batch left.
         assert 0 < load(Path(mid))["global_step"] <= expected["global_step"]
         assert differences(expected, load(Path(resumed))) == [], f"resumed from {point}"
+
+
+def test_resuming_a_finished_run_in_a_new_process_writes_the_same_checkpoint(tmp_path: Path) -> None:
+    # Nothing is left to train, yet the run goes on with the checkpoint's generators and data state.
+    scenario = {"shuffle": True, "accumulate": 1, "workers": 0}
+    root = str(tmp_path / "root")
+    finished, again = tmp_path / "finished.ckpt", tmp_path / "again.ckpt"
+    run(scenario, root, str(finished))
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps({"scenario": scenario, "root": root, "resumes": [[str(finished), str(again)]]})
+    )
+    subprocess.run([sys.executable, str(HARNESS), str(spec)], check=True, timeout=120, capture_output=True)
+    assert differences(load(finished), load(again)) == []
 
 
 def test_the_scenarios_cover_mid_accumulation_and_validation_points(tmp_path: Path) -> None:

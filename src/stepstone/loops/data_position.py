@@ -115,11 +115,46 @@ class DataPosition:
 
     def __init__(self) -> None:
         self.epoch_state: dict[str, Any] = {}
+        self._carried_loader_state: Any = None
         self._resume: dict[str, Any] | None = None
         self._save_time_rng: dict[str, Any] | None = None
         self._warned_replay = False
         # The training loader's worker processes' generators (random augmentation in the workers).
         self.workers = WorkerRng()
+
+    def carry(
+        self, epoch_state: dict[str, Any] | None, workers: dict[str, Any] | None, loader_state: Any
+    ) -> None:
+        """Take a checkpoint's data state: until the loader is reopened, checkpoints report it as it was.
+
+        A run resumed from a checkpoint written after the last batch of an epoch may write checkpoints before
+        (or without) opening the loader again; they must describe the same data position as the uninterrupted
+        run's.
+
+        Args:
+            epoch_state: the checkpoint's ``epoch_state`` (None: none was saved).
+            workers: the worker processes' generators (:meth:`WorkerRng.state_dict`), or None.
+            loader_state: a stateful loader's saved ``state_dict()``, or None.
+        """
+        self.epoch_state = dict(epoch_state or {})
+        self.workers.load_state_dict(workers)
+        self._carried_loader_state = loader_state
+
+    def loader_state(self, loader: object) -> Any:
+        """What a checkpoint saves for a stateful ``loader``: its ``state_dict()``, or the carried one while
+        the loader has not been reopened since the resume; None for other loaders.
+
+        Args:
+            loader: the training dataloader.
+
+        Returns:
+            The state to checkpoint.
+        """
+        if not is_stateful_loader(loader):
+            return None
+        if self._carried_loader_state is not None:
+            return self._carried_loader_state
+        return loader.state_dict()
 
     def resume_from(self, epoch_state: dict[str, Any], save_time_rng: dict[str, Any] | None) -> None:
         """Arrange for the next :meth:`open` to recreate the saved epoch's order.
@@ -160,6 +195,7 @@ class DataPosition:
         Returns:
             The iterator; its first item is batch ``skip``.
         """
+        self._carried_loader_state = None
         resume = self._resume
         if resume is not None and "at_iter" in resume:
             _restore(loader, resume["at_iter"])

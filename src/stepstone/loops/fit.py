@@ -240,11 +240,13 @@ class FitLoop:
             if self.trainer.num_training_batches == 0 or self._max_steps_reached():
                 # Nothing to train: as in Lightning, the restored epoch is not completed (current_epoch stays the
                 # checkpoint's).
+                self._keep_generators()
                 return
             complete, self._complete_epoch_on_run = self._complete_epoch_on_run, False
             if self.done():
                 # As in Lightning, a run stopped before it starts (should_stop set in on_fit_start, e.g. by a
                 # Timer whose budget the checkpoint spent) leaves the restored epoch uncompleted.
+                self._keep_generators()
                 return
             if complete:
                 epoch = self.epoch_progress
@@ -315,9 +317,6 @@ class FitLoop:
 
     def _resume_inside_epoch(self, exact: dict[str, Any], start: int, total: float) -> bool:
         """Finish the batch an exact checkpoint was written in; False when its epoch has no batch left to run."""
-        # The checkpoints this run writes before it reopens the data (e.g. right after the last batch of an
-        # epoch) describe the saved epoch, as the uninterrupted run's do.
-        self.data.epoch_state = dict(exact.get("epoch_state") or {})
         tail = exact.get("tail")
         if tail in ("validate", "after_validation"):
             # Its validation and bookkeeping come first.
@@ -363,13 +362,19 @@ class FitLoop:
                 was drawn) and ``loader_state`` (a stateful loader's ``state_dict()``).
         """
         self._exact = dict(state)
-        self.data.workers.load_state_dict(state.get("workers"))
+        self.data.carry(state.get("epoch_state"), state.get("workers"), state.get("loader_state"))
         if self._resume_batch is None:
             return
         if state.get("tail") in ("validate", "after_validation") and self._stepped_on_load:
             # The batch's bookkeeping is finished by _after_batch when the run continues.
             self.batches_that_stepped -= 1
             self._stepped_on_load = False
+
+    def _keep_generators(self) -> None:
+        """A resumed run with nothing left to train still goes on with the checkpoint's generators: the
+        checkpoints it writes then equal the uninterrupted run's (e.g. preempted on the very last step)."""
+        if self._exact is not None and self._exact.get("rng") is not None:
+            restore_rng(self._exact["rng"])
 
     def _continue_exactly(self) -> None:
         """At the start of a resumed run: generators as at save time, then the rest of an interrupted epoch end."""

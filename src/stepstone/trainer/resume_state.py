@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader
 
-from stepstone.loops.data_position import is_stateful_loader
 from stepstone.strategies.collectives import all_gather_object
 from stepstone.trainer.rng import capture_rng
 
@@ -63,7 +62,7 @@ def dump_resume_state(trainer: Trainer) -> dict[str, Any]:
             "rng": rng,
             "tail": loop.tail,
             "epoch_state": loop.data.epoch_state,
-            "loader_state": loader.state_dict() if is_stateful_loader(loader) else None,
+            "loader_state": loop.data.loader_state(loader),
             # The worker processes' generators after the last consumed batch (None without workers).
             "workers": loop.data.workers.state_dict(),
         },
