@@ -7,6 +7,8 @@ For a ~512 MiB state (8 float32 buffers of 64 MiB in a LightningModule, plus a t
 - ``copy``: one in-memory copy of the state into preallocated, warm buffers (the snapshot limit; median of 5, as the stalls are medians), and a
   fresh ``clone`` of it;
 - ``stall``: the time ``ModelCheckpoint.on_train_batch_end`` blocks the loop at a checkpoint, sync vs async;
+  ``hooks``: the time of all its ``on_train_batch_end`` calls, saving or not, per checkpoint (a tree that
+  completes saves or copies ``last`` at later batch ends spends that time there, outside the stall);
 - ``lost``: total training time lost per checkpoint = (fit time with checkpoints - fit time without) /
   checkpoints, with steps that sleep 10 ms (accelerator-like: the GIL is free) and with pure-CPU steps
   (~10 ms of single-threaded matmuls, which compete with the writer thread for the cores);
@@ -91,14 +93,19 @@ class _TimedCheckpoint(ModelCheckpoint):
         super().__init__(**kwargs)
         self.stalls: list[float] = []
         self.waits: list[float] = []
+        # Every batch end, saving or not: work the callback does at other batch ends (e.g. completing the
+        # previous save, or copying ``last`` on the training thread) is training time lost too.
+        self.hook_s = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         before = self._last_global_step_saved
         waited = _waited(trainer)
         start = time.perf_counter()
         super().on_train_batch_end(trainer, *args)  # type: ignore[arg-type]
+        spent = time.perf_counter() - start
+        self.hook_s += spent
         if self._last_global_step_saved != before:
-            self.stalls.append(time.perf_counter() - start)
+            self.stalls.append(spent)
             self.waits.append(_waited(trainer) - waited)
 
 
@@ -149,7 +156,8 @@ def _fit(
     elapsed = time.perf_counter() - start
     stalls = callbacks[0].stalls if callbacks else []  # type: ignore[attr-defined]
     waits = callbacks[0].waits if callbacks else []  # type: ignore[attr-defined]
-    return {"fit_s": elapsed, "stalls": stalls, "waits": waits}
+    hook_s = callbacks[0].hook_s if callbacks else 0.0  # type: ignore[attr-defined]
+    return {"fit_s": elapsed, "stalls": stalls, "waits": waits, "hook_s": hook_s}
 
 
 def _copy_limits(tensors: int, repeats: int) -> dict[str, float]:
@@ -272,6 +280,7 @@ def _loop_figures(args: argparse.Namespace, root: str, matmuls: int) -> dict[str
             results[f"{kind}/{mode}"] = {
                 "stall_s": statistics.median(later),
                 "wait_s": statistics.median(waits),
+                "hooks_s": statistics.median(r["hook_s"] / len(r["stalls"]) for r in runs[mode]),
                 "first_stall_s": statistics.median(first),
                 "lost_s": (min(r["fit_s"] for r in runs[mode]) - base) / count,
                 "checkpoints": count,
@@ -338,6 +347,7 @@ def _report(
         print(f"{key + ' stall (first save of the fit)':<44}{row['first_stall_s']:>14.3f}")
         print(f"{key + ' stall (later saves)':<44}{row['stall_s']:>14.3f}")
         print(f"{key + '   of which backpressure wait':<44}{row['wait_s']:>14.3f}")
+        print(f"{key + ' all batch-end hook time / ckpt':<44}{row['hooks_s']:>14.3f}")
         print(f"{key + ' lost per checkpoint':<44}{row['lost_s']:>14.3f}")
     for key, extra in rss.items():
         print(f"{'peak extra RSS ' + key + ' (MiB)':<44}{extra:>14.0f}")

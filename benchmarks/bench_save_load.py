@@ -227,6 +227,7 @@ def _report(
                 "op": name,
                 "seconds": round(best[name], 4),
                 "median_s": round(statistics.median(times[name]), 4),
+                "samples_s": [round(t, 4) for t in times[name]],
                 "gb_per_s": round(size / best[name] / 1e9, 3),
                 "vs_disk_limit": None if vs_disk is None else round(vs_disk, 3),
                 "vs_torch": None if vs_torch is None else round(vs_torch, 3),
