@@ -208,7 +208,7 @@ def _report(
     )
     if direct_reason is not None:
         print(f"disk (O_DIRECT): unavailable ({direct_reason})")
-    print(f"disk limit = the faster of the two: {limit_name}")
+    print(f"disk limit = the faster of the available two: {limit_name}")
     print(f"best of {len(next(iter(times.values())))}; ratios are speed (reference time / this time)")
     print(f"{'operation':30} {'seconds':>8} {'GB/s':>7} {'vs disk limit':>14} {'vs torch':>9}")
     lines = []
