@@ -2,10 +2,13 @@
 
 For a ~512 MiB state (8 float32 buffers of 64 MiB in a LightningModule, plus a tiny trained layer), in one run:
 
-- ``disk``: the same bytes written sequentially with os.write + fsync (the disk's limit);
+- ``disk``: the same bytes written by the faster of the two disk limits of ``_disk_limit.py`` (``os.write``
+  with the engine's early writeback every 64 MiB, or page-aligned ``O_DIRECT`` writes; then fsync);
 - ``copy``: one in-memory copy of the state into preallocated, warm buffers (the snapshot limit; median of 5, as the stalls are medians), and a
   fresh ``clone`` of it;
 - ``stall``: the time ``ModelCheckpoint.on_train_batch_end`` blocks the loop at a checkpoint, sync vs async;
+  ``hooks``: the time of all its ``on_train_batch_end`` calls, saving or not, per checkpoint (a tree that
+  completes saves or copies ``last`` at later batch ends spends that time there, outside the stall);
 - ``lost``: total training time lost per checkpoint = (fit time with checkpoints - fit time without) /
   checkpoints, with steps that sleep 10 ms (accelerator-like: the GIL is free) and with pure-CPU steps
   (~10 ms of single-threaded matmuls, which compete with the writer thread for the cores);
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 
 import stepstone as L
-from bench_save_load import _raw_write
+from _disk_limit import DirectIOUnavailable, filesystem_of, write_direct, write_early_writeback
 from stepstone.callbacks import ModelCheckpoint
 from stepstone.checkpoint import AsyncWriter, HostStaging, save_file, save_file_async
 
@@ -90,20 +93,28 @@ class _TimedCheckpoint(ModelCheckpoint):
         super().__init__(**kwargs)
         self.stalls: list[float] = []
         self.waits: list[float] = []
+        # Every batch end, saving or not: work the callback does at other batch ends (e.g. completing the
+        # previous save, or copying ``last`` on the training thread) is training time lost too.
+        self.hook_s = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         before = self._last_global_step_saved
         waited = _waited(trainer)
         start = time.perf_counter()
         super().on_train_batch_end(trainer, *args)  # type: ignore[arg-type]
+        spent = time.perf_counter() - start
+        self.hook_s += spent
         if self._last_global_step_saved != before:
-            self.stalls.append(time.perf_counter() - start)
+            self.stalls.append(spent)
             self.waits.append(_waited(trainer) - waited)
 
 
 def _waited(trainer: L.Trainer) -> float:
-    writer = trainer.checkpoint_port.queue.writer
-    return writer.waited_s if writer is not None else 0.0
+    # The public queue (this tree); an older tree kept it on the runner (the benchmark compares both).
+    port = getattr(trainer, "checkpoint_port", None)
+    queue = port.queue if port is not None else getattr(getattr(trainer, "_runner", None), "async_saves", None)
+    writer = getattr(queue, "writer", None)
+    return float(getattr(writer, "waited_s", 0.0))
 
 
 def _fit(
@@ -146,7 +157,8 @@ def _fit(
     elapsed = time.perf_counter() - start
     stalls = callbacks[0].stalls if callbacks else []  # type: ignore[attr-defined]
     waits = callbacks[0].waits if callbacks else []  # type: ignore[attr-defined]
-    return {"fit_s": elapsed, "stalls": stalls, "waits": waits}
+    hook_s = callbacks[0].hook_s if callbacks else 0.0  # type: ignore[attr-defined]
+    return {"fit_s": elapsed, "stalls": stalls, "waits": waits, "hook_s": hook_s}
 
 
 def _copy_limits(tensors: int, repeats: int) -> dict[str, float]:
@@ -168,17 +180,22 @@ def _copy_limits(tensors: int, repeats: int) -> dict[str, float]:
     return {"copy_s": statistics.median(copies), "clone_s": statistics.median(clones)}
 
 
-def _disk_limit(tensors: int, directory: str, repeats: int) -> float:
-    state = {f"t{i}": torch.ones(TENSOR) for i in range(tensors)}
+def _disk_time(tensors: int, directory: str, repeats: int) -> float:
+    """Best time of the disk limits (early writeback, O_DIRECT where the filesystem allows it) for the state."""
+    state = [torch.ones(TENSOR) for _ in range(tensors)]
     path = os.path.join(directory, "disk.bin")
     times = []
     for _ in range(repeats + 1):
-        if os.path.exists(path):
-            os.remove(path)
-        os.sync()
-        start = time.perf_counter()
-        _raw_write(state, path)
-        times.append(time.perf_counter() - start)
+        for write in (write_early_writeback, write_direct):
+            if os.path.exists(path):
+                os.remove(path)
+            os.sync()
+            start = time.perf_counter()
+            try:
+                write(state, path)
+            except DirectIOUnavailable:  # e.g. tmpfs: the early-writeback limit alone
+                continue
+            times.append(time.perf_counter() - start)
     os.remove(path)
     return min(times)
 
@@ -239,7 +256,7 @@ def _loop_figures(args: argparse.Namespace, root: str, matmuls: int) -> dict[str
     for kind in ("sleep", "cpu"):
         runs: dict[str, list[dict[str, Any]]] = {"none": [], "sync": [], "async": []}
         for _ in range(args.repeats):  # alternate, so slow phases of the machine hit every mode
-            disk.append(_disk_limit(args.tensors, root, 0))
+            disk.append(_disk_time(args.tensors, root, 0))
             copies.append(_copy_limits(args.tensors, 0)["copy_s"])
             for mode in runs:
                 runs[mode].append(
@@ -264,6 +281,7 @@ def _loop_figures(args: argparse.Namespace, root: str, matmuls: int) -> dict[str
             results[f"{kind}/{mode}"] = {
                 "stall_s": statistics.median(later),
                 "wait_s": statistics.median(waits),
+                "hooks_s": statistics.median(r["hook_s"] / len(r["stalls"]) for r in runs[mode]),
                 "first_stall_s": statistics.median(first),
                 "lost_s": (min(r["fit_s"] for r in runs[mode]) - base) / count,
                 "checkpoints": count,
@@ -316,17 +334,21 @@ def _report(
     loops: dict[str, dict[str, Any]],
     rss: dict[str, float],
     lightning: dict[str, dict[str, Any]],
+    where: str,
+    save_last: bool | str | None,
 ) -> int:
     sync_s = loops["sleep/sync"]["stall_s"]
-    print(f"\nstate: {state_mib:.0f} MiB")
+    print(f"\nfolder: {where}")
+    print(f"state: {state_mib:.0f} MiB, ModelCheckpoint(save_last={save_last!r})")
     print(f"{'figure':<44}{'seconds / MiB':>14}")
-    print(f"{'disk limit (os.write + fsync)':<44}{limits['disk_s']:>14.3f}")
+    print(f"{'disk limit (early writeback / O_DIRECT)':<44}{limits['disk_s']:>14.3f}")
     print(f"{'one in-memory copy (warm buffers)':<44}{limits['copy_s']:>14.3f}")
     print(f"{'one clone (fresh memory)':<44}{limits['clone_s']:>14.3f}")
     for key, row in loops.items():
         print(f"{key + ' stall (first save of the fit)':<44}{row['first_stall_s']:>14.3f}")
         print(f"{key + ' stall (later saves)':<44}{row['stall_s']:>14.3f}")
         print(f"{key + '   of which backpressure wait':<44}{row['wait_s']:>14.3f}")
+        print(f"{key + ' all batch-end hook time / ckpt':<44}{row['hooks_s']:>14.3f}")
         print(f"{key + ' lost per checkpoint':<44}{row['lost_s']:>14.3f}")
     for key, extra in rss.items():
         print(f"{'peak extra RSS ' + key + ' (MiB)':<44}{extra:>14.0f}")
@@ -396,9 +418,10 @@ def main(argv: list[str]) -> int:
     try:
         state_mib = args.tensors * 64.0
         limits = {
-            "disk_s": _disk_limit(args.tensors, root, args.repeats),
+            "disk_s": _disk_time(args.tensors, root, args.repeats),
             **_copy_limits(args.tensors, args.repeats),
         }
+        _emit("setup", filesystem=filesystem_of(root), save_last=args.save_last, state_mib=state_mib)
         for name, value in limits.items():
             _emit(name, seconds=value, state_mib=state_mib)
         matmuls = _calibrate()
@@ -420,7 +443,7 @@ def main(argv: list[str]) -> int:
                 figures = _rss(mode, mib, rss_dir)
                 rss[f"{mode}@{mib}MiB"] = figures["extra_mib"]
                 _emit(f"rss/{mode}", state_mib=mib, **figures)
-        return _report(state_mib, limits, loops, rss, lightning)
+        return _report(state_mib, limits, loops, rss, lightning, filesystem_of(root), args.save_last)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
