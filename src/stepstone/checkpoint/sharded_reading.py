@@ -64,7 +64,7 @@ def template_from_metadata(path: str) -> dict[str, Any]:
         path: the checkpoint directory (its ``.metadata`` is read with :func:`check_metadata_safe`).
 
     Returns:
-        The nested state, shaped as it was saved.
+        The nested state, shaped as it was saved (an optimizer state dict keeps its ``"state"``, even empty).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -76,7 +76,24 @@ def template_from_metadata(path: str) -> dict[str, Any]:
             value = torch.empty(stored.size, dtype=stored.properties.dtype)
         location = (metadata.planner_data or {}).get(key, (key,))
         _set_path(template, tuple(location), value)
+    _restore_empty_optimizer_state(template)
     return template
+
+
+def _restore_empty_optimizer_state(template: dict[str, Any]) -> None:
+    """Give back the empty ``"state"`` of optimizers saved without per-parameter state.
+
+    torch.distributed.checkpoint stores no entry for an empty dict, so the state dict of an optimizer without
+    per-parameter state (SGD without momentum, any optimizer before its first step) comes back as its
+    ``param_groups`` alone, which ``Optimizer.load_state_dict`` (``KeyError: 'state'``) and torch's
+    ``set_optimizer_state_dict`` (which takes it for a flattened state dict) both refuse.
+    """
+    states = template.get("optimizer_states")
+    if not isinstance(states, list):
+        return
+    for index, state in enumerate(states):
+        if isinstance(state, dict) and "param_groups" in state and "state" not in state:
+            states[index] = {"state": {}, **state}  # torch's key order
 
 
 _METADATA_GLOBALS = {
