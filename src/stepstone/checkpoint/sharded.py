@@ -333,6 +333,7 @@ def gather_sharded(path: PathLike, *, verify: bool = True) -> dict[str, Any]:
         CheckpointNotFoundError: ``path`` is not a committed sharded checkpoint.
         CheckpointCorruptError: a file of ``path`` is damaged.
         UnsafeCheckpointError: its metadata would run code when unpickled.
+        MisconfigurationException: ``path`` is not a local directory path.
     """
     text = _check_dir_path("path", path)
     whole = _load(text, template_from_metadata(text), verify, no_dist=True)

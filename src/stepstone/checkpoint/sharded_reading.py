@@ -109,6 +109,8 @@ def restore_optimizer_states(checkpoint: dict[str, Any]) -> None:
             if isinstance(param, (int, str))
         }
         per_parameter = state.get("state", {})
+        if not isinstance(per_parameter, dict):
+            continue  # not an optimizer state dict: left as it is
         rest = {key: value for key, value in state.items() if key != "state"}
         states[index] = {  # "state" first: torch's order
             "state": {params.get(key, key): value for key, value in per_parameter.items()},
