@@ -155,6 +155,38 @@ def test_convert_gives_one_verified_file(tmp_path: Path) -> None:
     assert torch.equal(restored.layer.weight, source.layer.weight)
 
 
+def test_convert_gives_optimizer_state_dicts_that_optimizers_load(tmp_path: Path) -> None:
+    # torch.distributed.checkpoint stores nothing for an empty dict and turns keys into strings: SGD without
+    # momentum came back as its param_groups alone (Optimizer.load_state_dict and FSDP's resume raised
+    # KeyError), and a state keyed by parameter index as "0", "1" (loaded, then silently not applied).
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    model = nn.Linear(3, 2)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    momentum = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    plain.step()
+    momentum.step()
+    # Keyed by parameter names (as FSDPStrategy saves them), then by index (optimizer.state_dict()).
+    saved = [get_optimizer_state_dict(model, optimizer) for optimizer in (plain, momentum)]
+    saved.append(momentum.state_dict())
+    assert saved[0]["state"] == {} and list(saved[2]["state"]) == [0, 1]
+    save_sharded(tmp_path / "sharded.ckpt", {"state_dict": model.state_dict(), "optimizer_states": saved})
+    convert_sharded_to_file(tmp_path / "sharded.ckpt", tmp_path / "one.ckpt")
+    converted = torch.load(tmp_path / "one.ckpt", weights_only=True)["optimizer_states"]
+    assert [list(state) for state in converted] == [["state", "param_groups"]] * 3
+    assert converted[0] == saved[0]
+    assert [list(state["state"]) for state in converted[1:]] == [["weight", "bias"], [0, 1]]
+    for state, momentum_value in zip(converted, (0.0, 0.9, 0.9), strict=True):
+        fresh = torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=1.0, momentum=0.5)
+        fresh.load_state_dict(state)  # what a user does with the converted file
+        assert (fresh.param_groups[0]["lr"], fresh.param_groups[0]["momentum"]) == (0.1, momentum_value)
+        buffers = [fresh.state[param].get("momentum_buffer") for param in fresh.param_groups[0]["params"]]
+        expected = [momentum.state[param].get("momentum_buffer") for param in model.parameters()]
+        for buffer, want in zip(buffers, expected if momentum_value else [None, None], strict=True):
+            assert buffer is want is None or torch.equal(buffer, want)
+
+
 CHILD = textwrap.dedent(
     """
     import sys, time, torch

@@ -53,6 +53,7 @@ from stepstone.checkpoint.sharded_reading import (
     is_sharded_checkpoint,
     metadata_from_bytes,
     read_sharded_info,
+    restore_optimizer_states,
     template_from_metadata,
     verify_sharded,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "MARKER_NAME",
     "META_NAME",
     "convert_sharded_to_file",
+    "gather_sharded",
     "is_sharded_checkpoint",
     "load_sharded",
     "read_sharded_info",
@@ -316,6 +318,29 @@ def load_sharded(path: PathLike, state_template: dict[str, Any], *, verify: bool
     return _load(text, state_template, verify, no_dist=rank_and_world()[1] == 1)
 
 
+def gather_sharded(path: PathLike, *, verify: bool = True) -> dict[str, Any]:
+    """Load a whole sharded checkpoint into memory on one process, as an ordinary checkpoint dict.
+
+    Args:
+        path: the checkpoint directory.
+        verify: check every file's size and CRC32 while reading it.
+
+    Returns:
+        The checkpoint: full tensors (whatever the world size that saved), optimizer states that
+        ``Optimizer.load_state_dict`` accepts (see ``restore_optimizer_states``).
+
+    Raises:
+        CheckpointNotFoundError: ``path`` is not a committed sharded checkpoint.
+        CheckpointCorruptError: a file of ``path`` is damaged.
+        UnsafeCheckpointError: its metadata would run code when unpickled.
+        MisconfigurationException: ``path`` is not a local directory path.
+    """
+    text = _check_dir_path("path", path)
+    whole = _load(text, template_from_metadata(text), verify, no_dist=True)
+    restore_optimizer_states(whole)
+    return whole
+
+
 def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> CheckpointRecord:
     """Gather a sharded checkpoint into one stepstone file (on one process; it holds the whole model).
 
@@ -337,7 +362,7 @@ def convert_sharded_to_file(src_dir: PathLike, dst_file: PathLike) -> Checkpoint
     """
     text = _check_dir_path("src_dir", src_dir)
     marker = sharded_commit.read_marker(text)
-    whole = _load(text, template_from_metadata(text), verify=True, no_dist=True)
+    whole = gather_sharded(text)
     metadata = {key: marker.get(key) for key in ("step", "epoch")}
     record = sharded_commit.record_from_marker(text, marker, verified=True)
     return save_file(dst_file, whole, metadata={**metadata, "metrics": record.metrics}, progress=False)

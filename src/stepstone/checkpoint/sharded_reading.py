@@ -37,6 +37,7 @@ __all__ = [
     "is_sharded_checkpoint",
     "metadata_from_bytes",
     "read_sharded_info",
+    "restore_optimizer_states",
     "template_from_metadata",
     "verify_sharded",
 ]
@@ -64,7 +65,7 @@ def template_from_metadata(path: str) -> dict[str, Any]:
         path: the checkpoint directory (its ``.metadata`` is read with :func:`check_metadata_safe`).
 
     Returns:
-        The nested state, shaped as it was saved.
+        The nested state, shaped as it was saved (but see :func:`restore_optimizer_states`).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -77,6 +78,44 @@ def template_from_metadata(path: str) -> dict[str, Any]:
         location = (metadata.planner_data or {}).get(key, (key,))
         _set_path(template, tuple(location), value)
     return template
+
+
+def restore_optimizer_states(checkpoint: dict[str, Any]) -> None:
+    """Make the ``optimizer_states`` of a checkpoint loaded into :func:`template_from_metadata` ordinary again.
+
+    torch.distributed.checkpoint stores no entry for an empty dict and turns every key into a string. So the
+    state dict of an optimizer without per-parameter state (SGD without momentum, any optimizer before its
+    first step) comes back as its ``param_groups`` alone, which ``Optimizer.load_state_dict`` (``KeyError:
+    'state'``) and torch's ``set_optimizer_state_dict`` (which takes it for a flattened state dict) refuse; and
+    one keyed by parameter index (``optimizer.state_dict()``) comes back keyed ``"0"``, ``"1"``..., which
+    ``load_state_dict`` accepts and silently does not apply. The ``params`` lists of ``param_groups`` are
+    stored whole, so they give back each key's type.
+
+    Args:
+        checkpoint: the loaded checkpoint, changed in place.
+    """
+    states = checkpoint.get("optimizer_states")
+    if not isinstance(states, list):
+        return
+    for index, state in enumerate(states):
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(groups, list):
+            continue
+        params = {
+            str(param): param
+            for group in groups
+            if isinstance(group, dict)
+            for param in group.get("params", ())
+            if isinstance(param, (int, str))
+        }
+        per_parameter = state.get("state", {})
+        if not isinstance(per_parameter, dict):
+            continue  # not an optimizer state dict: left as it is
+        rest = {key: value for key, value in state.items() if key != "state"}
+        states[index] = {  # "state" first: torch's order
+            "state": {params.get(key, key): value for key, value in per_parameter.items()},
+            **rest,
+        }
 
 
 _METADATA_GLOBALS = {

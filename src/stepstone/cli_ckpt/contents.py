@@ -28,11 +28,11 @@ from stepstone.checkpoint.record import CheckpointRecord
 from stepstone.checkpoint.sharded import (
     MARKER_NAME,
     META_NAME,
-    load_sharded,
+    gather_sharded,
     read_sharded_info,
 )
 from stepstone.checkpoint.sharded_commit import read_marker
-from stepstone.checkpoint.sharded_reading import check_metadata_safe, template_from_metadata
+from stepstone.checkpoint.sharded_reading import check_metadata_safe
 from stepstone.checkpoint.storage import split_url
 from stepstone.cli_ckpt.locations import is_url
 from stepstone.cli_ckpt.output import emit_json, human_size, iter_tensors, metrics_text, table
@@ -98,7 +98,7 @@ def _load_any(argument: str, path: str) -> tuple[dict[str, Any], CheckpointRecor
     """
     if kind_of(path) is SHARDED_DIRECTORY:
         record = SHARDED_DIRECTORY.verify(path)  # every shard checked once, then loaded without a second pass
-        return load_sharded(path, template_from_metadata(path), verify=False), record
+        return gather_sharded(path, verify=False), record
     if is_uncommitted_directory(path):
         raise _not_a_checkpoint_dir(argument, path)
     return load_file(path, mmap=not is_url(path)), read_info(path)  # mmap: local files only
