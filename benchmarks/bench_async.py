@@ -112,7 +112,9 @@ class _TimedCheckpoint(ModelCheckpoint):
 def _waited(trainer: L.Trainer) -> float:
     # The public queue (this tree); an older tree kept it on the runner (the benchmark compares both).
     port = getattr(trainer, "checkpoint_port", None)
-    queue = port.queue if port is not None else getattr(getattr(trainer, "_runner", None), "async_saves", None)
+    queue = (
+        port.queue if port is not None else getattr(getattr(trainer, "_runner", None), "async_saves", None)
+    )
     writer = getattr(queue, "writer", None)
     return float(getattr(writer, "waited_s", 0.0))
 
