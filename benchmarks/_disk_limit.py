@@ -104,26 +104,23 @@ def write_naive(tensors: Iterable[torch.Tensor], path: str, total: int | None = 
         path: the file to create (truncated if it exists).
         total: bytes to write in all (zeros after the tensors); None: the tensors' bytes.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for piece in _pieces(tensors, total):
-            _write_all(fd, piece)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_then_fsync(tensors, path, total, early_writeback=False)
 
 
 def write_early_writeback(tensors: Iterable[torch.Tensor], path: str, total: int | None = None) -> None:
     """``os.write`` through the engine's ``FdOutput`` (writeback started every 64 MiB), then fsync.
 
-    Args:
-        tensors: the tensors whose bytes are written, in order.
-        path: the file to create (truncated if it exists).
-        total: bytes to write in all (zeros after the tensors); None: the tensors' bytes.
+    Args: as for :func:`write_naive`.
     """
+    _write_then_fsync(tensors, path, total, early_writeback=True)
+
+
+def _write_then_fsync(
+    tensors: Iterable[torch.Tensor], path: str, total: int | None, early_writeback: bool
+) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        output = FdOutput(fd) if FdOutput is not None else None
+        output = FdOutput(fd) if early_writeback and FdOutput is not None else None
         for piece in _pieces(tensors, total):
             if output is not None:
                 output.write_all(piece)
